@@ -1,0 +1,51 @@
+"""`tipsdistill` command line: one sub-command per module in `distill.commands`.
+
+Each command module exposes `add_parser(subparsers)` (which sets `func=run` on its parser) and
+`run(args) -> int`. User mistakes raise `teachers.errors.UserError`; they are printed as one line
+with a non-zero exit status and no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from teachers.errors import UserError
+
+COMMANDS = ("distill", "pretrain", "eval", "export", "cache")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tipsdistill", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"distill.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"distill.commands.{name}":
+                raise
+            continue
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    # The main job: `tipsdistill distill` with no arguments runs the embedded default.
+    args = parser.parse_args(argv or ["distill"])
+    if not hasattr(args, "func"):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,27 @@
+"""Typed outputs shared by teachers, students, the engine and evaluation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ImageTokens:
+    """Final-layer (post-norm) tokens of a ViT image encoder.
+
+    cls:       (B, D)       first CLS token (TIPSv2: supervised by alt-text; the image embedding)
+    registers: (B, R, D)    register / second-CLS tokens (TIPSv2: supervised by synthetic captions)
+    patches:   (B, h, w, D) patch tokens as a grid
+    """
+
+    cls: torch.Tensor
+    registers: torch.Tensor
+    patches: torch.Tensor
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.patches.shape[1], self.patches.shape[2]
+
+    def map(self, fn) -> "ImageTokens":
+        return ImageTokens(fn(self.cls), fn(self.registers), fn(self.patches))

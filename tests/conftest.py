@@ -1,0 +1,52 @@
+"""Shared fixtures: small random-weight TIPSv2 checkpoints written with the real libraries."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+# Two cores: keep torch from oversubscribing them when pytest and torch both spawn threads.
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+CORPUS = [
+    "a red circle", "a blue square", "a green triangle on a striped background",
+    "a photo of a cat", "a photo of many dogs", "itap of a car.", "art of the tree.",
+    "two objects: a large yellow star at the top left and a small purple circle",
+]
+
+
+def tiny_tipsv2_config(vocab_size: int, width: int = 32, depth: int = 2, heads: int = 2,
+                       patch: int = 8, image_size: int = 32, swiglu: bool = False):
+    from transformers import Tipsv2Config
+
+    return Tipsv2Config(
+        vision_config=dict(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+                           mlp_ratio=4, patch_size=patch, image_size=image_size, use_swiglu_ffn=swiglu),
+        text_config=dict(hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+                         intermediate_size=4 * width, vocab_size=vocab_size, max_position_embeddings=64),
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from teachers.tokenizer import build_tokenizer
+
+    return build_tokenizer(CORPUS, vocab_size=128)
+
+
+@pytest.fixture(scope="session")
+def tiny_tipsv2_dir(tmp_path_factory, tiny_tokenizer):
+    """A random Tipsv2Model + tokenizer saved with `save_pretrained` (the hub directory layout)."""
+    from transformers import Tipsv2Model
+
+    torch.manual_seed(0)
+    model = Tipsv2Model(tiny_tipsv2_config(vocab_size=len(tiny_tokenizer)))
+    # Non-trivial layer scales / registers so tests notice a mis-mapped weight.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    out = tmp_path_factory.mktemp("tipsv2") / "tiny"
+    model.save_pretrained(out)
+    tiny_tokenizer.save_pretrained(out)
+    return out
