@@ -1,0 +1,1 @@
+"""Teacher-target cache: run the teacher once, store targets per augmentation, replay the crops."""

@@ -1,0 +1,118 @@
+"""`manifest.json` of a teacher-target cache: what produced the targets and which shards are complete.
+
+The manifest is rewritten atomically after every shard, so it only ever lists shards that are
+fully on disk; a reader refuses a cache whose shard list is short (a build still running or
+killed), and a resumed build starts at the first shard the manifest does not list.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from distill.cache.atomic import write_atomic
+from teachers.errors import UserError
+
+FORMAT = "tipsdistill-cache/1"
+MANIFEST = "manifest.json"
+PCA_BASIS = "pca_basis.safetensors"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Everything that decides which pixels the teacher saw. A replaying run must agree on all but `seed`."""
+
+    dataset: str
+    dataset_length: int
+    teacher_image_size: int
+    crop_scale: tuple[float, float]
+    crop_ratio: tuple[float, float]
+    flip_prob: float
+    seed: int
+
+    def mismatch(self, other: "Preprocessing") -> str | None:
+        """First field (other than the crop seed, which only the cache needs) that differs."""
+        for f in fields(self):
+            if f.name == "seed":
+                continue
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if _normalise(mine) != _normalise(theirs):
+                return f"{f.name}={theirs!r} but the cache was built with {mine!r}"
+        return None
+
+
+def _normalise(value):
+    return [float(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+@dataclass
+class CacheManifest:
+    teacher_fingerprint: str
+    teacher_width: int
+    num_registers: int
+    grid: tuple[int, int]
+    preprocessing: Preprocessing
+    augmentations: int
+    dtype: str
+    compression: str
+    shard_size: int  # images per shard; a shard holds shard_size * augmentations rows
+    num_shards: int
+    shards: list[str] = field(default_factory=list)
+    pca_explained: float | None = None  # variance kept by the PCA basis stored in PCA_BASIS
+    format: str = FORMAT
+
+    @property
+    def complete(self) -> bool:
+        return len(self.shards) == self.num_shards
+
+    def shard_name(self, index: int) -> str:
+        return f"shard-{index:05d}.safetensors"
+
+    def build_settings(self) -> dict:
+        """The fields a resumed build must agree on (everything except progress)."""
+        settings = asdict(self)
+        for progress in ("shards", "pca_explained"):
+            settings.pop(progress)
+        return json.loads(json.dumps(settings))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "CacheManifest":
+        data = dict(data)
+        pre = data.pop("preprocessing")
+        pre["crop_scale"], pre["crop_ratio"] = tuple(pre["crop_scale"]), tuple(pre["crop_ratio"])
+        return cls(preprocessing=Preprocessing(**pre), grid=tuple(data.pop("grid")), **data)
+
+
+def write_manifest(directory: Path, manifest: CacheManifest) -> None:
+    write_atomic(Path(directory) / MANIFEST, lambda tmp: tmp.write_text(manifest.to_json()))
+
+
+def read_manifest(directory: Path) -> CacheManifest:
+    path = Path(directory) / MANIFEST
+    if not path.is_file():
+        raise UserError(f"cache {directory} has no {MANIFEST}; expected a directory written by `tipsdistill cache`")
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT:
+            raise UserError(f"cache {directory} has format {data.get('format')!r}; expected {FORMAT!r}")
+        return CacheManifest.from_dict(data)
+    except (json.JSONDecodeError, TypeError, KeyError) as exc:
+        raise UserError(f"cache {directory} has an unreadable {MANIFEST} ({exc}); rebuild it with `tipsdistill cache`")
+
+
+def check_cache_matches(directory: Path, manifest: CacheManifest, fingerprint: str, pre: Preprocessing) -> None:
+    """Refuse, in one line, targets that are not what this run's teacher would compute on these pixels."""
+    if manifest.teacher_fingerprint != fingerprint:
+        raise UserError(
+            f"cache {directory} was built by teacher {manifest.teacher_fingerprint}, not this run's teacher "
+            f"{fingerprint}; rebuild it with `tipsdistill cache`")
+    problem = manifest.preprocessing.mismatch(pre)
+    if problem:
+        raise UserError(f"cache {directory} has other preprocessing: this run has {problem}; rebuild it")
+    if not manifest.complete:
+        raise UserError(
+            f"cache {directory} is incomplete ({len(manifest.shards)}/{manifest.num_shards} shards); "
+            "rerun the same `tipsdistill cache` command to finish it")
