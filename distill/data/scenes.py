@@ -15,12 +15,13 @@ seed sequences, and the mask is the very array the objects are painted through, 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from distill.data.sample import Sample
 from teachers.errors import UserError
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -45,13 +46,6 @@ SPLITS = {"train": 0, "heldout": 1}
 # Radius range at 64 px (scaled with the image size): objects span several 8-px patches.
 _RADIUS_64 = (14, 24)
 _SIZE_WORDS = ((17, "small"), (20, "medium"), (24, "large"))
-
-
-@dataclass
-class Sample:
-    image: Image.Image
-    captions: dict[str, str] = field(default_factory=dict)
-    index: int = 0
 
 
 @dataclass(frozen=True)
