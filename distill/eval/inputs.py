@@ -1,0 +1,59 @@
+"""Images to model inputs (RGB in [0,1], no normalisation: each model applies its own), and image sets.
+
+Image sets (retrieval, fidelity) are `micro[:length=N,size=S,seed=K]` (the held-out built-in scenes) or
+any data spec of the distillation engine (`distill.data.build_dataset`): samples with `.image` and
+`.captions`.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+
+from distill.data.scenes import SceneDataset
+from distill.eval.readers.micro import parse_options
+
+
+def resize_short_side(image: Image.Image, short_side: int | None) -> Image.Image:
+    """Bicubic resize so that the shorter side is `short_side` (None keeps the image as it is)."""
+    if short_side is None or min(image.size) == short_side:
+        return image
+    return TF.resize(image, short_side, interpolation=InterpolationMode.BICUBIC)
+
+
+def square_crop(image: Image.Image, size: int) -> torch.Tensor:
+    """Short side to `size`, centre crop `size` x `size`, as a (3, size, size) tensor in [0, 1]."""
+    return TF.to_tensor(TF.center_crop(resize_short_side(image, size), size))
+
+
+def patch_multiple(size: int, patch: int) -> int:
+    return max(patch, size // patch * patch)
+
+
+def open_image_set(spec: str):
+    kind, _, rest = str(spec).partition(":")
+    if kind == "micro":
+        return SceneDataset("heldout", **parse_options(rest))
+    # Imported here: the engine's data layer (folder / jsonl / hf / wds) pulls in datasets and webdataset.
+    from distill.data import build_dataset
+
+    return build_dataset(spec)
+
+
+def _collate(prepare, items: list) -> list:
+    return items if prepare is None else [prepare(item) for item in items]
+
+
+def batches(dataset, batch_size: int, limit: int | None = None, workers: int = 0, prepare=None):
+    """DataLoader over the first `limit` items, yielding lists of `prepare(sample)` (images differ in size).
+
+    `prepare` runs in the workers, so it must be picklable (a module-level function or a partial of one)
+    when `workers` > 0.
+    """
+    if limit is not None:
+        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                       collate_fn=partial(_collate, prepare))

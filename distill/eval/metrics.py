@@ -1,0 +1,132 @@
+"""Scores computed from predictions: segmentation confusion matrices, retrieval recall, top-k accuracy.
+
+All percentages. Segmentation scores come from one (C, C) confusion matrix (rows = label, columns =
+prediction) so that every metric and baseline is a pure function of it and easy to check by hand.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+IGNORE_INDEX = 255
+
+
+class ConfusionMatrix:
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+
+    def update(self, pred, label) -> None:
+        pred = torch.as_tensor(pred).reshape(-1).long().cpu()
+        label = torch.as_tensor(label).reshape(-1).long().cpu()
+        if pred.shape != label.shape:
+            raise ValueError(f"prediction has {pred.numel()} pixels, label {label.numel()}")
+        keep = label != self.ignore_index
+        pred, label = pred[keep], label[keep]
+        c = self.num_classes
+        counts = torch.bincount(label * c + pred, minlength=c * c)
+        self.matrix += counts.reshape(c, c).numpy()
+
+
+def iou_per_class(matrix: np.ndarray) -> np.ndarray:
+    """IoU in percent per class; NaN where the union is empty (class neither labelled nor predicted)."""
+    tp = np.diag(matrix).astype(np.float64)
+    union = matrix.sum(0) + matrix.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(union > 0, 100.0 * tp / union, np.nan)
+
+
+def mean_iou(matrix: np.ndarray) -> float:
+    iou = iou_per_class(matrix)
+    return float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+
+
+def _accuracy(matrix: np.ndarray, rows: np.ndarray) -> float:
+    total = matrix[rows].sum()
+    return float(100.0 * np.diag(matrix)[rows].sum() / total) if total else float("nan")
+
+
+def background_class(matrix: np.ndarray, background: int | None) -> int:
+    """The dataset's background class, or (datasets without one) the most frequent labelled class.
+
+    Background covers most pixels of typical scenes, so a model biased to it scores a deceptively high
+    mIoU; the baselines below quantify that. Datasets such as ADE20K have no background class; the
+    majority class (ADE20K: wall) plays the role there.
+    """
+    return int(background) if background is not None else int(np.argmax(matrix.sum(1)))
+
+
+def segmentation_scores(matrix: np.ndarray, class_names: list[str], background: int | None) -> dict:
+    bg = background_class(matrix, background)
+    objects = np.arange(matrix.shape[0]) != bg
+    iou = iou_per_class(matrix)
+    return {
+        "miou": mean_iou(matrix),
+        "pixel_acc": _accuracy(matrix, np.ones(matrix.shape[0], dtype=bool)),
+        "object_pixel_acc": _accuracy(matrix, objects),
+        "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou)},
+    }
+
+
+def segmentation_baselines(matrix: np.ndarray, class_names: list[str], background: int | None) -> dict:
+    """What trivial predictors reach on the same labels (depends on the data only, not on a model)."""
+    bg = background_class(matrix, background)
+    constant = np.zeros_like(matrix)
+    constant[:, bg] = matrix.sum(1)
+    object_rows = np.arange(matrix.shape[0]) != bg
+    object_counts = matrix.sum(1)[object_rows]
+    num_objects = int(object_rows.sum())
+    return {
+        "background_class": class_names[bg],
+        "background_is_majority_class": background is None,
+        "all_background_miou": mean_iou(constant),
+        "all_background_pixel_acc": _accuracy(constant, np.ones(matrix.shape[0], dtype=bool)),
+        # Uniform guessing among the object classes; the majority-object guess is the stronger baseline.
+        "chance_object_pixel_acc": 100.0 / num_objects if num_objects else float("nan"),
+        "majority_object_pixel_acc": (float(100.0 * object_counts.max() / object_counts.sum())
+                                      if object_counts.sum() else float("nan")),
+    }
+
+
+def recall_at_k(similarity: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10)) -> dict[int, float]:
+    """similarity (Q, N); positives (Q, N) bool. Recall@k = % of queries with a positive in the top k."""
+    order = similarity.argsort(dim=1, descending=True)
+    hits = positives.gather(1, order)
+    first = torch.where(hits.any(1), hits.float().argmax(1), torch.full((hits.shape[0],), hits.shape[1]))
+    return {k: float(100.0 * (first < k).float().mean()) for k in ks}
+
+
+def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> dict[int, float]:
+    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    correct = top == targets[:, None]
+    return {k: float(100.0 * correct[:, :k].any(1).float().mean()) for k in ks}
+
+
+class LinearCKA:
+    """Linear CKA between two feature sets seen in chunks (rows = the same tokens in both).
+
+    Accumulates first and second moments in float64, so memory is O(D^2), not O(N^2), for any number of
+    tokens: CKA = ||Cxy||_F^2 / (||Cxx||_F ||Cyy||_F) with centred cross-covariances C.
+    """
+
+    def __init__(self):
+        self.n = 0
+        self.moments: list[torch.Tensor] | None = None
+
+    def update(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        x, y = x.reshape(-1, x.shape[-1]).double(), y.reshape(-1, y.shape[-1]).double()
+        new = [x.sum(0), y.sum(0), x.T @ x, y.T @ y, x.T @ y]
+        self.moments = new if self.moments is None else [a + b for a, b in zip(self.moments, new)]
+        self.n += x.shape[0]
+
+    def value(self) -> float:
+        if self.moments is None or self.n < 2:
+            return float("nan")
+        sx, sy, sxx, syy, sxy = self.moments
+        n = self.n
+        cxx = sxx - torch.outer(sx, sx) / n
+        cyy = syy - torch.outer(sy, sy) / n
+        cxy = sxy - torch.outer(sx, sy) / n
+        denominator = torch.linalg.norm(cxx) * torch.linalg.norm(cyy)
+        return float(torch.linalg.norm(cxy) ** 2 / denominator) if denominator > 0 else float("nan")

@@ -1,0 +1,39 @@
+"""Segmentation dataset readers, one per layout, chosen by a `KIND:PATH` spec (or `micro[:OPTIONS]`)."""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+from distill.eval.readers.ade20k import read_ade20k
+from distill.eval.readers.base import SegDataset, SegSample
+from distill.eval.readers.cocostuff import read_cocostuff
+from distill.eval.readers.context import read_context
+from distill.eval.readers.folder import read_folder
+from distill.eval.readers.micro import read_micro
+from distill.eval.readers.voc import read_voc
+from teachers.errors import UserError
+
+READERS = {
+    "ade20k": read_ade20k,
+    "voc": partial(read_voc, background=True),
+    "voc20": partial(read_voc, background=False),
+    "context": read_context,
+    "cocostuff": read_cocostuff,
+    "folder": read_folder,
+}
+
+
+def open_segmentation(spec: str) -> SegDataset:
+    kind, _, rest = str(spec).partition(":")
+    if kind == "micro":
+        return read_micro(rest)
+    if kind not in READERS or not rest:
+        raise UserError(f"segmentation dataset {spec!r} is not understood; expected KIND:PATH with KIND in "
+                        f"{', '.join(READERS)}, or micro")
+    path = Path(rest).expanduser()
+    if not path.is_dir():
+        raise UserError(f"dataset directory not found: {path}")
+    return READERS[kind](path)
+
+
+__all__ = ["READERS", "SegDataset", "SegSample", "open_segmentation"]

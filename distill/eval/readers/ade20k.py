@@ -1,0 +1,16 @@
+"""ADE20K (SceneParsing `ADEChallengeData2016`): 150 classes, label 0 = unlabelled -> ignored, k -> k-1."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill.eval.readers.base import PairedFiles, find_root, packaged_classes, reduce_zero_label
+from teachers.errors import UserError
+
+
+def read_ade20k(path: Path, split: str = "validation") -> PairedFiles:
+    root = find_root(path, f"images/{split}", ("ADEChallengeData2016",))
+    images = sorted((root / "images" / split).glob("*.jpg"))
+    if not images:
+        raise UserError(f"no .jpg images in {root / 'images' / split}")
+    pairs = [(p, root / "annotations" / split / f"{p.stem}.png") for p in images]
+    return PairedFiles(f"ade20k:{root}", packaged_classes("ade20k.txt"), None, pairs, reduce_zero_label)

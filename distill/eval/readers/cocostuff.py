@@ -1,0 +1,20 @@
+"""COCO-Stuff 164k, 171 classes, in the mmsegmentation layout (its `coco_stuff164k.py` converter):
+
+    images/val2017/<id>.jpg
+    annotations/val2017/<id>_labelTrainIds.png   train ids 0..170, 255 = unlabelled
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from distill.eval.readers.base import PairedFiles, find_root, keep_label, packaged_classes
+from teachers.errors import UserError
+
+
+def read_cocostuff(path: Path, split: str = "val2017") -> PairedFiles:
+    root = find_root(path, f"images/{split}", ("coco_stuff164k",))
+    images = sorted((root / "images" / split).glob("*.jpg"))
+    if not images:
+        raise UserError(f"no .jpg images in {root / 'images' / split}")
+    pairs = [(p, root / "annotations" / split / f"{p.stem}_labelTrainIds.png") for p in images]
+    return PairedFiles(f"cocostuff:{root}", packaged_classes("cocostuff171.txt"), None, pairs, keep_label)

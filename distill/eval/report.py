@@ -1,0 +1,132 @@
+"""What an evaluation leaves behind: report.json, a side-by-side markdown table, and PNGs.
+
+Every file is written to a temp name and renamed, so an interrupted run never leaves a torn file.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from distill.cache.atomic import write_atomic
+from distill.eval.metrics import IGNORE_INDEX
+
+# Metrics that are lists/dicts (per-class IoU) stay in report.json but not in the table.
+_TABLE_SKIPS = (dict, list)
+
+
+def json_safe(value):
+    """NaN (a metric with nothing to measure, e.g. no object pixels) becomes null: JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: Path, data: dict) -> None:
+    text = json.dumps(json_safe(data), indent=2, allow_nan=False) + "\n"
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def write_text(path: Path, text: str) -> None:
+    write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+def save_png(image: Image.Image, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def _cell(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+
+def markdown_table(report: dict) -> str:
+    """One row per scalar metric, one column per model, the best value of each row in bold."""
+    names = list(report["models"])
+    metrics = [m for m in dict.fromkeys(k for v in report["models"].values() for k in v)
+               if not any(isinstance(v.get(m), _TABLE_SKIPS) for v in report["models"].values())]
+    lines = [f"| metric | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
+    for metric in metrics:
+        values = [report["models"][n].get(metric) for n in names]
+        numbers = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+        best = max(numbers) if len(names) > 1 and numbers else None
+        cells = [f"**{_cell(v)}**" if best is not None and v == best else _cell(v) for v in values]
+        lines.append(f"| {metric} | {' | '.join(cells)} |")
+    baselines = {k: v for k, v in report.get("baselines", {}).items() if not isinstance(v, _TABLE_SKIPS)}
+    if baselines:
+        lines.append("")
+        lines.append("baselines: " + ", ".join(f"{k} {_cell(v)}" for k, v in baselines.items()))
+    return "\n".join(lines)
+
+
+def write_report(out_dir: Path, report: dict) -> str:
+    """report.json + report.md; returns the markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    table = f"{report['task']} on {report['dataset']}\n\n{markdown_table(report)}\n"
+    write_text(out_dir / "report.md", table)
+    write_json(out_dir / "report.json", report)  # last: its presence means the run finished
+    return table
+
+
+def _viewable(image: Image.Image, min_height: int = 192) -> Image.Image:
+    """Small inputs (micro scenes are 64 px) are enlarged by an integer factor, nearest-neighbour."""
+    factor = -(-min_height // image.height)
+    return image if factor <= 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
+def palette(num_classes: int) -> np.ndarray:
+    """(C + 1, 3) uint8 colours, deterministic; the extra last row is black for ignored pixels."""
+    rng = np.random.default_rng(0)
+    colours = rng.integers(40, 256, (num_classes + 1, 3)).astype(np.uint8)
+    colours[-1] = 0
+    return colours
+
+
+def label_png(label: np.ndarray, num_classes: int) -> Image.Image:
+    """A palette PNG whose pixel values are the class indices (readable back with np.asarray)."""
+    image = Image.fromarray(label.astype(np.uint8), mode="P")
+    colours = palette(num_classes)
+    flat = np.zeros((256, 3), np.uint8)
+    flat[:num_classes] = colours[:num_classes]
+    image.putpalette(flat.reshape(-1).tolist())
+    return image
+
+
+def _colourise(label: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    index = np.where(label == IGNORE_INDEX, len(colours) - 1, label)
+    return colours[index]
+
+
+def overlay_panel(image: Image.Image, label: np.ndarray, pred: np.ndarray, num_classes: int) -> Image.Image:
+    """image | ground truth over image | prediction over image (ignored pixels black in the middle panel)."""
+    rgb = np.asarray(image.convert("RGB").resize(label.shape[::-1]), dtype=np.float32)
+    colours = palette(num_classes)
+    panels = [rgb] + [0.45 * rgb + 0.55 * _colourise(m, colours) for m in (label, pred)]
+    return _viewable(Image.fromarray(np.concatenate(panels, axis=1).clip(0, 255).astype(np.uint8)))
+
+
+def pca_panel(image: Image.Image, patches: torch.Tensor) -> Image.Image:
+    """image | first 3 principal components of the (h, w, D) patch features as RGB, nearest-upsampled."""
+    h, w, d = patches.shape
+    x = patches.reshape(-1, d).float().cpu()
+    x = x - x.mean(0)
+    _, _, v = torch.linalg.svd(x, full_matrices=False)
+    comps = x @ v[:3].T
+    comps = torch.cat([comps, torch.zeros(comps.shape[0], 3 - comps.shape[1])], 1) if comps.shape[1] < 3 else comps
+    low, high = comps.min(0).values, comps.max(0).values
+    rgb = ((comps - low) / (high - low).clamp_min(1e-8) * 255).reshape(h, w, 3).numpy().astype(np.uint8)
+    pca = Image.fromarray(rgb).resize(image.size, Image.NEAREST)
+    canvas = Image.new("RGB", (image.width * 2, image.height))
+    canvas.paste(image.convert("RGB"), (0, 0))
+    canvas.paste(pca, (image.width, 0))
+    return _viewable(canvas)

@@ -1,0 +1,56 @@
+"""`evaluate(...)`: run one task for several models on one dataset and write the report."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+
+from distill.eval import fidelity, retrieval, zeroshot_cls, zeroshot_seg
+from distill.eval.report import write_report
+from distill.eval.task import ModelLoader
+from teachers.errors import UserError
+
+TASKS = {
+    "zeroshot-seg": (zeroshot_seg.run, zeroshot_seg.SegOptions),
+    "retrieval": (retrieval.run, retrieval.RetrievalOptions),
+    "zeroshot-cls": (zeroshot_cls.run, zeroshot_cls.ClsOptions),
+    "fidelity": (fidelity.run, fidelity.FidelityOptions),
+}
+
+
+def _task_options(task: str, options: dict):
+    cls = TASKS[task][1]
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise UserError(f"option {unknown[0]!r} does not apply to task {task}; expected one of {', '.join(sorted(known))}")
+    return cls(**options)
+
+
+def evaluate(models: dict, task: str, dataset: str, out_dir, *, device: str | None = None,
+             dtype: torch.dtype = torch.float32, quiet: bool = False, **options) -> dict:
+    """Evaluate `models` ({name: spec or loaded model}) on `task` and write `out_dir/report.json`.
+
+    Returns the report: {"task", "dataset", "models": {name: {metric: value}}, "baselines", "options"}.
+    Options are the fields of the task's options dataclass (e.g. `SegOptions`).
+    """
+    if task not in TASKS:
+        raise UserError(f"task {task!r} is unknown; expected one of {', '.join(TASKS)}")
+    if not models:
+        raise UserError("no model to evaluate; expected at least one NAME=SPEC")
+    opts = _task_options(task, options)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    out_dir = Path(out_dir)
+    result = TASKS[task][0](dict(models), dataset, out_dir, opts, ModelLoader(device, dtype))
+    report = {
+        "task": task,
+        "dataset": result.dataset,
+        "models": result.models,
+        "baselines": result.baselines,
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()},
+    }
+    table = write_report(out_dir, report)
+    if not quiet:
+        print(table)
+    return report

@@ -1,0 +1,78 @@
+"""Zero-shot classification on a folder-per-class image set (`ROOT/<class name>/<image>`).
+
+Class names are the folder names (underscores read as spaces) in the 9 TCL templates; images are
+embedded by their L2-normalised CLS1 token. Reports top-1 / top-5 accuracy in percent.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.datasets import ImageFolder
+from tqdm.auto import tqdm
+
+from distill.eval.inputs import batches, patch_multiple, square_crop
+from distill.eval.metrics import topk_accuracy
+from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
+from distill.eval.task import ModelLoader, TaskResult
+from teachers.errors import UserError
+
+KS = (1, 5)
+
+
+@dataclass
+class ClsOptions:
+    resolution: int | None = None  # square input side; None: the model's native image size
+    templates: tuple[str, ...] = TCL_TEMPLATES
+    batch_size: int = 32
+    limit: int | None = None
+    workers: int = 0
+
+
+def open_class_folders(dataset: str) -> ImageFolder:
+    kind, sep, rest = str(dataset).partition(":")
+    path = Path(rest if sep and kind == "folder" else dataset).expanduser()
+    if not path.is_dir():
+        raise UserError(f"class-folder dataset not found: {path}; expected folder:PATH with one sub-folder per class")
+    try:
+        return ImageFolder(str(path), loader=str)  # paths; images open in `_prepare`
+    except (FileNotFoundError, RuntimeError) as exc:
+        raise UserError(f"{path} is not a folder-per-class image set ({str(exc).splitlines()[0]})") from None
+
+
+def _prepare(resolution: int, item: tuple[str, int]) -> tuple[torch.Tensor, int]:
+    path, target = item
+    with Image.open(path) as image:
+        return square_crop(image.convert("RGB"), resolution), target
+
+
+@torch.inference_mode()
+def evaluate_model(model, name: str, folders: ImageFolder, opts: ClsOptions, device: torch.device) -> dict:
+    if not getattr(model, "has_text", True):
+        raise UserError(f"model {name} has no text tower; zero-shot classification needs one")
+    text = class_embeddings(model, folders.classes, opts.templates).to(device)
+    resolution = patch_multiple(opts.resolution or model.image_size, model.patch_size)
+    logits, targets = [], []
+    for batch in tqdm(batches(folders, opts.batch_size, opts.limit, opts.workers, partial(_prepare, resolution)),
+                      desc=f"zeroshot-cls {name}", unit="batch"):
+        image = F.normalize(model.encode_image(torch.stack([p for p, _ in batch]).to(device)).cls.float(), dim=-1)
+        logits.append((image @ text.T).cpu())
+        targets.extend(t for _, t in batch)
+    acc = topk_accuracy(torch.cat(logits), torch.tensor(targets), KS)
+    return {f"top{k}": v for k, v in acc.items()}
+
+
+def run(models: dict, dataset: str, out_dir: Path, opts: ClsOptions, load: ModelLoader) -> TaskResult:
+    folders = open_class_folders(dataset)
+    result = TaskResult(f"folder:{folders.root}")
+    for name, spec in models.items():
+        model, device = load(spec)
+        result.models[name] = evaluate_model(model, name, folders, opts, device)
+        del model
+    n = len(folders.classes)
+    result.baselines = {f"chance_top{k}": 100.0 * min(k, n) / n for k in KS}
+    return result
