@@ -1,0 +1,104 @@
+"""The one augmentation: a random resized crop + horizontal flip, with explicit parameters.
+
+Parameters are drawn from a generator seeded by (seed, epoch, index) only, never the global RNG, so
+a resumed or multi-process run draws the same crops, and the teacher-target cache can store
+`CropParams` and replay them exactly with `apply_crop`.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+
+import torch
+import torchvision.transforms.v2.functional as F
+from PIL import Image
+
+from teachers.errors import UserError
+
+
+@dataclass(frozen=True)
+class CropParams:
+    """A crop box in source-image pixels (after RGB conversion and EXIF rotation), then a flip."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+    flip: bool
+
+    def as_tensor(self) -> torch.Tensor:
+        return torch.tensor([self.top, self.left, self.height, self.width, int(self.flip)], dtype=torch.int64)
+
+    @classmethod
+    def from_tensor(cls, row: torch.Tensor) -> CropParams:
+        top, left, height, width, flip = (int(v) for v in row.tolist())
+        return cls(top, left, height, width, bool(flip))
+
+
+def keyed_generator(purpose: str, *key: int) -> torch.Generator:
+    """A generator that depends only on (purpose, key): hashed, so nearby keys give unrelated streams."""
+    digest = hashlib.blake2b("/".join([purpose, *(str(int(k)) for k in key)]).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+
+
+def crop_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    return keyed_generator("crop", seed, epoch, index)
+
+
+def sample_crop(image_size: tuple[int, int], rng: torch.Generator, scale: tuple[float, float] = (0.4, 1.0),
+                ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5) -> CropParams:
+    """`image_size` is (height, width). Same draws as torchvision's RandomResizedCrop.get_params,
+    which only reads the global RNG; this takes a generator instead."""
+    check_crop_options(scale, ratio, flip_p)
+    height, width = image_size
+    area = height * width
+    log_ratio = torch.log(torch.tensor(ratio))
+    box = None
+    for _ in range(10):
+        target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=rng).item()
+        aspect = math.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=rng).item())
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,), generator=rng).item())
+            left = int(torch.randint(0, width - w + 1, size=(1,), generator=rng).item())
+            box = (top, left, h, w)
+            break
+    if box is None:  # central crop at the nearest allowed aspect ratio
+        in_ratio = width / height
+        if in_ratio < min(ratio):
+            w, h = width, int(round(width / min(ratio)))
+        elif in_ratio > max(ratio):
+            w, h = int(round(height * max(ratio))), height
+        else:
+            w, h = width, height
+        box = ((height - h) // 2, (width - w) // 2, h, w)
+    flip = bool(torch.rand(1, generator=rng).item() < flip_p)
+    return CropParams(*box, flip=flip)
+
+
+def check_crop_options(scale: tuple[float, float], ratio: tuple[float, float], flip_p: float) -> None:
+    if not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
+        raise UserError(f"crop scale={tuple(scale)}: expected (min, max) with 0 < min <= max <= 1")
+    if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1]):
+        raise UserError(f"crop ratio={tuple(ratio)}: expected (min, max) aspect ratios with 0 < min <= max")
+    if not 0 <= flip_p <= 1:
+        raise UserError(f"flip_p={flip_p}: expected a probability in [0, 1]")
+
+
+def apply_crop(image: Image.Image | torch.Tensor, params: CropParams, size: int) -> torch.Tensor:
+    """(3, size, size) float32 in [0, 1]: crop, antialiased bilinear resize, then the flip.
+    `image` is an RGB PIL image or a (3, H, W) uint8/float tensor."""
+    pixels = F.to_image(image) if isinstance(image, Image.Image) else image
+    height, width = pixels.shape[-2:]
+    if not (0 <= params.top and 0 <= params.left and 0 < params.height and 0 < params.width
+            and params.top + params.height <= height and params.left + params.width <= width):
+        # Usually (width, height) passed where sample_crop wants (height, width).
+        raise ValueError(f"{params} lies outside the {height}x{width} (HxW) image")
+    # resized_crop split in two so only the crop, not a large source image, is converted to float.
+    pixels = F.crop(pixels, params.top, params.left, params.height, params.width)
+    pixels = F.resize(F.to_dtype(pixels, torch.float32, scale=True), [size, size], antialias=True)
+    if params.flip:
+        pixels = F.hflip(pixels)
+    return pixels.as_subclass(torch.Tensor).clamp_(0, 1)

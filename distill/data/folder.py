@@ -1,0 +1,126 @@
+"""Image folders: every image under a directory (recursive), captions optional.
+
+Captions come either from sidecar files next to each image (`cat.jpg` + `cat.txt` = short caption,
+`cat.medium.txt`, `cat.long.txt`) or from an index file (`jsonl` or `csv`) with one row per image:
+an image-path column (relative to the index file) and one column per caption granularity. An index
+named `metadata.jsonl` / `metadata.csv` at the folder root is used automatically (the Hugging Face
+imagefolder convention); with an index, the samples are its rows, in order.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from pathlib import Path
+
+from teachers.errors import UserError
+
+from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS
+from distill.data.sample import CAPTION_KEYS
+from distill.data.source import MapSource, RawRecord, pick_columns
+
+log = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm"})
+INDEX_NAMES = ("metadata.jsonl", "metadata.csv")
+SIDECAR_SUFFIXES = {"short": ".txt", "medium": ".medium.txt", "long": ".long.txt"}
+
+
+class FolderSource(MapSource):
+    def __init__(self, path: str | os.PathLike, *, index: str | os.PathLike | None = None,
+                 image_column: str = "file_name", caption_columns: dict[str, str] | None = None,
+                 max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS):
+        super().__init__(max_caption_chars)
+        path = Path(path).expanduser()
+        self.name = f"folder {path}"
+        if not path.exists():
+            raise UserError(f"data folder {path} does not exist: expected a directory of images or a jsonl/csv index")
+        if path.is_file():
+            index, root = path, path.parent
+        else:
+            root = path
+            if index is not None:
+                index = root / index
+            else:
+                index = next((root / name for name in INDEX_NAMES if (root / name).is_file()), None)
+        self.root = root
+        if index is not None:
+            self._records = read_index(Path(index), image_column, caption_columns)
+        else:
+            self._records = scan_folder(root)
+        self.caption_keys = tuple(key for key in CAPTION_KEYS if any(key in r.captions for r in self._records))
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def raw(self, index: int) -> RawRecord:
+        record = self._records[index]
+        return RawRecord(record.image, {key: read_text(value) if isinstance(value, Path) else value
+                                        for key, value in record.captions.items()})
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def scan_folder(root: Path) -> list[RawRecord]:
+    """Sorted by relative path so the item order (and every index) is the same on every machine.
+    Sidecar captions are kept as paths and read when the item is loaded."""
+    records = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        present = set(files)
+        for name in sorted(files):
+            stem, ext = os.path.splitext(name)
+            if name.startswith(".") or ext.lower() not in IMAGE_EXTENSIONS:
+                continue
+            captions = {key: Path(directory, stem + suffix) for key, suffix in SIDECAR_SUFFIXES.items()
+                        if stem + suffix in present}
+            records.append(RawRecord(os.path.join(directory, name), captions))
+    return records
+
+
+def read_index(index: Path, image_column: str, caption_columns: dict[str, str] | None) -> list[RawRecord]:
+    if not index.is_file():
+        raise UserError(f"caption index {index} does not exist: expected a .jsonl or .csv file")
+    suffix = index.suffix.lower()
+    if suffix == ".jsonl":
+        rows, malformed = read_jsonl(index)
+    elif suffix == ".csv":
+        with open(index, newline="", encoding="utf-8-sig") as f:
+            rows, malformed = list(csv.DictReader(f)), []
+    else:
+        raise UserError(f"caption index {index}: expected a .jsonl or .csv file")
+    if malformed:
+        log.warning("%s: skipped %d malformed line(s) (first: line %d)", index, len(malformed), malformed[0])
+    header = set().union(*(row.keys() for row in rows)) if rows else set()
+    if rows and image_column not in header:
+        raise UserError(f"caption index {index} has no image column {image_column!r} "
+                        f"(columns: {', '.join(sorted(header))}); set image_column")
+    chosen = pick_columns(f"caption index {index}", sorted(header), caption_columns)
+    base = index.parent
+    # A row without an image path becomes "" and is skipped as missing_file when loaded.
+    return [RawRecord(str(base / str(row[image_column])) if row.get(image_column) else "",
+                      {key: row.get(column) for key, column in chosen.items()})
+            for row in rows]
+
+
+def read_jsonl(index: Path) -> tuple[list[dict], list[int]]:
+    rows, malformed = [], []
+    with open(index, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                row = None
+            if isinstance(row, dict):
+                rows.append(row)
+            else:
+                malformed.append(number)
+    return rows, malformed

@@ -1,0 +1,80 @@
+"""Hugging Face `datasets`: a `save_to_disk` directory, any local directory `load_dataset` understands
+(imagefolder with `metadata.jsonl`, parquet, ...), or a hub id when online.
+
+Images are read undecoded (`Image(decode=False)`) and decoded by `distill.data.clean`, so a corrupt
+image is skipped and counted like everywhere else instead of raising inside `datasets`.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from teachers.errors import UserError
+
+from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS
+from distill.data.source import MapSource, RawRecord, pick_columns
+
+
+class HFSource(MapSource):
+    def __init__(self, path_or_id: str, *, split: str = "train", name: str | None = None,
+                 image_column: str | None = None, caption_columns: dict[str, str] | None = None,
+                 cache_dir: str | None = None, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS):
+        super().__init__(max_caption_chars)
+        import datasets
+
+        self.name = f"hf {path_or_id}"
+        dataset = load(path_or_id, split, name, cache_dir)
+        features = dataset.features
+        self.image_column = image_column or next(
+            (col for col, feature in features.items() if isinstance(feature, datasets.Image)), "image")
+        if self.image_column not in features:
+            raise UserError(f"{self.name} has no image column {self.image_column!r} "
+                            f"(columns: {', '.join(features)}); set image_column")
+        if isinstance(features[self.image_column], datasets.Image):
+            dataset = dataset.cast_column(self.image_column, datasets.Image(decode=False))
+        self.columns = pick_columns(self.name, list(features), caption_columns)
+        self.caption_keys = tuple(self.columns)
+        self.root = Path(path_or_id) if os.path.isdir(path_or_id) else None
+        self._dataset = dataset.select_columns([self.image_column, *self.columns.values()])
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def raw(self, index: int) -> RawRecord:
+        row = self._dataset[index]
+        value = row[self.image_column]
+        if isinstance(value, dict):  # datasets.Image(decode=False): {"bytes": ..., "path": ...}
+            value = value.get("bytes") or value.get("path") or b""
+        elif value is None:
+            value = b""
+        elif isinstance(value, str) and self.root is not None and not os.path.isabs(value):
+            value = str(self.root / value)
+        return RawRecord(value, {key: row[column] for key, column in self.columns.items()})
+
+
+def load(path_or_id: str, split: str, name: str | None, cache_dir: str | None):
+    import datasets
+
+    path = Path(path_or_id).expanduser()
+    if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
+        loaded = datasets.load_from_disk(str(path))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise UserError(f"hf {path_or_id} has no split {split!r} (splits: {', '.join(loaded)}); set split")
+            loaded = loaded[split]
+        return loaded
+    if path.exists() and not path.is_dir():
+        raise UserError(f"hf:{path_or_id} is a file: expected a dataset directory or a hub id")
+    try:
+        return datasets.load_dataset(str(path) if path.is_dir() else path_or_id, name, split=split,
+                                     cache_dir=cache_dir)
+    except (ValueError, KeyError) as exc:
+        raise UserError(f"hf {path_or_id}: cannot load split {split!r}: {one_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - offline hub, missing repo, unsupported files: all user-facing
+        raise UserError(f"hf {path_or_id}: cannot load it as a local dataset directory or hub dataset "
+                        f"({type(exc).__name__}: {one_line(exc)})") from None
+
+
+def one_line(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

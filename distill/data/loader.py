@@ -1,0 +1,140 @@
+"""Batches for the training loop: one crop per image, shared by teacher and student, and the data stats.
+
+The epoch reaches the workers inside every key (`EpochKey`) or through `set_epoch` on the stream, so
+crops depend on (seed, epoch, index) only, whatever the worker count, process count or resume point.
+Call `loader.set_epoch(epoch)` before each epoch (Accelerate's prepared loaders do it themselves,
+counting completed passes; after a resume set it explicitly).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator, NamedTuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+
+from teachers.errors import UserError
+
+from distill.data.augment import apply_crop, check_crop_options, crop_generator, keyed_generator, sample_crop
+from distill.data.sample import CAPTION_KEYS, DataStats, Sample
+
+
+@dataclass(frozen=True)
+class Augment:
+    student_size: int
+    teacher_size: int
+    seed: int = 0
+    scale: tuple[float, float] = (0.4, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+
+    def __call__(self, sample: Sample, epoch: int) -> dict[str, Any]:
+        rng = crop_generator(self.seed, epoch, sample.index)
+        params = sample_crop((sample.image.height, sample.image.width), rng, self.scale, self.ratio, self.flip_p)
+        item = {"pixels": apply_crop(sample.image, params, self.student_size), "captions": sample.captions,
+                "index": sample.index, "crop": params.as_tensor(), "events": sample.events}
+        if self.teacher_size != self.student_size:
+            # From the source image, not from the student pixels: each side gets its full resolution.
+            item["teacher_pixels"] = apply_crop(sample.image, params, self.teacher_size)
+        return item
+
+
+class EpochKey(NamedTuple):
+    epoch: int
+    index: int
+
+
+class EpochSampler(Sampler[EpochKey]):
+    """A permutation per (seed, epoch), yielding keys that carry the epoch to the workers.
+
+    Not a RandomSampler, so Accelerate keeps it; with several processes it shards the batches."""
+
+    def __init__(self, length: int, seed: int = 0, shuffle: bool = True):
+        self.length, self.seed, self.shuffle, self.epoch = length, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self) -> Iterator[EpochKey]:
+        order = (torch.randperm(self.length, generator=keyed_generator("order", self.seed, self.epoch)).tolist()
+                 if self.shuffle else range(self.length))
+        return (EpochKey(self.epoch, index) for index in order)
+
+
+class AugmentedDataset(Dataset):
+    def __init__(self, source: Dataset, augment: Augment):
+        self.source, self.augment = source, augment
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, key: EpochKey) -> dict[str, Any]:
+        return self.augment(self.source[key.index], key.epoch)
+
+
+class AugmentedStream(IterableDataset):
+    """For streaming sources (`wds:`): they shard themselves over processes and workers."""
+
+    def __init__(self, source, augment: Augment):
+        self.source, self.augment, self.epoch = source, augment, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for sample in self.source.stream(self.augment.seed, self.epoch):
+            yield self.augment(sample, self.epoch)
+
+
+class EpochDataLoader(DataLoader):
+    """A DataLoader with `set_epoch`, like the loaders `accelerator.prepare` returns.
+
+    Prepare map-style loaders only: a streaming (`wds:`) loader already reads just this process's
+    shards, and Accelerate would split (or broadcast) its batches a second time."""
+
+    def set_epoch(self, epoch: int) -> None:
+        (self.dataset if isinstance(self.dataset, AugmentedStream) else self.sampler).set_epoch(epoch)
+
+
+def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """`pixels` (B,3,S,S) and `teacher_pixels` (B,3,T,T) in [0,1] (the same tensor when S == T),
+    `captions` {short|medium|long: list[str | None]}, `index` (B,), `crop` (B,5) = CropParams rows,
+    `stats` DataStats of this batch."""
+    pixels = torch.stack([item["pixels"] for item in items])
+    teacher = torch.stack([item["teacher_pixels"] for item in items]) if "teacher_pixels" in items[0] else pixels
+    stats = DataStats()
+    for item in items:
+        stats.add(item["events"], samples=1)
+    return {
+        "pixels": pixels,
+        "teacher_pixels": teacher,
+        "captions": {key: [item["captions"].get(key) for item in items] for key in CAPTION_KEYS},
+        "index": torch.tensor([item["index"] for item in items], dtype=torch.int64),
+        "crop": torch.stack([item["crop"] for item in items]),
+        "stats": stats,
+    }
+
+
+def make_dataloader(dataset, *, batch_size: int, student_size: int, teacher_size: int | None = None,
+                    seed: int = 0, num_workers: int = 0, drop_last: bool = True, shuffle: bool = True,
+                    scale: tuple[float, float] = (0.4, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+                    flip_p: float = 0.5) -> EpochDataLoader:
+    """A loader over any `build_dataset` result (or any map-style dataset of `Sample`s).
+    `teacher_size` None means the student's size; `shuffle` applies to map-style datasets (a `wds:`
+    source shuffles shards and a sample buffer itself)."""
+    if batch_size < 1 or student_size < 1 or (teacher_size is not None and teacher_size < 1):
+        raise UserError(f"batch_size={batch_size}, student_size={student_size}, teacher_size={teacher_size}: "
+                        "expected positive integers")
+    if num_workers < 0:
+        raise UserError(f"num_workers={num_workers}: expected 0 or more")
+    check_crop_options(scale, ratio, flip_p)
+    augment = Augment(student_size, teacher_size or student_size, seed, tuple(scale), tuple(ratio), flip_p)
+    if isinstance(dataset, IterableDataset):
+        return EpochDataLoader(AugmentedStream(dataset, augment), batch_size=batch_size, num_workers=num_workers,
+                          collate_fn=collate, drop_last=drop_last)
+    return EpochDataLoader(AugmentedDataset(dataset, augment), batch_size=batch_size,
+                      sampler=EpochSampler(len(dataset), seed, shuffle), num_workers=num_workers,
+                      collate_fn=collate, drop_last=drop_last)

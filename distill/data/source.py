@@ -1,0 +1,116 @@
+"""Shared behaviour of the data sources: raw records in, clean `Sample`s out, bad items replaced."""
+from __future__ import annotations
+
+import os
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+from torch.utils.data import Dataset
+
+from teachers.errors import UserError
+
+from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS, BadSample, clean_captions, decode_image
+from distill.data.sample import CAPTION_KEYS, Sample
+
+
+@dataclass
+class RawRecord:
+    image: bytes | str | os.PathLike  # encoded bytes or a file path
+    captions: dict[str, Any]  # CAPTION_KEYS -> raw value (anything; cleaned later)
+
+
+def clean_record(raw: RawRecord, index: int, max_caption_chars: int) -> Sample:
+    """Raises BadSample when the image is unusable."""
+    image, image_events = decode_image(raw.image)
+    captions, caption_events = clean_captions(raw.captions, max_caption_chars)
+    return Sample(image, captions, index, image_events + caption_events)
+
+
+# Column names tried, in order, when a granularity's column is not given (HF imagefolder uses `text`).
+DEFAULT_COLUMNS = {"short": ("short", "text", "caption"), "medium": ("medium",), "long": ("long",)}
+
+
+def check_caption_columns(caption_columns: dict[str, str] | None) -> dict[str, str]:
+    requested = dict(caption_columns or {})
+    unknown = sorted(set(requested) - set(CAPTION_KEYS))
+    if unknown:
+        raise UserError(f"caption_columns key {unknown[0]!r} is unknown: expected keys among {', '.join(CAPTION_KEYS)}")
+    return requested
+
+
+def pick_columns(name: str, available: list[str], caption_columns: dict[str, str] | None) -> dict[str, str]:
+    """{granularity: column}: a requested column must exist; otherwise DEFAULT_COLUMNS are tried."""
+    requested = check_caption_columns(caption_columns)
+    chosen = {}
+    for key in CAPTION_KEYS:
+        if requested.get(key) is not None:
+            if requested[key] not in available:
+                raise UserError(f"{name} has no column {requested[key]!r} for {key} captions "
+                                f"(columns: {', '.join(available)})")
+            chosen[key] = requested[key]
+        else:
+            found = next((c for c in DEFAULT_COLUMNS[key] if c in available), None)
+            if found:
+                chosen[key] = found
+    return chosen
+
+
+class MapSource(Dataset):
+    """A map-style source. Subclasses set `name`, `caption_keys` and implement `__len__` and `raw(i)`.
+
+    `source[i]` is always a valid Sample: an unusable item i is replaced by the next valid item
+    (i+1, i+2, ... wrapping), so the result depends only on i. The returned sample's `events`
+    report item i's own problem, so over an epoch every bad item is counted exactly once.
+    """
+
+    name = "source"
+    caption_keys: tuple[str, ...] = ()
+
+    def __init__(self, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS):
+        if max_caption_chars < 1:
+            raise UserError(f"max_caption_chars={max_caption_chars}: expected a positive number of characters")
+        self.max_caption_chars = max_caption_chars
+        self._bad: dict[int, str] = {}  # per process: known-bad items are not decoded again
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def raw(self, index: int) -> RawRecord:
+        raise NotImplementedError
+
+    def load(self, index: int) -> Sample:
+        """Item `index` itself; raises BadSample."""
+        if index in self._bad:
+            raise BadSample(self._bad[index])
+        try:
+            return clean_record(self.raw(index), index, self.max_caption_chars)
+        except BadSample as exc:
+            self._bad[index] = exc.reason
+            raise
+
+    def __getitem__(self, index: int) -> Sample:
+        try:
+            return self.load(index)
+        except BadSample as exc:
+            own = (f"skipped/{exc.reason}",)
+        for candidate in self._after(index):
+            try:
+                found = self.load(candidate)
+            except BadSample:
+                continue
+            found.events = own
+            return found
+        reasons = Counter(self._bad.values())
+        detail = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
+        raise UserError(f"{self.name}: no valid image left: all {len(self)} items are unusable ({detail})")
+
+    def _after(self, index: int) -> Iterator[int]:
+        n = len(self)
+        return ((index + step) % n for step in range(1, n))
+
+    def check(self) -> None:
+        """Fail now, in the main process, with one clear line if not a single item is usable."""
+        if len(self) == 0:
+            raise UserError(f"{self.name}: no images found")
+        self[0]
