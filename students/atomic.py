@@ -1,0 +1,47 @@
+"""Write a directory all at once: build it in a temp dir beside the target, rename at the end.
+
+A failure (or Ctrl-C) leaves the target as it was; an existing non-empty target is only replaced
+when the caller allows it, and the old one is removed only after the new one is in place.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from teachers.errors import UserError
+
+
+@contextmanager
+def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Yields an empty temp dir; on success it becomes `target`."""
+    target = Path(target)
+    if target.exists() and not target.is_dir():
+        raise UserError(f"output {target} exists and is not a directory")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise UserError(f"output directory {target} exists and is not empty; pass --overwrite to replace it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        _swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_in(new: Path, target: Path) -> None:
+    if not target.exists():
+        os.rename(new, target)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    os.rename(target, old / "dir")
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(old / "dir", target)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,108 @@
+"""`build_student`: a zoo architecture from scratch or initialised from any checkpoint the teacher layer reads."""
+from __future__ import annotations
+
+from transformers import Tipsv2TextModel, Tipsv2VisionModel
+
+from students.heads import ProjectionHeads
+from students.model import Student
+from students.zoo import get_arch
+from teachers.errors import UserError
+
+
+def build_student(
+    name: str,
+    *,
+    teacher_width: int | None = None,
+    text: bool = True,
+    init: str | None = None,
+    text_init: str | None = None,
+    vocab_size: int | None = None,
+    image_size: int | None = None,
+    tokenizer=None,
+    head: str = "linear",
+    gradient_checkpointing: bool = False,
+) -> Student:
+    """Build a zoo student.
+
+    init:       a teacher spec (hub id, save_pretrained dir, official .npz, student dir) whose TIPSv2
+                towers have exactly this architecture's shapes; its vision (and, with text, text) weights,
+                tokenizer and temperature are copied.
+    text_init:  a teacher spec whose text tower (and tokenizer, temperature) replaces the student's;
+                its width must equal the student's width. Its depth/heads are kept as they are.
+    vocab_size: from `tokenizer` when given (the vocabulary must fit the embedding), else 32000.
+    image_size: the native resolution (position-embedding grid); defaults to the zoo entry's.
+    head:       "linear" or "mlp" projection heads, built when `teacher_width` is given.
+    """
+    arch = get_arch(name)
+    if tokenizer is not None:
+        if vocab_size is not None and vocab_size != len(tokenizer):
+            raise UserError(f"vocab_size={vocab_size} differs from the tokenizer's {len(tokenizer)} tokens")
+        vocab_size = len(tokenizer)
+    config = arch.build_config(vocab_size=vocab_size, image_size=image_size)
+    vision = Tipsv2VisionModel(config.vision_config)
+    text_model = Tipsv2TextModel(config.text_config) if text else None
+    temperature = config.temperature_init_value
+    metadata = {}
+
+    if init is not None:
+        source = _tipsv2_teacher(init, "init")
+        _copy_tower(vision, source.vision, f"{name} vision tower", init)
+        if text_model is not None and text_init is None:
+            if source.text is None:
+                raise UserError(f"init={init!r} has no text tower; pass text=False or text_init=... for {name}")
+            # The vocabulary follows the checkpoint's tokenizer; every other text shape must be the zoo's.
+            text_model = Tipsv2TextModel(arch.build_config(vocab_size=source.text.config.vocab_size,
+                                                           image_size=image_size).text_config)
+            _copy_tower(text_model, source.text, f"{name} text tower", init)
+            tokenizer, temperature = source.tokenizer, source.temperature or temperature
+        metadata["init"] = {"spec": init, "fingerprint": source.fingerprint}
+
+    if text_init is not None:
+        if not text:
+            raise UserError("text_init=... needs a text tower; drop text=False")
+        source = _tipsv2_teacher(text_init, "text_init")
+        if source.text is None:
+            raise UserError(f"text_init={text_init!r} has no text tower")
+        if source.text.config.hidden_size != vision.config.hidden_size:
+            raise UserError(
+                f"text_init={text_init!r} has text width {source.text.config.hidden_size}, but {name} has width "
+                f"{vision.config.hidden_size}; the text tower can only be reused at equal width"
+            )
+        text_model = Tipsv2TextModel(source.text.config)
+        _copy_tower(text_model, source.text, f"{name} text tower", text_init)
+        tokenizer, temperature = source.tokenizer, source.temperature or temperature
+        metadata["text_init"] = {"spec": text_init, "fingerprint": source.fingerprint}
+
+    if text_model is not None and tokenizer is not None and len(tokenizer) > text_model.config.vocab_size:
+        raise UserError(
+            f"the tokenizer has {len(tokenizer)} tokens but the text embedding only {text_model.config.vocab_size}"
+        )
+    heads = ProjectionHeads(vision.config.hidden_size, teacher_width, head) if teacher_width else None
+    student = Student(name, vision, text_model, heads, tokenizer=tokenizer, temperature=temperature,
+                      metadata=metadata)
+    if gradient_checkpointing:
+        vision.gradient_checkpointing_enable()
+        if text_model is not None:
+            text_model.gradient_checkpointing_enable()
+    return student
+
+
+def _tipsv2_teacher(spec: str, option: str):
+    """A TIPSv2 teacher (transformers towers) loaded by the teacher layer from any spec it reads."""
+    from teachers import load_teacher
+
+    teacher = load_teacher(spec)
+    if not isinstance(getattr(teacher, "vision", None), Tipsv2VisionModel):
+        raise UserError(f"{option}={spec!r} is a {type(teacher).__name__}, not a TIPSv2 checkpoint; "
+                        "students can only start from TIPSv2 weights")
+    return teacher
+
+
+def _copy_tower(target, source, what: str, spec: str) -> None:
+    from students.checkpoint import check_state_dict
+
+    if target.config.num_attention_heads != source.config.num_attention_heads:
+        raise UserError(f"init checkpoint {spec!r} has {source.config.num_attention_heads} attention heads, "
+                        f"{what} has {target.config.num_attention_heads}")
+    check_state_dict(target, source.state_dict(), f"init checkpoint {spec!r}", what)
+    target.load_state_dict(source.state_dict())

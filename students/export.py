@@ -1,0 +1,172 @@
+"""Export a student checkpoint to the formats users load: transformers (`hf`), timm, official `.npz`.
+
+Every export is built in a temp dir beside `out` and renamed into place at the end, so a failure
+leaves nothing half-written, and an existing non-empty `out` is only replaced with `overwrite`.
+`with_heads` adds the projection heads (the "teacher-space" variant) as
+`teacher_space_heads.safetensors` + `teacher_space_heads.json` in any format.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import Tipsv2ImageProcessor, Tipsv2Model, Tipsv2Processor, Tipsv2VisionModel
+
+from students.atomic import atomic_directory
+from students.checkpoint import load_student
+from students.heads import ProjectionHeads
+from students.model import Student
+from students.model_card import find_report, model_card
+from students.zoo import get_arch
+from teachers.errors import UserError
+from teachers.official_npz import official_from_tipsv2, write_npz
+
+FORMATS = ("hf", "timm", "npz")
+HEADS_WEIGHTS = "teacher_space_heads.safetensors"
+HEADS_MANIFEST = "teacher_space_heads.json"
+TIMM_WEIGHTS = "model.safetensors"
+TIMM_MANIFEST = "timm_config.json"
+NPZ_VISION = "tips_v2_student_vision.npz"
+NPZ_TEXT = "tips_v2_student_text.npz"
+NPZ_MANIFEST = "tips_npz.json"
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    format: str
+    files: list[str]
+    notes: list[str] = field(default_factory=list)
+
+
+def export_student(
+    checkpoint: str | os.PathLike,
+    fmt: str,
+    out: str | os.PathLike,
+    *,
+    with_heads: bool = False,
+    overwrite: bool = False,
+) -> ExportResult:
+    if fmt not in FORMATS:
+        raise UserError(f"export format {fmt!r} is unknown; expected one of {', '.join(FORMATS)}")
+    student = load_student(checkpoint)
+    if with_heads and student.heads is None:
+        raise UserError(f"--with-heads: {checkpoint} has no projection heads (built without teacher_width)")
+    report = find_report(Path(checkpoint), student.metadata)
+    student.eval()
+    with atomic_directory(out, overwrite=overwrite) as tmp:
+        notes = _EXPORTERS[fmt](student, tmp, report)
+        if with_heads:
+            _write_heads(student.heads, tmp)
+        files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
+    return ExportResult(Path(out), fmt, files, notes)
+
+
+def _export_hf(student: Student, out: Path, report: dict | None) -> list[str]:
+    config = student.tipsv2_config()
+    notes = []
+    if student.text is not None:
+        model = Tipsv2Model(config)
+        model.load_state_dict(student.tipsv2_state_dict())
+        usage = "model = AutoModel.from_pretrained('DIR')  # Tipsv2Model: vision + text + temperature"
+    else:
+        model = Tipsv2VisionModel(config.vision_config)
+        model.load_state_dict(student.vision.state_dict())
+        usage = "model = AutoModel.from_pretrained('DIR')  # Tipsv2VisionModel (this student has no text tower)"
+        notes.append("the student has no text tower: exported a Tipsv2VisionModel (no text, no temperature)")
+    model.save_pretrained(out)
+    size = student.image_size
+    image_processor = Tipsv2ImageProcessor(size={"height": size, "width": size})
+    if student.tokenizer is not None:
+        Tipsv2Processor(image_processor=image_processor, tokenizer=student.tokenizer).save_pretrained(out)
+        usage += "\nprocessor = AutoProcessor.from_pretrained('DIR')  # Tipsv2Processor: image processor + tokenizer"
+    else:
+        image_processor.save_pretrained(out)
+        usage += "\nimage_processor = AutoImageProcessor.from_pretrained('DIR')"
+        notes.append("the student has no tokenizer: exported the image processor only")
+    usage = "from transformers import AutoModel, AutoProcessor, AutoImageProcessor\n" + usage
+    _write_card(student, out, report, "transformers", usage)
+    return notes
+
+
+def timm_kwargs(student: Student) -> dict[str, Any]:
+    """`timm.create_model` kwargs that rebuild this vision tower (redundant for the released shapes)."""
+    vision = student.vision.config
+    return dict(embed_dim=vision.hidden_size, depth=vision.num_hidden_layers, num_heads=vision.num_attention_heads,
+                mlp_ratio=vision.mlp_ratio, patch_size=vision.patch_size, img_size=vision.image_size)
+
+
+def _export_timm(student: Student, out: Path, report: dict | None) -> list[str]:
+    import timm
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    vision = student.vision.config
+    if vision.use_swiglu_ffn or vision.num_register_tokens != 1:
+        raise UserError(f"timm export supports the TIPSv2 GELU layout with 1 register; {student.name} differs")
+    name, kwargs = get_arch(student.name).timm_model, timm_kwargs(student)
+    # The official layout is what timm's own TIPSv2 filter converts from (CLS pos folded in, qkv fused).
+    arrays, _ = official_from_tipsv2({f"vision_model.{k}": v for k, v in student.vision.state_dict().items()},
+                                     student.tipsv2_config())
+    with torch.device("meta"):
+        model = timm.create_model(name, pretrained=False, **kwargs)
+    state = checkpoint_filter_fn({k: torch.from_numpy(v) for k, v in arrays.items()}, model)
+    model.load_state_dict(state, strict=True, assign=True)  # checks keys and shapes before anything is written
+    save_file({k: v.contiguous() for k, v in state.items()}, out / TIMM_WEIGHTS)
+    (out / TIMM_MANIFEST).write_text(json.dumps({"model_name": name, "kwargs": kwargs}, indent=2))
+    usage = (f"import json, timm\ncfg = json.load(open('DIR/{TIMM_MANIFEST}'))\n"
+             f"model = timm.create_model(cfg['model_name'], pretrained=False,\n"
+             f"                          checkpoint_path='DIR/{TIMM_WEIGHTS}', **cfg['kwargs'])\n"
+             "tokens = model.forward_features(pixels)  # RGB in [0,1], no normalisation: [CLS1, register, patches]")
+    _write_card(student, out, report, "timm", usage)
+    return ["timm holds the vision tower only; the text tower is not exported in this format"] if student.text else []
+
+
+def _export_npz(student: Student, out: Path, report: dict | None) -> list[str]:
+    vision_arrays, text_arrays = official_from_tipsv2(student.tipsv2_state_dict(), student.tipsv2_config())
+    write_npz(out / NPZ_VISION, vision_arrays)
+    if text_arrays is not None:
+        write_npz(out / NPZ_TEXT, text_arrays)
+    # Shapes give everything but the head counts; teachers need them for non-released widths.
+    heads = {"num_heads": student.vision.config.num_attention_heads}
+    if student.text is not None:
+        heads["text_num_heads"] = student.text.config.num_attention_heads
+    (out / NPZ_MANIFEST).write_text(json.dumps(heads, indent=2))
+    if student.tokenizer is not None:
+        student.tokenizer.save_pretrained(out)
+    usage = f"# official google-deepmind/tips key layout: {NPZ_VISION}" + (f" + {NPZ_TEXT}" if text_arrays else "")
+    _write_card(student, out, report, "official .npz", usage)
+    return []
+
+
+_EXPORTERS: dict[str, Callable[[Student, Path, dict | None], list[str]]] = {
+    "hf": _export_hf, "timm": _export_timm, "npz": _export_npz,
+}
+
+
+def _write_card(student: Student, out: Path, report: dict | None, fmt: str, usage: str) -> None:
+    (out / "README.md").write_text(model_card(student, report, fmt, usage))
+
+
+def _write_heads(heads: ProjectionHeads, out: Path) -> None:
+    save_file({k: v.detach().contiguous() for k, v in heads.state_dict().items()}, out / HEADS_WEIGHTS)
+    manifest = {"kind": heads.kind, "width": heads.width, "teacher_width": heads.teacher_width,
+                "applies_to": "final (post-LayerNorm) tokens: cls.* to CLS1, registers.* to each register, "
+                              "patches.* to every patch token"}
+    (out / HEADS_MANIFEST).write_text(json.dumps(manifest, indent=2))
+
+
+def load_heads(directory: str | os.PathLike) -> ProjectionHeads:
+    """The teacher-space heads of an export made with `with_heads=True`."""
+    directory = Path(directory)
+    if not (directory / HEADS_MANIFEST).is_file():
+        raise UserError(f"{directory} has no {HEADS_MANIFEST}; export with --with-heads")
+    manifest = json.loads((directory / HEADS_MANIFEST).read_text())
+    heads = ProjectionHeads(manifest["width"], manifest["teacher_width"], manifest["kind"])
+    heads.load_state_dict(load_file(directory / HEADS_WEIGHTS))
+    return heads

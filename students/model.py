@@ -1,0 +1,121 @@
+"""`Student`: a TIPSv2 vision tower (+ optional text tower) with projection heads to the teacher's width.
+
+The towers are transformers' `Tipsv2VisionModel` / `Tipsv2TextModel`, so the trained backbone is a
+real TIPSv2 model; the heads only exist for distillation and are exported on request.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Tipsv2Config, Tipsv2TextModel, Tipsv2VisionModel
+
+from students.heads import ProjectionHeads
+from teachers.errors import UserError
+from teachers.tipsv2_tokens import tipsv2_tokens
+from teachers.types import ImageTokens
+
+
+class Student(nn.Module):
+    """State-dict layout: `vision.*`, `text.*`, `temperature`, `heads.{cls,registers,patches}.*`.
+
+    `forward` is `image_tokens`, so wrappers that hook `forward` (DDP via Accelerate) see the
+    vision pass; text goes through `encode_text`.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        vision: Tipsv2VisionModel,
+        text: Tipsv2TextModel | None = None,
+        heads: ProjectionHeads | None = None,
+        tokenizer=None,
+        temperature: float = Tipsv2Config.temperature_init_value,
+        metadata: dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        if text is not None and text.config.hidden_size != vision.config.hidden_size:
+            raise UserError(
+                f"text width {text.config.hidden_size} differs from vision width {vision.config.hidden_size}; "
+                "TIPSv2 compares patches and text in one space"
+            )
+        self.name = name
+        self.vision = vision
+        self.text = text
+        self.heads = heads
+        self.tokenizer = tokenizer
+        # Like Tipsv2Model: logits = cosine / temperature, the temperature itself is the parameter.
+        if text is not None:
+            self.temperature = nn.Parameter(torch.tensor(float(temperature)))
+        else:
+            self.register_parameter("temperature", None)
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    @property
+    def width(self) -> int:
+        return self.vision.config.hidden_size
+
+    @property
+    def patch_size(self) -> int:
+        return self.vision.config.patch_size
+
+    @property
+    def image_size(self) -> int:
+        return self.vision.config.image_size
+
+    @property
+    def num_registers(self) -> int:
+        return self.vision.config.num_register_tokens
+
+    @property
+    def teacher_width(self) -> int | None:
+        return None if self.heads is None else self.heads.teacher_width
+
+    @property
+    def head_kind(self) -> str | None:
+        return None if self.heads is None else self.heads.kind
+
+    def image_tokens(
+        self, pixels: torch.Tensor, bool_masked_pos: torch.Tensor | None = None, value_trick: bool = False
+    ) -> ImageTokens:
+        """pixels: (B,3,H,W) RGB in [0,1] (TIPSv2 takes them unnormalised); tokens at the student width."""
+        return tipsv2_tokens(self.vision, pixels, bool_masked_pos=bool_masked_pos, value_trick=value_trick)
+
+    forward = image_tokens
+
+    def project(self, tokens: ImageTokens) -> ImageTokens:
+        if self.heads is None:
+            raise UserError(f"student {self.name} has no projection heads; build it with teacher_width=...")
+        return self.heads(tokens)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Masked-mean pooled text embedding (B, D), unnormalised, as Tipsv2TextModel's pooler_output."""
+        if self.text is None:
+            raise UserError(f"student {self.name} was built without a text tower (text=False)")
+        return self.text(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+
+    def tipsv2_config(self) -> Tipsv2Config:
+        """The `Tipsv2Config` of this backbone; without a text tower its text config is a same-width placeholder."""
+        vision = self.vision.config
+        if self.text is not None:
+            text = self.text.config.to_dict()
+            temperature = float(self.temperature.detach())
+        else:
+            text = dict(hidden_size=vision.hidden_size, num_attention_heads=vision.num_attention_heads)
+            temperature = Tipsv2Config.temperature_init_value
+        return Tipsv2Config(vision_config=vision.to_dict(), text_config=text, temperature_init_value=temperature)
+
+    def tipsv2_state_dict(self) -> dict[str, torch.Tensor]:
+        """The backbone's weights in `Tipsv2Model`'s key layout (no heads); text keys only with a text tower."""
+        state = {f"vision_model.{k}": v for k, v in self.vision.state_dict().items()}
+        if self.text is not None:
+            state.update({f"text_model.{k}": v for k, v in self.text.state_dict().items()})
+            state["temperature"] = self.temperature.detach()
+        return state
+
+    def save(self, directory: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
+        from students.checkpoint import save_student
+
+        save_student(self, directory, metadata=metadata)
