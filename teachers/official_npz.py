@@ -164,7 +164,70 @@ def _heads(width: int, num_heads: int | None, tower: str) -> int:
 
 
 def _to_torch(array) -> torch.Tensor:
-    return torch.from_numpy(np.array(array, copy=True))
+    # No copy for arrays read from an .npz (contiguous, writable): the g/14 weights stay in memory once.
+    array = np.asarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+def official_config(
+    vision_arrays: dict,
+    text_arrays: dict | None,
+    *,
+    num_heads: int | None = None,
+    text_num_heads: int | None = None,
+) -> Tipsv2Config:
+    """The `Tipsv2Config` of official arrays, from their shapes and key names only (no copy of the weights).
+
+    Raises UserError listing missing / unexpected keys. With `text_arrays=None`, `config.text_config` is a
+    placeholder of the same width. `num_heads` / `text_num_heads` are needed only for widths that are not
+    a released size.
+    """
+    what = "vision .npz"
+    width = _shape(vision_arrays, "cls_token", what, 3)[-1]
+    patch = _shape(vision_arrays, "patch_embed.proj.weight", what, 4)[-1]
+    positions = _shape(vision_arrays, "pos_embed", what, 3)[1] - 1
+    grid = math.isqrt(positions)
+    if grid * grid != positions:
+        raise UserError(f"{what}: pos_embed holds {positions} patch positions (+1 CLS); expected a square grid")
+    depth = _depth(vision_arrays, r"blocks\.(\d+)\.")
+    swiglu = "blocks.0.mlp.w12.weight" in vision_arrays
+    _check_keys(vision_arrays, set(_vision_table(depth, swiglu)), what)
+    hidden_key = "blocks.0.mlp.w12.weight" if swiglu else "blocks.0.mlp.fc1.weight"
+    hidden = _shape(vision_arrays, hidden_key, what, 2)[0] // (2 if swiglu else 1)
+    heads = _heads(width, num_heads, "vision")
+    vision_config = dict(
+        hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
+        mlp_ratio=_mlp_ratio(width, hidden, swiglu), use_swiglu_ffn=swiglu,
+        patch_size=patch, image_size=grid * patch,
+        num_register_tokens=_shape(vision_arrays, "register_tokens", what, 3)[1],
+    )
+    if text_arrays is None:
+        return Tipsv2Config(vision_config=vision_config, text_config=dict(hidden_size=width, num_attention_heads=heads))
+
+    what = "text .npz"
+    vocab, text_width = _shape(text_arrays, "token_embedding.weight", what, 2)
+    if text_width != width:
+        raise UserError(f"text width {text_width} differs from vision width {width}; expected one TIPSv2 pair")
+    text_depth = _depth(text_arrays, r"transformer\.resblocks\.(\d+)\.")
+    _check_keys(text_arrays, set(_text_table(text_depth)) | {_TEMPERATURE}, what)
+    text_config = dict(
+        hidden_size=width, num_hidden_layers=text_depth,
+        num_attention_heads=_heads(width, text_num_heads or num_heads, "text"),
+        intermediate_size=_shape(text_arrays, "transformer.resblocks.0.mlp.c_fc.weight", what, 2)[0],
+        vocab_size=vocab,
+    )
+    return Tipsv2Config(vision_config=vision_config, text_config=text_config,
+                        temperature_init_value=_temperature(text_arrays))
+
+
+def _temperature(text_arrays: dict) -> float:
+    value = np.asarray(text_arrays[_TEMPERATURE])
+    if value.size != 1:
+        raise UserError(f"text .npz: temperature has shape {value.shape}, expected a scalar")
+    temperature = float(value.reshape(()))
+    if not temperature > 0:
+        raise UserError(f"text .npz: temperature is {temperature}, expected a positive number")
+    return temperature
 
 
 def tipsv2_from_official(
@@ -174,61 +237,19 @@ def tipsv2_from_official(
     num_heads: int | None = None,
     text_num_heads: int | None = None,
 ) -> tuple[Tipsv2Config, dict[str, torch.Tensor], float | None]:
-    """Official arrays -> (config, `Tipsv2Model` state dict, temperature).
+    """Official arrays -> (config, `Tipsv2Model` state dict, temperature); see `official_config`.
 
-    With `text_arrays=None` the state dict holds only `vision_model.*` keys, the temperature is None and
-    `config.text_config` is a placeholder of the same width (build `Tipsv2VisionModel(config.vision_config)`).
-    `num_heads` / `text_num_heads` are needed only for widths that are not a released size.
+    With `text_arrays=None` the state dict holds only `vision_model.*` keys and the temperature is None
+    (build `Tipsv2VisionModel(config.vision_config)`).
     """
-    what = "vision .npz"
-    width = _shape(vision_arrays, "cls_token", what, 3)[-1]
-    patch = _shape(vision_arrays, "patch_embed.proj.weight", what, 4)[-1]
-    positions = _shape(vision_arrays, "pos_embed", what, 3)[1] - 1
-    grid = math.isqrt(positions)
-    if grid * grid != positions:
-        raise UserError(f"{what}: pos_embed holds {positions} patch positions (+1 CLS); expected a square grid")
-    registers = _shape(vision_arrays, "register_tokens", what, 3)[1]
-    depth = _depth(vision_arrays, r"blocks\.(\d+)\.")
-    swiglu = "blocks.0.mlp.w12.weight" in vision_arrays
-    hidden_key = "blocks.0.mlp.w12.weight" if swiglu else "blocks.0.mlp.fc1.weight"
-    hidden = _shape(vision_arrays, hidden_key, what, 2)[0] // (2 if swiglu else 1)
-    heads = _heads(width, num_heads, "vision")
-    vision_table = _vision_table(depth, swiglu)
-    _check_keys(vision_arrays, set(vision_table), what)
-    vision_config = dict(
-        hidden_size=width, num_hidden_layers=depth, num_attention_heads=heads,
-        mlp_ratio=_mlp_ratio(width, hidden, swiglu), use_swiglu_ffn=swiglu,
-        patch_size=patch, image_size=grid * patch, num_register_tokens=registers,
-    )
-    state = _convert(vision_arrays, vision_table)
-
-    temperature = None
-    text_config = dict(hidden_size=width, num_attention_heads=heads)
-    if text_arrays is not None:
-        what = "text .npz"
-        vocab, text_width = _shape(text_arrays, "token_embedding.weight", what, 2)
-        if text_width != width:
-            raise UserError(f"text width {text_width} differs from vision width {width}; expected one TIPSv2 pair")
-        text_depth = _depth(text_arrays, r"transformer\.resblocks\.(\d+)\.")
-        text_table = _text_table(text_depth)
-        _check_keys(text_arrays, set(text_table) | {_TEMPERATURE}, what)
-        if np.size(text_arrays[_TEMPERATURE]) != 1:
-            raise UserError(f"{what}: temperature has shape {np.shape(text_arrays[_TEMPERATURE])}, expected a scalar")
-        temperature = float(np.asarray(text_arrays[_TEMPERATURE]).reshape(()))
-        if not temperature > 0:
-            raise UserError(f"{what}: temperature is {temperature}, expected a positive number")
-        text_config = dict(
-            hidden_size=width, num_hidden_layers=text_depth,
-            num_attention_heads=_heads(width, text_num_heads or num_heads, "text"),
-            intermediate_size=_shape(text_arrays, "transformer.resblocks.0.mlp.c_fc.weight", what, 2)[0],
-            vocab_size=vocab,
-        )
-        state.update(_convert(text_arrays, text_table))
-        state["temperature"] = torch.tensor(temperature, dtype=torch.float32)
-
-    config = Tipsv2Config(vision_config=vision_config, text_config=text_config,
-                          **({"temperature_init_value": temperature} if temperature is not None else {}))
-    return config, state, temperature
+    config = official_config(vision_arrays, text_arrays, num_heads=num_heads, text_num_heads=text_num_heads)
+    vision = config.vision_config
+    state = _convert(vision_arrays, _vision_table(vision.num_hidden_layers, vision.use_swiglu_ffn))
+    if text_arrays is None:
+        return config, state, None
+    state.update(_convert(text_arrays, _text_table(config.text_config.num_hidden_layers)))
+    state["temperature"] = torch.tensor(config.temperature_init_value, dtype=torch.float32)
+    return config, state, config.temperature_init_value
 
 
 def _convert(arrays: dict, table: dict) -> dict[str, torch.Tensor]:
