@@ -27,7 +27,7 @@ class Preprocessing:
     teacher_image_size: int
     crop_scale: tuple[float, float]
     crop_ratio: tuple[float, float]
-    flip_prob: float
+    flip_p: float
     seed: int
 
     def mismatch(self, other: "Preprocessing") -> str | None:
