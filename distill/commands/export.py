@@ -1,0 +1,33 @@
+"""`tipsdistill export CHECKPOINT --format hf|timm|npz --out DIR [--with-heads] [--overwrite]`."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    from students.export import FORMATS
+
+    parser = subparsers.add_parser(
+        "export", help="export a student checkpoint for transformers, timm or the official .npz layout",
+        description="Export a student checkpoint (a dir written by student.save) to a loadable format.")
+    parser.add_argument("checkpoint", help="student checkpoint directory (model.safetensors + student.json)")
+    parser.add_argument("--format", required=True, choices=FORMATS,
+                        help="hf: AutoModel/AutoProcessor dir; timm: timm.create_model checkpoint; "
+                             "npz: official google-deepmind/tips arrays")
+    parser.add_argument("--out", required=True, help="output directory (built in a temp dir, renamed at the end)")
+    parser.add_argument("--with-heads", action="store_true",
+                        help="also store the projection heads to the teacher's width (teacher_space_heads.*)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    from students.export import export_student
+
+    result = export_student(args.checkpoint, args.format, args.out, with_heads=args.with_heads,
+                            overwrite=args.overwrite)
+    print(f"exported {args.checkpoint} as {result.format} to {result.out}: {', '.join(result.files)}")
+    for note in result.notes:
+        print(f"note: {note}")
+    return 0

@@ -1,0 +1,170 @@
+"""`tipsdistill export`: each format reloads with the user's library and gives the student's outputs."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import students
+from distill.cli import main
+from students.checkpoint import WEIGHTS
+from students.export import HEADS_MANIFEST, NPZ_TEXT, NPZ_VISION, TIMM_MANIFEST, TIMM_WEIGHTS, load_heads
+
+TEXTS = ["a red circle", "a photo of many dogs"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, tiny_tokenizer):
+    torch.manual_seed(0)
+    student = students.build_student("tipsv2-micro", teacher_width=48, tokenizer=tiny_tokenizer)
+    with torch.no_grad():  # non-trivial registers / layer scales so a mis-mapped weight shows
+        for p in student.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    root = tmp_path_factory.mktemp("export")
+    student.save(root / "ckpt", metadata={"teacher_fingerprint": "f00dcafe", "recipe": {"loss": "cosine"}})
+    (root / "report.json").write_text(json.dumps({"zero_shot_seg": {"miou": 12.5}}))
+    return root / "ckpt"
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint):
+    student = students.load_student(checkpoint).eval()
+    pixels = torch.rand(2, 3, 64, 64)
+    batch = student.tokenizer(TEXTS, padding="max_length", max_length=64, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        tokens = student.image_tokens(pixels)
+        sequence = torch.cat([tokens.cls[:, None], tokens.registers, tokens.patches.flatten(1, 2)], dim=1)
+        text = student.encode_text(batch["input_ids"], batch["attention_mask"])
+    return student, pixels, sequence, text
+
+
+def _export(checkpoint, fmt, out, *extra):
+    return main(["export", str(checkpoint), "--format", fmt, "--out", str(out), *extra])
+
+
+def test_hf_export_loads_with_automodel_and_autoprocessor(checkpoint, reference, tmp_path):
+    from transformers import AutoModel, AutoProcessor, Tipsv2Model
+
+    student, pixels, sequence, text = reference
+    assert _export(checkpoint, "hf", tmp_path / "hf") == 0
+    model = AutoModel.from_pretrained(tmp_path / "hf").eval()
+    processor = AutoProcessor.from_pretrained(tmp_path / "hf")
+    assert isinstance(model, Tipsv2Model)
+    assert type(processor).__name__ == "Tipsv2Processor"
+    assert type(processor.image_processor).__name__ == "Tipsv2ImageProcessor"
+    inputs = processor(text=TEXTS, return_tensors="pt")
+    with torch.no_grad():
+        out = model(pixel_values=pixels, **inputs)
+    assert (out.vision_model_output.last_hidden_state - sequence).abs().max() <= 1e-5
+    assert (out.text_model_output.pooler_output - text).abs().max() <= 1e-5
+    assert float(model.temperature.detach()) == pytest.approx(float(student.temperature.detach()))
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "f00dcafe" in card and "cosine" in card and "zero_shot_seg / miou | 12.5" in card
+
+
+def test_hf_export_of_a_vision_only_student(tmp_path, capsys):
+    from transformers import AutoModel, Tipsv2VisionModel
+
+    student = students.build_student("tipsv2-nano", text=False).eval()
+    student.save(tmp_path / "ckpt")
+    assert _export(tmp_path / "ckpt", "hf", tmp_path / "hf") == 0
+    assert "no text tower" in capsys.readouterr().out
+    model = AutoModel.from_pretrained(tmp_path / "hf").eval()
+    assert isinstance(model, Tipsv2VisionModel)
+    pixels = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert (model(pixel_values=pixels).last_hidden_state[:, 2:]
+                - student.image_tokens(pixels).patches.flatten(1, 2)).abs().max() <= 1e-5
+
+
+def test_timm_export_loads_with_create_model(checkpoint, reference, tmp_path):
+    import timm
+
+    _, pixels, sequence, _ = reference
+    assert _export(checkpoint, "timm", tmp_path / "timm") == 0
+    cfg = json.loads((tmp_path / "timm" / TIMM_MANIFEST).read_text())
+    model = timm.create_model(cfg["model_name"], pretrained=False,
+                              checkpoint_path=str(tmp_path / "timm" / TIMM_WEIGHTS), **cfg["kwargs"]).eval()
+    with torch.no_grad():
+        assert (model.forward_features(pixels) - sequence).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", ["tipsv2-b14", "tipsv2-l14", "tipsv2-so400m14"])
+def test_timm_kwargs_of_released_sizes_are_timms_defaults(name):
+    import timm
+
+    from students.export import timm_kwargs
+
+    with torch.device("meta"):
+        student = students.build_student(name, text=False)
+        arch = students.get_arch(name)
+        plain = timm.create_model(arch.timm_model)
+        ours = timm.create_model(arch.timm_model, **timm_kwargs(student))
+    assert {k: v.shape for k, v in plain.state_dict().items()} == {k: v.shape for k, v in ours.state_dict().items()}
+
+
+def test_npz_export_reads_back_through_the_teacher_layer(checkpoint, reference, tmp_path):
+    from teachers import load_teacher
+    from teachers.official_npz import read_npz, tipsv2_from_official
+
+    student, pixels, sequence, _ = reference
+    out = tmp_path / "npz"
+    assert _export(checkpoint, "npz", out) == 0
+    heads = json.loads((out / "tips_npz.json").read_text())
+    teacher = load_teacher(f"npz:{out / NPZ_VISION}", num_heads=heads["num_heads"])
+    tokens = teacher.encode_image(pixels)
+    assert (tokens.patches.flatten(1, 2) - sequence[:, 2:]).abs().max() <= 1e-5
+    assert (tokens.cls - sequence[:, 0]).abs().max() <= 1e-5
+    _, state, temperature = tipsv2_from_official(read_npz(out / NPZ_VISION), read_npz(out / NPZ_TEXT),
+                                                 **heads)
+    ours = student.tipsv2_state_dict()
+    assert state.keys() == ours.keys()
+    assert all(torch.equal(state[k], ours[k].float()) for k in ours)
+    assert temperature == pytest.approx(float(student.temperature.detach()))
+
+
+def test_with_heads_stores_the_teacher_space_heads(checkpoint, reference, tmp_path):
+    student, pixels, _, _ = reference
+    assert _export(checkpoint, "timm", tmp_path / "timm", "--with-heads") == 0
+    assert json.loads((tmp_path / "timm" / HEADS_MANIFEST).read_text())["teacher_width"] == 48
+    heads = load_heads(tmp_path / "timm")
+    with torch.no_grad():
+        tokens = student.image_tokens(pixels)
+        assert torch.equal(heads(tokens).patches, student.project(tokens).patches)
+
+
+def _leftovers(parent):
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def test_truncated_or_foreign_checkpoint_fails_cleanly(checkpoint, tmp_path, capsys):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoint, broken)
+    data = (broken / WEIGHTS).read_bytes()
+    (broken / WEIGHTS).write_bytes(data[: len(data) // 3])
+    for fmt in ("hf", "timm", "npz"):
+        assert _export(broken, fmt, tmp_path / f"out-{fmt}") == 2
+        assert not (tmp_path / f"out-{fmt}").exists()
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "safetensors" in err and len(err.strip().splitlines()) == 3
+
+    students.build_student("tipsv2-nano", vocab_size=64).save(tmp_path / "nano")
+    shutil.copy(tmp_path / "nano" / WEIGHTS, broken / WEIGHTS)
+    assert _export(broken, "hf", tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "does not match the architecture" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_existing_output_is_kept_unless_overwrite(checkpoint, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "mine.txt").write_text("keep")
+    assert _export(checkpoint, "timm", out) == 2
+    assert "--overwrite" in capsys.readouterr().err and (out / "mine.txt").read_text() == "keep"
+    assert _export(checkpoint, "timm", out, "--overwrite") == 0
+    assert not (out / "mine.txt").exists() and (out / TIMM_WEIGHTS).is_file()
+    assert _leftovers(tmp_path) == []
