@@ -51,7 +51,7 @@ def decode_image(source: bytes | str | os.PathLike) -> tuple[Image.Image, tuple[
     except UnidentifiedImageError:
         raise BadSample("unreadable") from None
     except OSError as exc:
-        raise BadSample("truncated" if "truncated" in str(exc) else "unreadable") from None
+        raise BadSample("truncated" if "truncated" in str(exc).lower() else "unreadable") from None
     except Exception:  # noqa: BLE001 - decoders raise many types on corrupt input; none may stop a run
         raise BadSample("unreadable") from None
     if rgb.width < 1 or rgb.height < 1:

@@ -1,0 +1,128 @@
+"""The shared crop: explicit parameters, exact replay, one crop for teacher and student, reproducible batches."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as nnf
+from PIL import Image
+from torchvision.transforms import RandomResizedCrop
+
+from distill.data import CropParams, apply_crop, build_dataset, crop_generator, make_dataloader, sample_crop
+from teachers.errors import UserError
+
+
+def quadrants(width=60, height=40) -> Image.Image:
+    """Four flat colours: any crop, resize or flip shows up in the pixels."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[: height // 2, : width // 2] = (255, 0, 0)
+    pixels[: height // 2, width // 2:] = (0, 255, 0)
+    pixels[height // 2:, : width // 2] = (0, 0, 255)
+    pixels[height // 2:, width // 2:] = (255, 255, 0)
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(10):
+        size = (48 + 8 * (i % 3), 32 + 8 * (i % 4))
+        # Smooth random blobs: resampling barely changes them, a different crop changes them a lot.
+        coarse = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+        coarse.resize(size, Image.Resampling.BICUBIC).save(tmp_path / f"{i}.png")
+        (tmp_path / f"{i}.txt").write_text(f"caption {i}")
+    return tmp_path
+
+
+@pytest.mark.parametrize("size", [(40, 60), (200, 10), (64, 64)])
+def test_sample_crop_draws_like_torchvision(size):
+    """Same generator state -> the same box torchvision's RandomResizedCrop.get_params picks."""
+    for seed in range(5):
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            expected = RandomResizedCrop.get_params(torch.zeros(3, *size), [0.4, 1.0], [3 / 4, 4 / 3])
+        got = sample_crop(size, torch.Generator().manual_seed(seed))
+        assert (got.top, got.left, got.height, got.width) == expected
+
+
+def test_crop_params_round_trip_and_bounds():
+    params = sample_crop((40, 60), crop_generator(0, 3, 7))
+    assert params == sample_crop((40, 60), crop_generator(0, 3, 7))
+    assert CropParams.from_tensor(params.as_tensor()) == params
+    flips = {sample_crop((40, 60), crop_generator(0, 0, i)).flip for i in range(20)}
+    assert flips == {True, False}
+    with pytest.raises(ValueError, match="outside the 40x60"):
+        apply_crop(quadrants(), CropParams(0, 0, 60, 40, False), 16)  # (width, height) mixed up
+    with pytest.raises(UserError, match="crop scale"):
+        sample_crop((40, 60), torch.Generator(), scale=(0.5, 0.2))
+
+
+def test_apply_crop_geometry():
+    image = quadrants()
+    top_left = apply_crop(image, CropParams(0, 0, 20, 30, False), 8)
+    assert top_left.shape == (3, 8, 8) and top_left.dtype == torch.float32
+    assert torch.allclose(top_left, torch.tensor([1.0, 0, 0])[:, None, None].expand(3, 8, 8), atol=1e-6)
+    whole = apply_crop(image, CropParams(0, 0, 40, 60, True), 8)
+    assert torch.allclose(whole[:, 0, 0], torch.tensor([0.0, 1, 0]))  # flipped: green is now top-left
+
+
+def test_crop_replay_is_bitwise_and_teacher_student_share_it(image_folder):
+    ds = build_dataset(f"folder:{image_folder}")
+    loader = make_dataloader(ds, batch_size=5, student_size=16, teacher_size=32, seed=3)
+    loader.set_epoch(2)
+    batch = next(iter(loader))
+    assert batch["pixels"].shape == (5, 3, 16, 16) and batch["teacher_pixels"].shape == (5, 3, 32, 32)
+    assert batch["captions"]["short"] == [f"caption {i}" for i in batch["index"].tolist()]
+    assert batch["captions"]["long"] == [None] * 5
+    for row, index in enumerate(batch["index"].tolist()):
+        params = CropParams.from_tensor(batch["crop"][row])
+        image = ds[index].image
+        assert params == sample_crop((image.height, image.width), crop_generator(3, 2, index))
+        assert torch.equal(apply_crop(image, params, 16), batch["pixels"][row])
+        assert torch.equal(apply_crop(image, params, 32), batch["teacher_pixels"][row])
+    # Same crop at two resolutions: the teacher view downsampled is the student view, up to resampling.
+    down = nnf.interpolate(batch["teacher_pixels"], size=16, mode="bilinear", antialias=True, align_corners=False)
+    same = (down - batch["pixels"]).abs().mean()
+    other = (down - torch.roll(batch["pixels"], 1, dims=0)).abs().mean()  # another image's crop
+    assert same < 0.01 and other > 10 * same
+
+
+def test_same_size_gives_one_tensor(tmp_path):
+    quadrants().save(tmp_path / "q.png")
+    batch = next(iter(make_dataloader(build_dataset(str(tmp_path)), batch_size=1, student_size=24)))
+    assert batch["teacher_pixels"] is batch["pixels"]
+
+
+def epoch_batches(loader, epoch):
+    loader.set_epoch(epoch)
+    return [(b["index"], b["crop"], b["pixels"]) for b in loader]
+
+
+def assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert all(torch.equal(u, v) for u, v in zip(x, y))
+
+
+def test_batches_depend_only_on_seed_epoch_index(image_folder):
+    ds = build_dataset(f"folder:{image_folder}")
+    make = lambda workers=0, seed=0: make_dataloader(ds, batch_size=4, student_size=16, seed=seed,  # noqa: E731
+                                                     num_workers=workers)
+    running = make()
+    first, second = epoch_batches(running, 0), epoch_batches(running, 1)
+    assert_same(epoch_batches(make(), 1), second)  # a resumed run: fresh loader, epoch set explicitly
+    assert_same(epoch_batches(make(workers=2), 1), second)  # worker processes do not change anything
+    assert not torch.equal(first[0][0], second[0][0])  # a new order each epoch
+    assert not torch.equal(epoch_batches(make(seed=1), 0)[0][1], first[0][1])
+
+
+def test_accelerate_process_shards_make_up_the_global_batch(image_folder):
+    from accelerate.data_loader import prepare_data_loader
+
+    ds = build_dataset(f"folder:{image_folder}")
+    single = epoch_batches(make_dataloader(ds, batch_size=4, student_size=16, seed=0), 1)
+    shards = [epoch_batches(prepare_data_loader(make_dataloader(ds, batch_size=2, student_size=16, seed=0),
+                                                num_processes=2, process_index=rank, put_on_device=False), 1)
+              for rank in range(2)]
+    joined = [tuple(torch.cat([a, b]) for a, b in zip(x, y)) for x, y in zip(*shards)]
+    assert_same(joined, single)
