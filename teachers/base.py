@@ -1,0 +1,100 @@
+"""The `Teacher` contract: a frozen encoder that takes RGB in [0,1] and returns `ImageTokens`.
+
+Subclasses (one per source in `teachers/sources/`) implement `_image_tokens` on already-normalised
+pixels and, when they have a text tower, `_text_embeddings`. This base class owns what must be the
+same for every source: input validation, the teacher's own normalisation, inference mode, freezing
+and the metadata the caches and reports key on.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from teachers.errors import UserError
+from teachers.types import ImageTokens
+
+
+class Teacher(nn.Module):
+    """Frozen image(-text) encoder.
+
+    width: token width D; patch_size; image_size: native resolution (square side, pixels);
+    num_registers: R (register / second-CLS tokens); fingerprint: sha256 of architecture + weights
+    (`teachers.fingerprint`); temperature: contrastive logit temperature (logits = cos / T) or None;
+    tokenizer: the text tower's tokenizer or None. `has_text` is True when `encode_text` works.
+    """
+
+    def __init__(self, *, width: int, patch_size: int, image_size: int, num_registers: int, fingerprint: str,
+                 temperature: float | None = None, tokenizer=None,
+                 mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None):
+        super().__init__()
+        self.width = width
+        self.patch_size = patch_size
+        self.image_size = image_size
+        self.num_registers = num_registers
+        self.fingerprint = fingerprint
+        self.temperature = temperature
+        self.tokenizer = tokenizer
+        # TIPSv2 consumes [0,1] RGB as is; other encoders bring their processor's mean/std.
+        self.normalize = mean is not None
+        if self.normalize:
+            self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+            self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    @property
+    def has_text(self) -> bool:
+        return False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def freeze(self) -> "Teacher":
+        self.requires_grad_(False)
+        return self.eval()
+
+    def train(self, mode: bool = True) -> "Teacher":
+        # A teacher never leaves eval mode, even when a parent module is switched to training.
+        return super().train(False)
+
+    @torch.inference_mode()
+    def encode_image(self, pixels: torch.Tensor, value_trick: bool = False) -> ImageTokens:
+        """pixels: RGB in [0,1], (B,3,H,W), H and W multiples of `patch_size`."""
+        self._check_pixels(pixels)
+        x = pixels.to(device=self.device, dtype=self.dtype)
+        if self.normalize:
+            x = (x - self.mean) / self.std
+        return self._image_tokens(x, value_trick)
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """L2-normalised text embeddings (B, width)."""
+        if not self.has_text:
+            raise UserError(f"this teacher ({type(self).__name__}) has no text tower; "
+                            f"expected a teacher with text (TIPSv2, CLIP, SigLIP) for encode_text")
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise UserError("encode_text expects a list of strings")
+        return F.normalize(self._text_embeddings(list(texts)), dim=-1)
+
+    def _check_pixels(self, pixels) -> None:
+        if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[1] != 3:
+            shape = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
+            raise UserError(f"pixels have shape {shape}; expected an RGB batch (B,3,H,W)")
+        h, w = pixels.shape[-2:]
+        if h % self.patch_size or w % self.patch_size:
+            raise UserError(f"image size {h}x{w} is not a multiple of the patch size {self.patch_size}; "
+                            f"resize or crop to e.g. {self.image_size}x{self.image_size}")
+        low, high = pixels.min().item(), pixels.max().item()
+        if low < 0 or high > 1:
+            raise UserError(f"pixels range over [{low:.4g}, {high:.4g}]; expected RGB in [0,1] "
+                            f"(the teacher applies its own normalisation)")
+
+    def _image_tokens(self, pixels: torch.Tensor, value_trick: bool) -> ImageTokens:
+        raise NotImplementedError
+
+    def _text_embeddings(self, texts: list[str]) -> torch.Tensor:
+        raise NotImplementedError

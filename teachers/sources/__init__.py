@@ -1,0 +1,1 @@
+"""One module per checkpoint source; `teachers.load.load_teacher` picks one from the spec."""

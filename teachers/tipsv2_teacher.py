@@ -1,0 +1,42 @@
+"""A TIPSv2 teacher over transformers' towers, whichever source (hub/dir, official .npz) built them."""
+from __future__ import annotations
+
+import torch
+from transformers import Tipsv2TextModel, Tipsv2VisionModel
+
+from teachers.base import Teacher
+from teachers.fingerprint import canonical_config, fingerprint
+from teachers.tipsv2_tokens import tipsv2_tokens
+from teachers.types import ImageTokens
+
+
+class Tipsv2Teacher(Teacher):
+    def __init__(self, vision: Tipsv2VisionModel, text: Tipsv2TextModel | None = None, tokenizer=None,
+                 temperature: float | None = None):
+        config = vision.config
+        tensors = {f"vision.{k}": v for k, v in vision.state_dict().items()}
+        architecture = {"family": "tipsv2", "vision": canonical_config(config)}
+        if text is not None:
+            tensors.update({f"text.{k}": v for k, v in text.state_dict().items()})
+            architecture["text"] = canonical_config(text.config)
+        super().__init__(
+            width=config.hidden_size, patch_size=config.patch_size, image_size=config.image_size,
+            num_registers=config.num_register_tokens, fingerprint=fingerprint(architecture, tensors),
+            temperature=temperature, tokenizer=tokenizer if text is not None else None,
+        )
+        self.vision = vision
+        self.text = text
+
+    @property
+    def has_text(self) -> bool:
+        return self.text is not None and self.tokenizer is not None
+
+    def _image_tokens(self, pixels: torch.Tensor, value_trick: bool) -> ImageTokens:
+        return tipsv2_tokens(self.vision, pixels, value_trick=value_trick)
+
+    def _text_embeddings(self, texts: list[str]) -> torch.Tensor:
+        batch = self.tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt",
+                               max_length=self.text.config.max_position_embeddings)
+        out = self.text(input_ids=batch["input_ids"].to(self.device),
+                        attention_mask=batch["attention_mask"].to(self.device))
+        return out.pooler_output
