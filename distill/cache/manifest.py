@@ -7,6 +7,7 @@ killed), and a resumed build starts at the first shard the manifest does not lis
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -39,6 +40,16 @@ class Preprocessing:
             if _normalise(mine) != _normalise(theirs):
                 return f"{f.name}={theirs!r} but the cache was built with {mine!r}"
         return None
+
+
+def dataset_identity(spec: str) -> str:
+    """The data spec as recorded: local paths made absolute, so `./data` and `/abs/data` agree."""
+    from distill.data.build import parse_spec
+
+    kind, argument = parse_spec(str(spec))
+    if kind == "scenes":
+        return f"scenes:{argument or 'train'}"
+    return f"{kind}:{os.path.abspath(argument) if os.path.exists(argument) else argument}"
 
 
 def _normalise(value):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils.data import IterableDataset
 
 from distill.cache.atomic import remove_stale_temps, write_atomic
 from distill.cache.compression import Compression, PatchCodec, PcaBasis, storage_dtype
@@ -39,6 +40,12 @@ class CacheSettings:
             raise UserError(f"--shard-size {self.shard_size} must be at least 1")
         storage_dtype(self.dtype)
         Compression.parse(self.compression)
+
+
+def require_indexed(dataset) -> None:
+    if isinstance(dataset, IterableDataset):
+        raise UserError("a teacher-target cache needs a map-style dataset (folder:, hf:, scenes); "
+                        "a wds: stream has no stable image index to replay")
 
 
 def teacher_augment(pre: Preprocessing) -> Augment:
@@ -98,6 +105,7 @@ def build_cache(
 ) -> CacheManifest:
     """Write (or finish) the cache in `out`. `on_shard(done, total)` is called after each shard."""
     settings.validate()
+    require_indexed(dataset)
     out = Path(out)
     if len(dataset) != pre.dataset_length:
         raise UserError(f"dataset {pre.dataset} has {len(dataset)} images, expected {pre.dataset_length}")

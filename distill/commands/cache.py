@@ -1,0 +1,80 @@
+"""`tipsdistill cache --teacher SPEC --data DATA --out DIR --augmentations K`: teacher targets, computed once."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+
+def _crop_default(name: str):
+    from distill.data.loader import Augment
+
+    return {f.name: f.default for f in dataclasses.fields(Augment)}[name]
+
+
+def _pair(text: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MIN,MAX (two numbers)") from None
+    return low, high
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "cache", help="run the teacher once and store its targets for K crops per image",
+        description="Store a teacher's CLS, register and patch tokens for K augmentations of every image "
+                    "(with the crop parameters), so `tipsdistill distill cache=DIR` trains without the teacher. "
+                    "Rerunning the same command finishes an interrupted build.")
+    parser.add_argument("--teacher", required=True, help="teacher spec (as for distill: dir, hub id, npz:, timm:)")
+    parser.add_argument("--data", required=True, help="data spec (folder:PATH, hf:PATH, scenes[:split], DIR)")
+    parser.add_argument("--out", required=True, help="cache directory (created; an existing cache is resumed)")
+    parser.add_argument("--augmentations", type=int, required=True, metavar="K", help="crops stored per image")
+    parser.add_argument("--dtype", default="bf16", help="storage precision: bf16 (default) or fp16")
+    parser.add_argument("--compress", default="none", metavar="none|int8|pca:N",
+                        help="patch-token storage: none, per-token int8, or N PCA components")
+    parser.add_argument("--shard-size", type=int, default=256, metavar="N", help="images per shard (default 256)")
+    parser.add_argument("--image-size", type=int, default=None, metavar="S",
+                        help="teacher input resolution (default: the teacher's native size); must equal the "
+                             "distill run's teacher.image_size")
+    parser.add_argument("--seed", type=int, default=0, help="crop seed (use the distill run's seed to replay "
+                                                             "its first K epochs exactly)")
+    parser.add_argument("--crop-scale", type=_pair, default=None, metavar="MIN,MAX")
+    parser.add_argument("--crop-ratio", type=_pair, default=None, metavar="MIN,MAX")
+    parser.add_argument("--flip-p", type=float, default=None)
+    parser.add_argument("--batch-size", type=int, default=32, help="teacher batch size")
+    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    import teachers
+    from distill.cache.manifest import Preprocessing, dataset_identity
+    from distill.cache.writer import CacheSettings, build_cache
+    from distill.data import build_dataset
+    from distill.data.augment import check_crop_options
+    from teachers.errors import UserError
+
+    settings = CacheSettings(args.augmentations, args.dtype, args.compress, args.shard_size, args.batch_size)
+    settings.validate()
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # On an accelerator the teacher runs in the training precision; CPUs here lack fast bf16 matmuls.
+    teacher_dtype = torch.float32 if str(device).startswith("cpu") else torch.bfloat16
+    scale, ratio = args.crop_scale or _crop_default("scale"), args.crop_ratio or _crop_default("ratio")
+    flip_p = _crop_default("flip_p") if args.flip_p is None else args.flip_p
+    check_crop_options(scale, ratio, flip_p)
+    dataset = build_dataset(args.data)
+    teacher = teachers.load_teacher(args.teacher, dtype=teacher_dtype, device=device)
+    size = args.image_size or teacher.image_size
+    if size % teacher.patch_size:
+        raise UserError(f"--image-size {size} is not a multiple of the teacher's patch size {teacher.patch_size}")
+    pre = Preprocessing(dataset=dataset_identity(args.data), dataset_length=len(dataset), teacher_image_size=size,
+                        crop_scale=scale, crop_ratio=ratio, flip_p=flip_p, seed=args.seed)
+    manifest = build_cache(teacher, dataset, args.out, pre, settings, device=device,
+                           on_shard=lambda done, total: print(f"shard {done}/{total}", flush=True))
+    rows = pre.dataset_length * settings.augmentations
+    print(f"cache {args.out}: {rows} targets ({pre.dataset_length} images x {settings.augmentations} crops) "
+          f"in {len(manifest.shards)} shards, teacher {manifest.teacher_fingerprint[:12]}")
+    return 0
