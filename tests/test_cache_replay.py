@@ -1,0 +1,68 @@
+"""Replay: a cached run sees the online run's crops and its loss equals the online loss up to storage precision."""
+import pytest
+import torch
+
+from distill.cache.manifest import Preprocessing
+from distill.cache.replay import make_replay_dataloader
+from distill.cache.targets import CachedTargets, OnlineTargets, open_cache
+from distill.cache.writer import CacheSettings, build_cache
+from distill.data import make_dataloader
+from distill.data.scenes import SceneDataset
+from distill.losses.patch_distill_loss import PatchDistillWeights, patch_distill_loss
+from students import build_student
+from teachers.errors import UserError
+from test_cache_build import tiny_teacher
+
+SEED = 5
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    teacher, dataset = tiny_teacher(), SceneDataset(length=8, size=48)
+    pre = Preprocessing(dataset="scenes:test", dataset_length=8, teacher_image_size=32, crop_scale=(0.4, 1.0),
+                        crop_ratio=(3 / 4, 4 / 3), flip_p=0.5, seed=SEED)
+    out = tmp_path_factory.mktemp("cache")
+    build_cache(teacher, dataset, out, pre, CacheSettings(augmentations=2, dtype="bf16", shard_size=3))
+    return teacher, dataset, pre, out
+
+
+def test_cached_loss_equals_online_loss_within_bf16(setup):
+    teacher, dataset, pre, out = setup
+    reader = open_cache(out, teacher.fingerprint, pre)
+    online = make_dataloader(dataset, batch_size=4, student_size=32, teacher_size=32, seed=SEED)
+    cached = make_replay_dataloader(dataset, reader, batch_size=4, student_size=32, seed=SEED)
+    torch.manual_seed(0)
+    student = build_student("tipsv2-nano", teacher_width=teacher.width, text=False)
+    weights, seen = PatchDistillWeights(), {}
+    for epoch in (0, 1, 2):
+        online.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for a, b in zip(online, cached, strict=True):
+            assert torch.equal(a["index"], b["index"])
+            if epoch < 2:  # epochs below K: the online run's very crops
+                assert torch.equal(a["pixels"], b["pixels"]) and torch.equal(a["crop"], b["crop"])
+            pred = student.project(student.image_tokens(b["pixels"]))
+            for i, index in enumerate(b["index"].tolist()):
+                seen.setdefault((index, epoch % 2), b["pixels"][i])
+                assert torch.equal(seen[(index, epoch % 2)], b["pixels"][i])  # epoch 2 replays crop 0
+            if epoch == 2:
+                continue
+            want, got = OnlineTargets(teacher)(a), CachedTargets()(b)
+            loss_online, _ = patch_distill_loss(pred, want, None, "cosine", weights)
+            loss_cached, _ = patch_distill_loss(pred, got, None, "cosine", weights)
+            rounded = want.map(lambda t: t.to(torch.bfloat16).float())
+            loss_rounded, _ = patch_distill_loss(pred, rounded, None, "cosine", weights)
+            torch.testing.assert_close(loss_cached, loss_rounded, rtol=0, atol=1e-5)
+            assert abs(loss_cached.item() - loss_online.item()) <= 2 ** -8 * abs(loss_online.item()) + 1e-5
+            loss_cached.backward()  # cached targets are ordinary tensors: autograd accepts them
+
+
+def test_replay_refuses_a_stale_cache(setup, tmp_path):
+    teacher, dataset, pre, out = setup
+    other = Preprocessing(**{**pre.__dict__, "flip_p": 0.0})
+    with pytest.raises(UserError, match="flip_p=0.0"):
+        open_cache(out, teacher.fingerprint, other)
+    with pytest.raises(UserError, match="built by teacher"):
+        open_cache(out, tiny_teacher(seed=1).fingerprint, pre)
+    with pytest.raises(UserError, match="no manifest.json"):
+        open_cache(tmp_path, teacher.fingerprint, pre)
