@@ -94,11 +94,11 @@ def palette(num_classes: int) -> np.ndarray:
 
 def label_png(label: np.ndarray, num_classes: int) -> Image.Image:
     """A palette PNG whose pixel values are the class indices (readable back with np.asarray)."""
-    image = Image.fromarray(label.astype(np.uint8), mode="P")
+    image = Image.fromarray(label.astype(np.uint8))
     colours = palette(num_classes)
     flat = np.zeros((256, 3), np.uint8)
     flat[:num_classes] = colours[:num_classes]
-    image.putpalette(flat.reshape(-1).tolist())
+    image.putpalette(flat.reshape(-1).tolist())  # L -> P, indices unchanged
     return image
 
 

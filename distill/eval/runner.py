@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from distill.eval import fidelity, retrieval, zeroshot_cls, zeroshot_seg
-from distill.eval.report import write_report
+from distill.eval.report import json_safe, write_report
 from distill.eval.task import ModelLoader
 from teachers.errors import UserError
 
@@ -43,13 +43,13 @@ def evaluate(models: dict, task: str, dataset: str, out_dir, *, device: str | No
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     out_dir = Path(out_dir)
     result = TASKS[task][0](dict(models), dataset, out_dir, opts, ModelLoader(device, dtype))
-    report = {
+    report = json_safe({
         "task": task,
         "dataset": result.dataset,
         "models": result.models,
         "baselines": result.baselines,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()},
-    }
+    })
     table = write_report(out_dir, report)
     if not quiet:
         print(table)

@@ -1,0 +1,91 @@
+"""Segmentation, retrieval and classification scores against hand-computed values."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from distill.eval.metrics import (IGNORE_INDEX, ConfusionMatrix, LinearCKA, mean_iou, recall_at_k,
+                                  segmentation_baselines, segmentation_scores, topk_accuracy)
+
+CLASSES = ["background", "cat", "dog", "bird"]
+
+
+def _confusion(pred, label, num_classes=4):
+    conf = ConfusionMatrix(num_classes)
+    conf.update(np.array(pred), np.array(label))
+    return conf.matrix
+
+
+def test_miou_by_hand_with_ignored_absent_and_prediction_only_classes():
+    label = [0, 0, 0, 1, 1, IGNORE_INDEX, IGNORE_INDEX, 0]
+    pred = [0, 0, 1, 1, 2, 3, 3, 2]
+    m = _confusion(pred, label)
+    # Ignored pixels vanish entirely (their predictions of class 3 do not count): bird has an empty union.
+    # background: tp 2, label 4, pred 2 -> 2/4; cat: tp 1, label 2, pred 2 -> 1/3; dog only predicted -> 0/2.
+    scores = segmentation_scores(m, CLASSES, background=0)
+    assert scores["per_class_iou"] == pytest.approx({"background": 50.0, "cat": 100 / 3, "dog": 0.0, "bird": None})
+    assert scores["miou"] == pytest.approx((50.0 + 100 / 3 + 0.0) / 3)
+    assert scores["pixel_acc"] == pytest.approx(100 * 3 / 6)
+    assert scores["object_pixel_acc"] == pytest.approx(100 * 1 / 2)
+
+
+def test_perfect_predictions_give_100():
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 4, (16, 16))
+    label[0, :5] = IGNORE_INDEX
+    pred = np.where(label == IGNORE_INDEX, 2, label)
+    scores = segmentation_scores(_confusion(pred, label), CLASSES, background=0)
+    assert scores["miou"] == scores["pixel_acc"] == scores["object_pixel_acc"] == 100.0
+
+
+def test_baselines_by_hand():
+    label = [0, 0, 0, 0, 0, 0, 1, 1, 2, IGNORE_INDEX]
+    m = _confusion(label[:-1] + [0], label)
+    base = segmentation_baselines(m, CLASSES, background=0)
+    # all background: IoU_bg = 6/9, cat 0, dog 0 (bird absent) -> mean over 3 classes.
+    assert base["all_background_miou"] == pytest.approx(100 * (6 / 9) / 3)
+    assert base["all_background_pixel_acc"] == pytest.approx(100 * 6 / 9)
+    assert base["chance_object_pixel_acc"] == pytest.approx(100 / 3)
+    assert base["majority_object_pixel_acc"] == pytest.approx(100 * 2 / 3)
+    assert base["background_class"] == "background" and not base["background_is_majority_class"]
+
+
+def test_datasets_without_background_use_the_majority_class():
+    label = [1, 1, 1, 2, 3]
+    m = _confusion([1, 1, 2, 2, 3], label)
+    base = segmentation_baselines(m, CLASSES, background=None)
+    assert base["background_class"] == "cat" and base["background_is_majority_class"]
+    scores = segmentation_scores(m, CLASSES, background=None)
+    assert scores["object_pixel_acc"] == pytest.approx(100.0)  # dog and bird pixels are right
+    assert scores["pixel_acc"] == pytest.approx(80.0)
+
+
+def test_mean_iou_is_nan_without_any_labelled_or_predicted_pixel():
+    assert math.isnan(mean_iou(np.zeros((3, 3), dtype=np.int64)))
+
+
+def test_recall_and_topk_by_hand():
+    sim = torch.tensor([[0.9, 0.1, 0.5], [0.2, 0.3, 0.8], [0.1, 0.7, 0.6]])
+    positives = torch.tensor([[1, 0, 0], [1, 0, 0], [0, 0, 1]], dtype=torch.bool)
+    # query 0: rank 0; query 1: positive ranked 3rd; query 2: positive ranked 2nd
+    assert recall_at_k(sim, positives, (1, 2, 3)) == pytest.approx({1: 100 / 3, 2: 200 / 3, 3: 100.0})
+    acc = topk_accuracy(sim, torch.tensor([0, 1, 2]), (1, 2))
+    assert acc == pytest.approx({1: 100 / 3, 2: 100.0})
+
+
+def test_linear_cka_chunked_equals_direct_and_is_invariant_to_rotation_and_scale():
+    torch.manual_seed(0)
+    x = torch.randn(200, 6)
+    y = x @ torch.linalg.qr(torch.randn(6, 6))[0] * 3 + 1
+    cka = LinearCKA()
+    for i in range(0, 200, 64):
+        cka.update(x[i : i + 64], y[i : i + 64])
+    assert cka.value() == pytest.approx(1.0, abs=1e-9)
+    z = torch.randn(200, 5)
+    xc, zc = x - x.mean(0), z - z.mean(0)
+    direct = (torch.linalg.norm(xc.T @ zc) ** 2 / (torch.linalg.norm(xc.T @ xc) * torch.linalg.norm(zc.T @ zc))).item()
+    other = LinearCKA()
+    other.update(x, z)
+    assert other.value() == pytest.approx(direct, rel=1e-6)
+    assert other.value() < 0.5

@@ -1,0 +1,93 @@
+"""Retrieval, zero-shot classification, fidelity, and the CLI on real tiny TIPSv2 teachers and students."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from eval_stubs import COLOURS, ColourModel
+from PIL import Image
+
+from distill.cli import main
+from distill.eval import evaluate
+
+
+@pytest.fixture(scope="module")
+def student_dirs(tmp_path_factory, tiny_tokenizer):
+    """A nano student (same shapes as the tiny teacher, with text) and a text-less micro student whose
+    96-wide tokens reach the teacher's 32 through projection heads, plus one without heads."""
+    from students import build_student
+
+    root = tmp_path_factory.mktemp("students")
+    torch.manual_seed(1)
+    build_student("tipsv2-nano", teacher_width=32, tokenizer=tiny_tokenizer).save(root / "nano")
+    build_student("tipsv2-micro", teacher_width=32, text=False, image_size=32).save(root / "micro")
+    build_student("tipsv2-micro", text=False, image_size=32).save(root / "headless")
+    return root
+
+
+def test_cli_teacher_vs_student_zeroshot_seg_on_micro(tmp_path, tiny_tipsv2_dir, student_dirs, capsys):
+    code = main(["eval", "--model", f"teacher={tiny_tipsv2_dir}", "--model", f"student={student_dirs / 'nano'}",
+                 "--task", "zeroshot-seg", "--dataset", "micro:length=4", "--out", str(tmp_path / "out"),
+                 "--short-side", "64", "--window", "32", "--stride", "24", "--batch-size", "4",
+                 "--save-predictions", str(tmp_path / "pred")])
+    assert code == 0
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    assert report["task"] == "zeroshot-seg" and report["dataset"].startswith("micro:length=4")
+    assert set(report["models"]) == {"teacher", "student"}
+    for scores in report["models"].values():
+        assert {"miou", "pixel_acc", "object_pixel_acc", "per_class_iou"} <= set(scores)
+        assert 0 <= scores["miou"] <= 100
+    assert {"all_background_miou", "chance_object_pixel_acc"} <= set(report["baselines"])
+    assert report["baselines"]["chance_object_pixel_acc"] == pytest.approx(20.0)  # five colours
+    assert "| metric | teacher | student |" in capsys.readouterr().out
+    assert len(list((tmp_path / "pred/student").glob("*.png"))) == 4
+    assert (tmp_path / "out/pca/teacher.png").is_file()
+
+
+def test_retrieval_on_captioned_micro_scenes(tmp_path, tiny_tipsv2_dir):
+    report = evaluate({"teacher": str(tiny_tipsv2_dir)}, "retrieval", "micro:length=12", tmp_path, quiet=True,
+                      batch_size=5, image_token="register")
+    scores = report["models"]["teacher"]
+    assert set(scores) == {f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    for d in ("i2t", "t2i"):
+        assert 0 <= scores[f"{d}_r1"] <= scores[f"{d}_r5"] <= scores[f"{d}_r10"] <= 100
+    assert set(report["baselines"]) == {f"random_{k}" for k in scores}
+
+
+def test_zeroshot_cls_on_class_folders(tmp_path):
+    for i, (name, rgb) in enumerate(COLOURS.items()):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for j in range(2):
+            noisy = np.clip(np.array(rgb) + np.random.default_rng(i * 2 + j).integers(-20, 20, (16, 16, 3)), 0, 255)
+            Image.fromarray(noisy.astype(np.uint8)).save(tmp_path / "data" / name / f"{j}.png")
+    report = evaluate({"oracle": ColourModel(image_size=8)}, "zeroshot-cls", f"folder:{tmp_path / 'data'}",
+                      tmp_path / "out", quiet=True, batch_size=3)
+    assert report["models"]["oracle"] == {"top1": 100.0, "top5": 100.0}
+    assert report["baselines"] == {"chance_top1": 25.0, "chance_top5": 100.0}
+
+
+def test_fidelity_identical_models_and_resized_grids(tmp_path):
+    report = evaluate({"ref": ColourModel(patch_size=2, image_size=16), "same": ColourModel(patch_size=2),
+                       "coarse": ColourModel(patch_size=4)}, "fidelity", "micro:length=6", tmp_path, quiet=True,
+                      batch_size=4)
+    same, coarse = report["models"]["same"], report["models"]["coarse"]
+    assert same["cls_cosine"] == pytest.approx(1.0) and same["patch_cosine"] == pytest.approx(1.0)
+    assert same["patch_cka"] == pytest.approx(1.0)
+    assert 0.8 < coarse["patch_cosine"] < 1.0  # 4x4 grid resized to the reference's 8x8
+    assert report["baselines"]["reference"] == "ref"
+
+
+def test_fidelity_projects_a_student_checkpoint_to_the_teacher_width(tmp_path, tiny_tipsv2_dir, student_dirs, capsys):
+    code = main(["eval", "--model", f"student={student_dirs / 'micro'}", "--model", f"teacher={tiny_tipsv2_dir}",
+                 "--task", "fidelity", "--reference", "teacher", "--dataset", "micro:length=4",
+                 "--out", str(tmp_path / "out")])
+    assert code == 0
+    scores = json.loads((tmp_path / "out/report.json").read_text())["models"]["student"]
+    assert set(scores) == {"cls_cosine", "register_cosine", "patch_cosine", "patch_cka"}
+    assert all(-1 <= scores[k] <= 1 for k in ("cls_cosine", "register_cosine", "patch_cosine"))
+    capsys.readouterr()
+    code = main(["eval", "--model", f"teacher={tiny_tipsv2_dir}", "--model", f"s={student_dirs / 'headless'}",
+                 "--task", "fidelity", "--dataset", "micro:length=2", "--out", str(tmp_path / "out2")])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("error: student tipsv2-micro has no projection heads")
