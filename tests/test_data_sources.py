@@ -39,6 +39,7 @@ def test_folder_recursive_with_sidecars(tmp_path):
         colour_image(i).save(tmp_path / rel, quality=100)
     colour_image(9).save(tmp_path / ".hidden" / "x.png")
     (tmp_path / "notes.md").write_text("not an image")
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path)  # followed, but never round in circles
     (tmp_path / "a.txt").write_text("  a red\nthing  ")
     (tmp_path / "a.long.txt").write_text("a long description of a red thing")
     (tmp_path / "sub" / "deeper" / "c.medium.txt").write_text("medium c")

@@ -68,11 +68,15 @@ def read_text(path: Path) -> str:
 
 
 def scan_folder(root: Path) -> list[RawRecord]:
-    """Sorted by relative path so the item order (and every index) is the same on every machine.
+    """A fixed order (sorted names, a folder's files before its sub-folders) so every index is the
+    same on every machine.
     Sidecar captions are kept as paths and read when the item is loaded."""
-    records = []
-    for directory, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+    records, visited = [], set()
+    # Symlinked sub-folders are followed (datasets are often assembled that way), each real one once.
+    for directory, subdirs, files in os.walk(root, followlinks=True):
+        visited.add(os.path.realpath(directory))
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith(".")
+                            and os.path.realpath(os.path.join(directory, d)) not in visited)
         present = set(files)
         for name in sorted(files):
             stem, ext = os.path.splitext(name)
