@@ -137,6 +137,8 @@ def test_hf_imagefolder_with_metadata(tmp_path):
     assert len(ds) == 3 and ds.caption_keys == ("short", "long")
     by_id = {image_id(ds[i]): ds[i].captions for i in range(3)}
     assert by_id == {i: {"short": f"caption {i}", "long": f"long caption {i}"} for i in range(3)}
+    explicit = build_dataset(f"hf:{root}", builder="imagefolder", cache_dir=str(tmp_path / "cache"))
+    assert len(explicit) == 3
 
 
 def test_hf_unknown_hub_id_is_a_user_error(tmp_path, monkeypatch):
@@ -261,7 +263,7 @@ def test_scenes_spec_and_bad_specs(tmp_path):
     heldout = build_dataset("scenes:heldout", length=3)
     assert len(heldout) == 3 and heldout[0].image.mode == "RGB" and set(heldout[0].captions) <= {
         "short", "medium", "long"}
-    assert len(build_dataset("scenes", length=2)) == 2
+    assert len(build_dataset("scenes", length=2, caption_columns={}, index=None)) == 2  # unset options
     with pytest.raises(UserError, match="does not exist"):
         build_dataset(f"folder:{tmp_path}/nope")
     with pytest.raises(UserError, match="no images found"):

@@ -18,12 +18,13 @@ from distill.data.source import MapSource, RawRecord, pick_columns
 class HFSource(MapSource):
     def __init__(self, path_or_id: str, *, split: str = "train", name: str | None = None,
                  image_column: str | None = None, caption_columns: dict[str, str] | None = None,
-                 cache_dir: str | None = None, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS):
+                 builder: str | None = None, cache_dir: str | None = None,
+                 max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS):
         super().__init__(max_caption_chars)
         import datasets
 
         self.name = f"hf {path_or_id}"
-        dataset = load(path_or_id, split, name, cache_dir)
+        dataset = load(path_or_id, split, name, builder, cache_dir)
         features = dataset.features
         self.image_column = image_column or next(
             (col for col, feature in features.items() if isinstance(feature, datasets.Image)), "image")
@@ -34,7 +35,8 @@ class HFSource(MapSource):
             dataset = dataset.cast_column(self.image_column, datasets.Image(decode=False))
         self.columns = pick_columns(self.name, list(features), caption_columns)
         self.caption_keys = tuple(self.columns)
-        self.root = Path(path_or_id) if os.path.isdir(path_or_id) else None
+        local = Path(path_or_id).expanduser()
+        self.root = local if local.is_dir() else None
         self._dataset = dataset.select_columns([self.image_column, *self.columns.values()])
 
     def __len__(self) -> int:
@@ -52,7 +54,7 @@ class HFSource(MapSource):
         return RawRecord(value, {key: row[column] for key, column in self.columns.items()})
 
 
-def load(path_or_id: str, split: str, name: str | None, cache_dir: str | None):
+def load(path_or_id: str, split: str, name: str | None, builder: str | None, cache_dir: str | None):
     import datasets
 
     path = Path(path_or_id).expanduser()
@@ -66,13 +68,13 @@ def load(path_or_id: str, split: str, name: str | None, cache_dir: str | None):
     if path.exists() and not path.is_dir():
         raise UserError(f"hf:{path_or_id} is a file: expected a dataset directory or a hub id")
     try:
+        if builder is not None:  # e.g. "imagefolder" when the files would suggest another format
+            return datasets.load_dataset(builder, name, data_dir=str(path), split=split, cache_dir=cache_dir)
         return datasets.load_dataset(str(path) if path.is_dir() else path_or_id, name, split=split,
                                      cache_dir=cache_dir)
-    except (ValueError, KeyError) as exc:
-        raise UserError(f"hf {path_or_id}: cannot load split {split!r}: {one_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - offline hub, missing repo, unsupported files: all user-facing
-        raise UserError(f"hf {path_or_id}: cannot load it as a local dataset directory or hub dataset "
-                        f"({type(exc).__name__}: {one_line(exc)})") from None
+    except Exception as exc:  # noqa: BLE001 - offline hub, missing repo, bad split, unknown files: all user-facing
+        raise UserError(f"hf {path_or_id}: cannot load split {split!r} as a local dataset directory or hub "
+                        f"dataset ({type(exc).__name__}: {one_line(exc)})") from None
 
 
 def one_line(exc: Exception) -> str:
