@@ -31,7 +31,7 @@ def test_window_positions_by_hand():
     assert window_boxes(30, 40, None, 10) == [(0, 0, 30, 40)]
 
 
-def test_overlapping_windows_are_averaged_and_padded_to_the_patch_size():
+def test_overlapping_windows_are_averaged_and_resized_to_the_patch_size():
     model = ColourModel(patch_size=8)
     image = torch.rand(3, 45, 70)
     text = F.normalize(torch.rand(4, 4), dim=-1)
@@ -45,7 +45,7 @@ def test_overlapping_windows_are_averaged_and_padded_to_the_patch_size():
     assert max(s[0] for s in model.shapes) <= 3
     model.shapes.clear()
     class_probabilities(model, [torch.rand(3, 45, 70)], text, SegOptions(window=None))
-    assert model.shapes == [(1, 3, 48, 72)]  # whole image, zero-padded to multiples of 8
+    assert model.shapes == [(1, 3, 48, 72)]  # whole image, resized up to multiples of 8
 
 
 def test_stride_larger_than_window_is_refused():

@@ -29,7 +29,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     window.add_argument("--window", type=int, default=448, help="zeroshot-seg sliding window side (default 448)")
     window.add_argument("--whole-image", action="store_true", help="zeroshot-seg: one pass over the whole image")
     parser.add_argument("--stride", type=int, default=336, help="zeroshot-seg window stride (default 336)")
-    parser.add_argument("--short-side", type=int, default=448, help="zeroshot-seg resize of the shorter side (default 448)")
+    parser.add_argument("--short-side", type=int, help="zeroshot-seg resize of the shorter side "
+                                                       "(default 448; micro: the scene size)")
     parser.add_argument("--no-value-trick", action="store_true", help="zeroshot-seg: plain last-block patch features")
     parser.add_argument("--resolution", type=int, help="retrieval/zeroshot-cls/fidelity square input side "
                                                        "(default: the model's native size)")

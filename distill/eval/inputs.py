@@ -17,9 +17,9 @@ from distill.data.scenes import SceneDataset
 from distill.eval.readers.micro import parse_options
 
 
-def resize_short_side(image: Image.Image, short_side: int | None) -> Image.Image:
-    """Bicubic resize so that the shorter side is `short_side` (None keeps the image as it is)."""
-    if short_side is None or min(image.size) == short_side:
+def resize_short_side(image: Image.Image, short_side: int) -> Image.Image:
+    """Bicubic resize so that the shorter side is `short_side` (PIL, like the official notebook)."""
+    if min(image.size) == short_side:
         return image
     return TF.resize(image, short_side, interpolation=InterpolationMode.BICUBIC)
 

@@ -32,7 +32,7 @@ Box = tuple[int, int, int, int]  # y0, x0, y1, x1
 
 @dataclass
 class SegOptions:
-    short_side: int | None = 448  # None keeps the image size
+    short_side: int | None = None  # None: the dataset's protocol size (448; micro scenes: their size)
     window: int | None = 448  # None: the whole image in one pass
     stride: int = 336
     value_trick: bool = True
@@ -71,15 +71,21 @@ def window_boxes(height: int, width: int, window: int | None, stride: int) -> li
             for y in _starts(height, window, stride) for x in _starts(width, window, stride)]
 
 
-def _round_up(size: int, patch: int) -> int:
-    return math.ceil(size / patch) * patch
+def to_patch_multiple(pixels: torch.Tensor, patch: int) -> torch.Tensor:
+    """Bicubic resize up to the next multiple of the patch size, as the official notebook does (clamped:
+    bicubic overshoots [0,1] a little, and teachers refuse pixels outside it)."""
+    h, w = pixels.shape[-2:]
+    size = (math.ceil(h / patch) * patch, math.ceil(w / patch) * patch)
+    if size == (h, w):
+        return pixels
+    return F.interpolate(pixels[None], size=size, mode="bicubic", align_corners=False)[0].clamp(0, 1)
 
 
 def class_probabilities(model, images: list[torch.Tensor], text: torch.Tensor, opts: SegOptions) -> list[torch.Tensor]:
     """Per image (C, H, W): window-averaged softmax over classes of the patch-text cosine maps.
 
-    Windows whose size is not a multiple of the patch size are zero-padded at the bottom/right and the
-    padding is cut off the upsampled maps. Windows of equal padded size share a forward pass, across images.
+    Windows whose size is not a multiple of the patch size are resized up to one; their cosine maps are
+    upsampled to the window's own size. Windows of equal model-input size share a forward pass, across images.
     """
     patch = model.patch_size
     device = text.device
@@ -88,19 +94,18 @@ def class_probabilities(model, images: list[torch.Tensor], text: torch.Tensor, o
     groups: dict[tuple[int, int], list[tuple[int, Box]]] = defaultdict(list)
     for i, img in enumerate(images):
         for box in window_boxes(*img.shape[-2:], opts.window, opts.stride):
-            groups[_round_up(box[2] - box[0], patch), _round_up(box[3] - box[1], patch)].append((i, box))
-    for (ph, pw), members in groups.items():
+            y0, x0, y1, x1 = box
+            groups[math.ceil((y1 - y0) / patch), math.ceil((x1 - x0) / patch)].append((i, box))
+    for members in groups.values():
         for start in range(0, len(members), opts.batch_size):
             chunk = members[start : start + opts.batch_size]
-            pixels = torch.stack([
-                F.pad(images[i][:, y0:y1, x0:x1], (0, pw - (x1 - x0), 0, ph - (y1 - y0)))
-                for i, (y0, x0, y1, x1) in chunk
-            ]).to(device)
+            pixels = torch.stack([to_patch_multiple(images[i][:, y0:y1, x0:x1], patch)
+                                  for i, (y0, x0, y1, x1) in chunk]).to(device)
             patches = F.normalize(model.encode_image(pixels, value_trick=opts.value_trick).patches.float(), dim=-1)
             cosine = torch.einsum("bhwd,cd->bchw", patches, text)
-            cosine = F.interpolate(cosine, size=(ph, pw), mode="bilinear", align_corners=False)
             for (i, (y0, x0, y1, x1)), maps in zip(chunk, cosine):
-                sums[i][:, y0:y1, x0:x1] += maps[:, : y1 - y0, : x1 - x0].softmax(0)
+                maps = F.interpolate(maps[None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0]
+                sums[i][:, y0:y1, x0:x1] += maps.softmax(0)
                 counts[i][y0:y1, x0:x1] += 1
     return [s / c for s, c in zip(sums, counts)]
 
@@ -111,7 +116,7 @@ def upsample_argmax(probs: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     return probs.argmax(0).to(torch.uint8 if probs.shape[0] <= 256 else torch.int64).cpu().numpy()
 
 
-def _prepare(short_side: int | None, sample: SegSample) -> tuple[SegSample, torch.Tensor]:
+def _prepare(short_side: int, sample: SegSample) -> tuple[SegSample, torch.Tensor]:
     return sample, TF.to_tensor(resize_short_side(sample.image, short_side))
 
 
@@ -149,15 +154,13 @@ def evaluate_model(model, name: str, dataset: SegDataset, opts: SegOptions, out_
 
 
 def _whole_image_patches(model, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Plain (no value trick) patch features of one image, padded to the patch size, for the PCA map."""
-    patch = model.patch_size
-    h, w = pixels.shape[-2:]
-    padded = F.pad(pixels, (0, _round_up(w, patch) - w, 0, _round_up(h, patch) - h))
-    return model.encode_image(padded[None].to(device), value_trick=False).patches[0]
+    """Plain (no value trick) patch features of one whole image, for the PCA map."""
+    return model.encode_image(to_patch_multiple(pixels, model.patch_size)[None].to(device)).patches[0]
 
 
 def run(models: dict, dataset: str, out_dir: Path, opts: SegOptions, load: ModelLoader) -> TaskResult:
     data = open_segmentation(dataset)
+    opts.short_side = opts.short_side or data.short_side
     result = TaskResult(data.name)
     confusion = None
     for name, spec in models.items():

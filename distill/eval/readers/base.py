@@ -29,6 +29,7 @@ class SegDataset(torch.utils.data.Dataset):
     name: str
     class_names: list[str]
     background: int | None
+    short_side: int = 448  # the protocol's resize of the shorter image side for this data
 
     def __getitem__(self, index: int) -> SegSample:
         raise NotImplementedError

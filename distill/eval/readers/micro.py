@@ -16,6 +16,7 @@ class MicroScenes(SegDataset):
         self.class_names = list(self.scenes.classes)
         self.background = self.class_names.index("background")
         self.name = f"micro:length={length},size={size},seed={seed}"
+        self.short_side = size  # micro models are trained at the scene size
 
     def __len__(self) -> int:
         return len(self.scenes)
