@@ -81,9 +81,9 @@ def build_student(
     student = Student(name, vision, text_model, heads, tokenizer=tokenizer, temperature=temperature,
                       metadata=metadata)
     if gradient_checkpointing:
-        vision.gradient_checkpointing_enable()
+        vision.activation_checkpointing_enable()
         if text_model is not None:
-            text_model.gradient_checkpointing_enable()
+            text_model.activation_checkpointing_enable()
     return student
 
 

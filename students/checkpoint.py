@@ -16,6 +16,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoTokenizer, Tipsv2TextConfig, Tipsv2TextModel, Tipsv2VisionConfig, Tipsv2VisionModel
+from transformers.initialization import no_init_weights
 
 from students.atomic import atomic_directory
 from students.heads import ProjectionHeads
@@ -96,10 +97,11 @@ def load_student(directory: str | os.PathLike) -> Student:
     manifest = read_manifest(directory)
     state = read_weights(directory / WEIGHTS)
     try:
-        vision = Tipsv2VisionModel(Tipsv2VisionConfig.from_dict(manifest["vision_config"]))
-        text = None
-        if manifest["text_config"] is not None:
-            text = Tipsv2TextModel(Tipsv2TextConfig.from_dict(manifest["text_config"]))
+        with no_init_weights():  # every weight is overwritten below; random init is slow at B/L/SO sizes
+            vision = Tipsv2VisionModel(Tipsv2VisionConfig.from_dict(manifest["vision_config"]))
+            text = None
+            if manifest["text_config"] is not None:
+                text = Tipsv2TextModel(Tipsv2TextConfig.from_dict(manifest["text_config"]))
         heads = None
         if manifest["teacher_width"] is not None:
             heads = ProjectionHeads(vision.config.hidden_size, manifest["teacher_width"], manifest["head_kind"])

@@ -102,6 +102,8 @@ class Student(nn.Module):
         if self.text is not None:
             text = self.text.config.to_dict()
             temperature = float(self.temperature.detach())
+            if not temperature > 0:
+                raise UserError(f"student {self.name} has temperature {temperature}; expected a positive number")
         else:
             text = dict(hidden_size=vision.hidden_size, num_attention_heads=vision.num_attention_heads)
             temperature = Tipsv2Config.temperature_init_value

@@ -1,9 +1,9 @@
 """The README.md model card written next to every export: architecture, recipe, teacher, evaluation.
 
 The recipe and teacher come from the checkpoint's metadata (`student.json`: keys `recipe`,
-`teacher` / `teacher_fingerprint`); the evaluation table from metadata key `eval` or a
-`report.json` inside or beside the checkpoint directory. Any JSON shape is rendered: numeric
-leaves become table rows named by their path.
+`teacher` / `teacher_fingerprint`); the evaluation tables from `tipsdistill eval` reports
+(`--report`, metadata key `eval`, or a `report.json` inside or beside the checkpoint directory),
+rendered with the evaluation's own side-by-side table.
 """
 from __future__ import annotations
 
@@ -13,35 +13,47 @@ from typing import Any
 
 import yaml
 
+from distill.eval.report import markdown_table
 from students.model import Student
+from teachers.errors import UserError
 
 REPORT = "report.json"
 
 
-def find_report(checkpoint: Path, metadata: dict[str, Any]) -> dict | None:
-    if isinstance(metadata.get("eval"), dict):
-        return metadata["eval"]
+def _is_eval_report(report) -> bool:
+    return isinstance(report, dict) and isinstance(report.get("models"), dict) and "task" in report
+
+
+def find_reports(checkpoint: Path, metadata: dict[str, Any], explicit: list[Path] = ()) -> list[dict]:
+    """`tipsdistill eval` reports for the card: `explicit` paths (must be valid), else metadata `eval`
+    (one report or a list), else a `report.json` inside or beside the checkpoint (skipped if not one)."""
+    reports = []
+    for path in explicit:
+        try:
+            report = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"--report {path} is not a readable JSON file ({exc})") from None
+        if not _is_eval_report(report):
+            raise UserError(f"--report {path} is not a `tipsdistill eval` report.json (no task/models)")
+        reports.append(report)
+    if reports:
+        return reports
+    recorded = metadata.get("eval")
+    recorded = recorded if isinstance(recorded, list) else [recorded]
+    if any(_is_eval_report(r) for r in recorded):
+        return [r for r in recorded if _is_eval_report(r)]
     for path in (checkpoint / REPORT, checkpoint.parent / REPORT):
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except json.JSONDecodeError:
-                return None
-    return None
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if _is_eval_report(report):
+            return [report]
+    return []
 
 
 def _params(module) -> str:
     return f"{sum(p.numel() for p in module.parameters()) / 1e6:.1f}M"
-
-
-def _metric_rows(report: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    if isinstance(report, dict):
-        return [row for k, v in report.items() for row in _metric_rows(v, f"{prefix}{k} / ")]
-    if isinstance(report, list):
-        return [row for i, v in enumerate(report) for row in _metric_rows(v, f"{prefix}{i} / ")]
-    if isinstance(report, (int, float)) and not isinstance(report, bool):
-        return [(prefix.removesuffix(" / "), report)]
-    return []
 
 
 def _teacher(metadata: dict[str, Any]) -> str | None:
@@ -56,7 +68,7 @@ def _teacher(metadata: dict[str, Any]) -> str | None:
     return f"{named} with fingerprint `{fingerprint}`" if fingerprint else named
 
 
-def model_card(student: Student, report: dict | None, fmt: str, usage: str) -> str:
+def model_card(student: Student, reports: list[dict], fmt: str, usage: str) -> str:
     v = student.vision.config
     meta = student.metadata
     lines = [
@@ -88,11 +100,8 @@ def model_card(student: Student, report: dict | None, fmt: str, usage: str) -> s
         text = recipe if isinstance(recipe, str) else yaml.safe_dump(recipe, sort_keys=False)
         lines += ["```yaml", text.rstrip(), "```", ""]
     lines += ["## Evaluation", ""]
-    rows = _metric_rows(report) if report is not None else []
-    if rows:
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {name} | {value:.4g} |" if isinstance(value, float) else f"| {name} | {value} |"
-                  for name, value in rows]
-    else:
-        lines.append("No evaluation report found (run `tipsdistill eval` and re-export).")
-    return "\n".join(lines) + "\n"
+    for report in reports:
+        lines += [f"### {report['task']} on {report.get('dataset', '?')}", "", markdown_table(report), ""]
+    if not reports:
+        lines.append("No evaluation report found (run `tipsdistill eval` and re-export, or pass --report).")
+    return "\n".join(lines).rstrip() + "\n"

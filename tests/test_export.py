@@ -19,11 +19,13 @@ def checkpoint(tmp_path_factory, tiny_tokenizer):
     torch.manual_seed(0)
     student = students.build_student("tipsv2-micro", teacher_width=48, tokenizer=tiny_tokenizer)
     with torch.no_grad():  # non-trivial registers / layer scales so a mis-mapped weight shows
-        for p in student.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+        for name, p in student.named_parameters():
+            if name != "temperature":
+                p.add_(0.02 * torch.randn_like(p))
     root = tmp_path_factory.mktemp("export")
     student.save(root / "ckpt", metadata={"teacher_fingerprint": "f00dcafe", "recipe": {"loss": "cosine"}})
-    (root / "report.json").write_text(json.dumps({"zero_shot_seg": {"miou": 12.5}}))
+    report = {"task": "zeroshot-seg", "dataset": "scenes", "models": {"student": {"miou": 12.5}, "teacher": {"miou": 10.0}}}
+    (root / "report.json").write_text(json.dumps(report))
     return root / "ckpt"
 
 
@@ -60,7 +62,7 @@ def test_hf_export_loads_with_automodel_and_autoprocessor(checkpoint, reference,
     assert (out.text_model_output.pooler_output - text).abs().max() <= 1e-5
     assert float(model.temperature.detach()) == pytest.approx(float(student.temperature.detach()))
     card = (tmp_path / "hf" / "README.md").read_text()
-    assert "f00dcafe" in card and "cosine" in card and "zero_shot_seg / miou | 12.5" in card
+    assert "f00dcafe" in card and "cosine" in card and "| miou | **12.50** | 10.00 |" in card
 
 
 def test_hf_export_of_a_vision_only_student(tmp_path, capsys):
@@ -138,7 +140,7 @@ def _leftovers(parent):
     return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
 
 
-def test_truncated_or_foreign_checkpoint_fails_cleanly(checkpoint, tmp_path, capsys):
+def test_truncated_or_foreign_checkpoint_fails_cleanly(checkpoint, tiny_tipsv2_dir, tmp_path, capsys):
     import shutil
 
     broken = tmp_path / "broken"
@@ -156,7 +158,20 @@ def test_truncated_or_foreign_checkpoint_fails_cleanly(checkpoint, tmp_path, cap
     assert _export(broken, "hf", tmp_path / "out") == 2
     err = capsys.readouterr().err
     assert "does not match the architecture" in err and len(err.strip().splitlines()) == 1
+    assert _export(tiny_tipsv2_dir, "npz", tmp_path / "out") == 2  # a transformers dir, not a student
+    assert "not a student checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_explicit_report_must_be_an_eval_report(checkpoint, tmp_path, capsys):
+    bad = tmp_path / "notes.json"
+    bad.write_text("{}")
+    assert _export(checkpoint, "timm", tmp_path / "out", "--report", str(bad)) == 2
+    assert "not a `tipsdistill eval` report" in capsys.readouterr().err and not (tmp_path / "out").exists()
+    good = tmp_path / "retrieval.json"
+    good.write_text(json.dumps({"task": "retrieval", "dataset": "scenes", "models": {"student": {"i2t@1": 0.75}}}))
+    assert _export(checkpoint, "timm", tmp_path / "out", "--report", str(good)) == 0
+    assert "### retrieval on scenes" in (tmp_path / "out" / "README.md").read_text()
 
 
 def test_existing_output_is_kept_unless_overwrite(checkpoint, tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""`tipsdistill export CHECKPOINT --format hf|timm|npz --out DIR [--with-heads] [--overwrite]`."""
+"""`tipsdistill export CHECKPOINT --format hf|timm|npz --out DIR [--with-heads] [--report R] [--overwrite]`."""
 from __future__ import annotations
 
 import argparse
@@ -17,6 +17,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="output directory (built in a temp dir, renamed at the end)")
     parser.add_argument("--with-heads", action="store_true",
                         help="also store the projection heads to the teacher's width (teacher_space_heads.*)")
+    parser.add_argument("--report", action="append", default=[], metavar="REPORT_JSON",
+                        help="`tipsdistill eval` report.json for the model card (repeatable; default: a "
+                             "report.json inside or beside CHECKPOINT)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing non-empty --out")
     parser.set_defaults(func=run)
     return parser
@@ -26,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from students.export import export_student
 
     result = export_student(args.checkpoint, args.format, args.out, with_heads=args.with_heads,
-                            overwrite=args.overwrite)
+                            overwrite=args.overwrite, reports=args.report)
     print(f"exported {args.checkpoint} as {result.format} to {result.out}: {', '.join(result.files)}")
     for note in result.notes:
         print(f"note: {note}")
