@@ -46,31 +46,38 @@ def messy_folder(tmp_path):
     return tmp_path
 
 
-def test_messy_folder_loads_and_reports(messy_folder):
-    ds = build_dataset(f"folder:{messy_folder}")
-    assert len(ds) == 11
-    stats = DataStats()
-    loader = make_dataloader(ds, batch_size=4, student_size=16, seed=0, drop_last=False)
+def epoch_stats(dataset, workers: int) -> tuple[DataStats, list[int]]:
+    stats, indices = DataStats(), []
+    loader = make_dataloader(dataset, batch_size=4, student_size=16, seed=0, num_workers=workers, drop_last=False)
     loader.set_epoch(0)
-    indices = []
     for batch in loader:
         stats.merge(batch["stats"])
         indices += batch["index"].tolist()
         assert batch["pixels"].shape[1:] == (3, 16, 16)
         assert 0 <= batch["pixels"].min() and batch["pixels"].max() <= 1
+    return stats, indices
+
+
+def test_messy_folder_loads_and_reports(messy_folder):
+    ds = build_dataset(f"folder:{messy_folder}")
+    assert len(ds) == 11
+    stats, indices = epoch_stats(ds, workers=0)
     assert stats.samples == 11 and len(indices) == 11
     assert stats.counts == {
         "skipped/truncated": 1, "skipped/empty_file": 1, "skipped/unreadable": 1,
         "converted/CMYK": 1, "converted/RGBA": 1, "converted/L": 1, "converted/I;16": 1, "converted/P": 1,
         "caption_dropped/short": 1, "caption_repaired/short": 1,
     }
-    names = [path.split("/")[-1] for path in (r.image for r in ds._records)]
+    names = [r.image.split("/")[-1] for r in ds._records]
     assert {names[i] for i in indices} <= {"good0.png", "good1.png", "good2.png", "cmyk.jpg", "rgba.png",
                                            "gray.png", "gray16.png", "palette.gif"}
     summary = stats.summary()
     assert "skipped 3 (empty_file 1, truncated 1, unreadable 1)" in summary
     assert "captions dropped 1 (short 1)" in summary and "captions repaired 1 (short 1)" in summary
     assert stats.as_dict()["data/skipped/truncated"] == 1
+    # Worker processes report through the batches: the same counts, the same samples.
+    in_workers, worker_indices = epoch_stats(ds, workers=2)
+    assert in_workers == stats and worker_indices == indices
 
 
 def test_conversions_keep_the_picture(messy_folder):

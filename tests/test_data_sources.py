@@ -242,6 +242,15 @@ def test_webdataset_skips_bad_samples_and_counts_them(tmp_path):
                                  "caption_repaired/short")
     assert samples[1].captions["short"] == "x" * 100  # no word boundary: cut hard
 
+    # A shard cut off mid-file: what came before is kept, the rest of the shard is reported lost.
+    write_shards(tmp_path, shards=2, per_shard=4)
+    data = (tmp_path / "shard-001.tar").read_bytes()
+    (tmp_path / "shard-001.tar").write_bytes(data[: len(data) // 2 - 100])  # inside a member
+    samples = list(build_dataset(f"wds:{tmp_path}/shard-{{000..001}}.tar", shuffle=False))
+    assert 4 < len(samples) < 8 and [image_id(s) for s in samples] == list(range(len(samples)))
+    tail = list(build_dataset(f"wds:{tmp_path}/shard-{{001,000}}.tar", shuffle=False))
+    assert tail[len(samples) - 4].events == ("skipped/corrupt_shard",)  # reported by shard 000's first sample
+
 
 def test_webdataset_errors(tmp_path):
     write_shards(tmp_path, shards=1, per_shard=1)
