@@ -91,3 +91,24 @@ def test_fidelity_projects_a_student_checkpoint_to_the_teacher_width(tmp_path, t
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("error: student tipsv2-micro has no projection heads")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--task", "zeroshot-seg", "--limit", "0"], "limit 0 is invalid; expected a positive integer"),
+    (["--task", "zeroshot-seg", "--window", "32", "--stride", "64"], "stride 64 is larger than the window 32"),
+    (["--task", "retrieval", "--batch-size", "-1"], "batch-size -1 is invalid"),
+    (["--task", "fidelity", "--reference", "nobody"], "reference model 'nobody' is not among the models"),
+    (["--task", "zeroshot-seg", "--device", "tpu:x"], "device 'tpu:x' is not understood"),
+])
+def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
+    code = main(["eval", "--model", "a=unused", "--model", "b=unused", "--dataset", "micro:length=2",
+                 "--out", str(tmp_path), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == f"error: {err[7:]}" and message in err and len(err.splitlines()) == 1
+
+
+def test_unknown_option_for_a_task(tmp_path):
+    from teachers.errors import UserError
+
+    with pytest.raises(UserError, match="option 'window' does not apply to task retrieval"):
+        evaluate({"m": ColourModel()}, "retrieval", "micro:length=2", tmp_path, window=32)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from distill.eval.inputs import batches, open_image_set, patch_multiple, square_crop
 from distill.eval.metrics import LinearCKA
 from distill.eval.report import pca_panel, save_png
-from distill.eval.task import ModelLoader, TaskResult
+from distill.eval.task import ModelLoader, TaskResult, check_positive
 from teachers.errors import UserError
 from teachers.types import ImageTokens
 
@@ -33,6 +33,9 @@ class FidelityOptions:
     batch_size: int = 16
     limit: int | None = None
     workers: int = 0
+
+    def __post_init__(self):
+        check_positive(self, "resolution", "batch_size", "limit")
 
 
 def teacher_space_tokens(model, pixels: torch.Tensor) -> ImageTokens:

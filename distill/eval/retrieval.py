@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from distill.data.sample import CAPTION_KEYS
 from distill.eval.inputs import batches, open_image_set, patch_multiple, square_crop
 from distill.eval.metrics import recall_at_k
-from distill.eval.task import ModelLoader, TaskResult
+from distill.eval.task import ModelLoader, TaskResult, check_positive
 from teachers.errors import UserError
 
 KS = (1, 5, 10)
@@ -34,6 +34,7 @@ class RetrievalOptions:
     workers: int = 0
 
     def __post_init__(self):
+        check_positive(self, "resolution", "batch_size", "limit")
         self.caption_keys = tuple(self.caption_keys)
         bad = [k for k in self.caption_keys if k not in CAPTION_KEYS]
         if bad or not self.caption_keys:

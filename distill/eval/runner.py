@@ -8,7 +8,7 @@ import torch
 
 from distill.eval import fidelity, retrieval, zeroshot_cls, zeroshot_seg
 from distill.eval.report import json_safe, write_report
-from distill.eval.task import ModelLoader
+from distill.eval.task import ModelLoader, resolve_device
 from teachers.errors import UserError
 
 TASKS = {
@@ -40,7 +40,7 @@ def evaluate(models: dict, task: str, dataset: str, out_dir, *, device: str | No
     if not models:
         raise UserError("no model to evaluate; expected at least one NAME=SPEC")
     opts = _task_options(task, options)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(device)
     out_dir = Path(out_dir)
     result = TASKS[task][0](dict(models), dataset, out_dir, opts, ModelLoader(device, dtype))
     report = json_safe({

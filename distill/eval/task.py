@@ -8,11 +8,32 @@ import torch
 
 from distill.eval.models import load_model, model_device
 from students.checkpoint import is_student_dir, load_student
+from teachers.errors import UserError
+
+
+def check_positive(options, *names: str) -> None:
+    """One-line UserError for an option that must be a positive integer (None allowed: the default)."""
+    for name in names:
+        value = getattr(options, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise UserError(f"{name.replace('_', '-')} {value!r} is invalid; expected a positive integer")
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise UserError(f"device {device!r} is not understood; expected cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} was asked for but no CUDA GPU is available; expected cpu")
+    return resolved
 
 
 @dataclass
 class ModelLoader:
-    device: str = "cpu"
+    device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
 
     def __call__(self, spec):

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from distill.eval.inputs import batches, patch_multiple, square_crop
 from distill.eval.metrics import topk_accuracy
 from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
-from distill.eval.task import ModelLoader, TaskResult
+from distill.eval.task import ModelLoader, TaskResult, check_positive
 from teachers.errors import UserError
 
 KS = (1, 5)
@@ -31,6 +31,9 @@ class ClsOptions:
     batch_size: int = 32
     limit: int | None = None
     workers: int = 0
+
+    def __post_init__(self):
+        check_positive(self, "resolution", "batch_size", "limit")
 
 
 def open_class_folders(dataset: str) -> ImageFolder:

@@ -24,7 +24,7 @@ from distill.eval.metrics import ConfusionMatrix, segmentation_baselines, segmen
 from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
 from distill.eval.readers import SegDataset, SegSample, open_segmentation
 from distill.eval.report import label_png, overlay_panel, pca_panel, save_png
-from distill.eval.task import ModelLoader, TaskResult
+from distill.eval.task import ModelLoader, TaskResult, check_positive
 from teachers.errors import UserError
 
 Box = tuple[int, int, int, int]  # y0, x0, y1, x1
@@ -47,10 +47,7 @@ class SegOptions:
         self.templates = tuple(self.templates)
         if self.save_predictions is not None:
             self.save_predictions = Path(self.save_predictions)
-        for name in ("short_side", "window", "stride", "batch_size", "limit"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise UserError(f"{name.replace('_', '-')} {value!r} is invalid; expected a positive integer")
+        check_positive(self, "short_side", "window", "stride", "batch_size", "limit")
         if self.window is not None and self.stride > self.window:
             raise UserError(f"stride {self.stride} is larger than the window {self.window}; "
                             "pixels between windows would get no prediction")
