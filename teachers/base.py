@@ -61,24 +61,30 @@ class Teacher(nn.Module):
         # A teacher never leaves eval mode, even when a parent module is switched to training.
         return super().train(False)
 
-    @torch.inference_mode()
     def encode_image(self, pixels: torch.Tensor, value_trick: bool = False) -> ImageTokens:
-        """pixels: RGB in [0,1], (B,3,H,W), H and W multiples of `patch_size`."""
-        self._check_pixels(pixels)
-        x = pixels.to(device=self.device, dtype=self.dtype)
-        if self.normalize:
-            x = (x - self.mean) / self.std
-        return self._image_tokens(x, value_trick)
+        """pixels: RGB in [0,1], (B,3,H,W), H and W multiples of `patch_size`.
 
-    @torch.inference_mode()
+        The forward runs under inference mode; the outputs are cloned out of it, because inference
+        tensors cannot be saved for backward and these are the targets of a student's loss.
+        """
+        self._check_pixels(pixels)
+        with torch.inference_mode():
+            x = pixels.to(device=self.device, dtype=self.dtype)
+            if self.normalize:
+                x = (x - self.mean) / self.std
+            tokens = self._image_tokens(x, value_trick)
+        return tokens.map(torch.clone)
+
     def encode_text(self, texts: list[str]) -> torch.Tensor:
-        """L2-normalised text embeddings (B, width)."""
+        """L2-normalised text embeddings (B, width), as plain (not inference-mode) tensors."""
         if not self.has_text:
             raise UserError(f"this teacher ({type(self).__name__}) has no text tower; "
                             f"expected a teacher with text (TIPSv2, CLIP, SigLIP) for encode_text")
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise UserError("encode_text expects a list of strings")
-        return F.normalize(self._text_embeddings(list(texts)), dim=-1)
+        with torch.inference_mode():
+            embeddings = F.normalize(self._text_embeddings(list(texts)), dim=-1)
+        return embeddings.clone()
 
     def _check_pixels(self, pixels) -> None:
         if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[1] != 3:
@@ -89,7 +95,7 @@ class Teacher(nn.Module):
             raise UserError(f"image size {h}x{w} is not a multiple of the patch size {self.patch_size}; "
                             f"resize or crop to e.g. {self.image_size}x{self.image_size}")
         low, high = pixels.min().item(), pixels.max().item()
-        if low < 0 or high > 1:
+        if not (low >= 0 and high <= 1):  # also catches NaN
             raise UserError(f"pixels range over [{low:.4g}, {high:.4g}]; expected RGB in [0,1] "
                             f"(the teacher applies its own normalisation)")
 

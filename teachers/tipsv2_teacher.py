@@ -15,7 +15,7 @@ class Tipsv2Teacher(Teacher):
                  temperature: float | None = None):
         config = vision.config
         tensors = {f"vision.{k}": v for k, v in vision.state_dict().items()}
-        architecture = {"family": "tipsv2", "vision": canonical_config(config)}
+        architecture = {"family": "tipsv2", "vision": canonical_config(config), "temperature": temperature}
         if text is not None:
             tensors.update({f"text.{k}": v for k, v in text.state_dict().items()})
             architecture["text"] = canonical_config(text.config)

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import (BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, Dinov2WithRegistersConfig,
-                          Dinov2WithRegistersModel, SiglipConfig, SiglipImageProcessor, SiglipModel)
+from transformers import (BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPVisionModel,
+                          Dinov2WithRegistersConfig, Dinov2WithRegistersModel, Siglip2Config, Siglip2ImageProcessor,
+                          Siglip2Model, SiglipConfig, SiglipImageProcessor, SiglipModel)
 
 from conftest import CORPUS
 from teachers import UserError, load_teacher
@@ -95,3 +96,34 @@ def test_clip(tmp_path, tiny_tokenizer):
     assert _close(tokens.cls, image)  # CLS through post-LN + projection is CLIP's image embedding
     assert tokens.patches.shape == (2, 4, 4, 24)
     assert _close(teacher.encode_text(CORPUS[:3]), torch.nn.functional.normalize(text, dim=-1))
+
+
+def test_clip_vision_only(tmp_path):
+    config = CLIPConfig(vision_config=dict(VISION, intermediate_size=64)).vision_config
+    torch.manual_seed(0)
+    processor = CLIPImageProcessor()
+    model = _save(CLIPVisionModel(config), processor, tmp_path)
+    teacher = load_teacher(tmp_path)
+    assert teacher.width == 32 and not teacher.has_text
+    pixels = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        pooled = model(pixel_values=_normalised(pixels, processor)).pooler_output
+    assert _close(teacher.encode_image(pixels).cls, pooled)
+
+
+def test_siglip2_against_its_processor(tmp_path, tiny_tokenizer):
+    vision = dict(VISION, intermediate_size=64, num_patches=16)
+    del vision["image_size"]
+    config = Siglip2Config(vision_config=vision, text_config=_text(len(tiny_tokenizer)))
+    torch.manual_seed(0)
+    processor = Siglip2ImageProcessor(patch_size=8, max_num_patches=16)
+    model = _save(Siglip2Model(config), processor, tmp_path, tiny_tokenizer)
+    teacher = load_teacher(tmp_path)
+    assert (teacher.image_size, teacher.has_text) == (32, True)
+    image = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)  # already at the processor's target size
+    with torch.no_grad():
+        out = model.get_image_features(**processor(images=[image], return_tensors="pt"))
+    tokens = teacher.encode_image(image[None].float() / 255)
+    assert _close(tokens.cls, out.pooler_output)
+    assert _close(tokens.patches, out.last_hidden_state.reshape(1, 4, 4, 32))
+    assert teacher.encode_text(CORPUS[:2]).shape == (2, 32)

@@ -49,8 +49,11 @@ def test_metadata_frozen_and_fingerprint(tiny_tipsv2_dir):
     teacher.train()  # a parent module switching to training must not unfreeze the teacher
     assert not teacher.training
     assert len(teacher.fingerprint) == 64 and teacher.fingerprint == load_teacher(tiny_tipsv2_dir).fingerprint
+    # outputs are plain tensors: usable as loss targets in a student's autograd graph
     tokens = teacher.encode_image(torch.rand(1, 3, 32, 32))
-    assert tokens.patches.is_inference()
+    assert not tokens.patches.is_inference() and not tokens.patches.requires_grad
+    student = torch.ones_like(tokens.patches, requires_grad=True)
+    (student * tokens.patches).sum().backward()
 
 
 def test_dtype_and_value_trick(tiny_tipsv2_dir):

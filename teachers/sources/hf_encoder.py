@@ -1,17 +1,21 @@
-"""Other Hugging Face encoders: DINOv2 (with registers), CLIP, SigLIP; a hub id or a `save_pretrained` dir.
+"""Other Hugging Face encoders: DINOv2 (with registers), CLIP, SigLIP/SigLIP2; a hub id or `save_pretrained` dir.
 
 Tokens are mapped to `ImageTokens` so that patches live where the family's text embeddings live:
 - DINOv2(-with-registers): final-norm [CLS, registers, patches]; no text tower.
 - CLIP: every token through `post_layernorm` and `visual_projection` (MaskCLIP's dense features), so
   CLS equals the image embedding; text through `get_text_features`.
-- SigLIP: CLS is the attention-pooling head output (the image embedding), no registers, patches are
-  the post-norm tokens; text through `get_text_features`.
+- SigLIP / SigLIP2: CLS is the attention-pooling head output (the image embedding), no registers,
+  patches are the post-norm tokens; text through `get_text_features`. SigLIP2 (NaFlex) takes the
+  image as a sequence of patches: patchified with its image processor's own function, unpadded.
 Input normalisation comes from the directory's image processor (mean/std).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
+from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
 
 from teachers.base import Teacher
 from teachers.errors import UserError
@@ -19,8 +23,9 @@ from teachers.fingerprint import canonical_config, fingerprint
 from teachers.tipsv2_tokens import split_tokens
 from teachers.types import ImageTokens
 
-_TEXT_FAMILIES = {"clip", "siglip"}
-MODEL_TYPES = ("dinov2", "dinov2_with_registers", "clip", "clip_vision_model", "siglip", "siglip_vision_model")
+_TEXT_FAMILIES = {"clip", "siglip", "siglip2"}
+MODEL_TYPES = ("dinov2", "dinov2_with_registers", "clip", "clip_vision_model", "siglip", "siglip_vision_model",
+               "siglip2", "siglip2_vision_model")
 
 
 class HFEncoderTeacher(Teacher):
@@ -32,7 +37,7 @@ class HFEncoderTeacher(Teacher):
         temperature = float(torch.exp(-model.logit_scale.detach())) if has_text else None
         super().__init__(
             width=projection.out_features if projection is not None else vision_config.hidden_size,
-            patch_size=vision_config.patch_size, image_size=vision_config.image_size,
+            patch_size=vision_config.patch_size, image_size=_native_size(vision_config),
             num_registers=getattr(vision_config, "num_register_tokens", 0),
             fingerprint=fingerprint({"family": config.model_type, "config": canonical_config(config)},
                                     model.state_dict()),
@@ -55,13 +60,16 @@ class HFEncoderTeacher(Teacher):
         if self.family == "dinov2":
             sequence = self.model(pixel_values=pixels).last_hidden_state
             return split_tokens(sequence, self.num_registers, grid)
-        vision = self.model.vision_model
-        out = vision(pixel_values=pixels, interpolate_pos_encoding=True)
-        if self.family == "siglip":
+        vision = getattr(self.model, "vision_model", self.model)  # full model or vision-only model
+        if self.family == "siglip2":
+            out = vision(**_naflex_inputs(pixels, self.patch_size))
+        else:
+            out = vision(pixel_values=pixels, interpolate_pos_encoding=True)
+        if self.family in ("siglip", "siglip2"):
             b, _, d = out.last_hidden_state.shape
             return ImageTokens(out.pooler_output, out.last_hidden_state.new_zeros(b, 0, d),
                                out.last_hidden_state.reshape(b, *grid, d))
-        sequence = vision.post_layernorm(out.last_hidden_state)
+        sequence = vision.post_layernorm(out.last_hidden_state)  # CLIP leaves it to the pooled CLS only
         projection = getattr(self.model, "visual_projection", None)
         if projection is not None:
             sequence = projection(sequence)
@@ -72,6 +80,20 @@ class HFEncoderTeacher(Teacher):
                                return_tensors="pt")
         batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
         return self.model.get_text_features(**batch).pooler_output
+
+
+def _native_size(vision_config) -> int:
+    if hasattr(vision_config, "image_size"):
+        return vision_config.image_size
+    return math.isqrt(vision_config.num_patches) * vision_config.patch_size  # SigLIP2: a patch budget
+
+
+def _naflex_inputs(pixels: torch.Tensor, patch: int) -> dict:
+    b, _, h, w = pixels.shape
+    patches = torch.stack([convert_image_to_patches(image, patch) for image in pixels])
+    return dict(pixel_values=patches,
+                pixel_attention_mask=torch.ones(patches.shape[:2], dtype=torch.long, device=pixels.device),
+                spatial_shapes=torch.tensor([[h // patch, w // patch]] * b, device=pixels.device))
 
 
 def load(name_or_dir: str, config, *, trust_remote_code: bool = False, revision: str | None = None,
