@@ -1,7 +1,10 @@
 """`build_student`: a zoo architecture from scratch or initialised from any checkpoint the teacher layer reads."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 from transformers import Tipsv2TextModel, Tipsv2VisionModel
+from transformers.initialization import no_init_weights
 
 from students.heads import ProjectionHeads
 from students.model import Student
@@ -25,11 +28,13 @@ def build_student(
     """Build a zoo student.
 
     init:       a teacher spec (hub id, save_pretrained dir, official .npz, student dir) whose TIPSv2
-                towers have exactly this architecture's shapes; its vision (and, with text, text) weights,
-                tokenizer and temperature are copied.
-    text_init:  a teacher spec whose text tower (and tokenizer, temperature) replaces the student's;
-                its width must equal the student's width. Its depth/heads are kept as they are.
-    vocab_size: from `tokenizer` when given (the vocabulary must fit the embedding), else 32000.
+                towers have exactly this architecture's shapes (the vocabulary may differ); its vision
+                (and, unless text=False or text_init is given, text) weights, tokenizer and temperature
+                are copied.
+    text_init:  a teacher spec whose text tower (and tokenizer, temperature) is copied as it is (its
+                depth/heads/vocabulary); its width must equal the student's width.
+    vocab_size: from `tokenizer` when given, else 32000; with init/text_init the checkpoint's tokenizer
+                decides (passing another tokenizer is an error).
     image_size: the native resolution (position-embedding grid); defaults to the zoo entry's.
     head:       "linear" or "mlp" projection heads, built when `teacher_width` is given.
     """
@@ -39,39 +44,41 @@ def build_student(
             raise UserError(f"vocab_size={vocab_size} differs from the tokenizer's {len(tokenizer)} tokens")
         vocab_size = len(tokenizer)
     config = arch.build_config(vocab_size=vocab_size, image_size=image_size)
-    vision = Tipsv2VisionModel(config.vision_config)
-    text_model = Tipsv2TextModel(config.text_config) if text else None
     temperature = config.temperature_init_value
+    text_spec = (text_init or init) if text else None
+    if text_init is not None and not text:
+        raise UserError("text_init=... needs a text tower; drop text=False")
+    if text_spec is not None and tokenizer is not None:
+        raise UserError(f"tokenizer=... conflicts with the tokenizer of {text_spec!r}, whose text tower is reused")
     metadata = {}
+    sources: dict[str, object] = {}  # init and text_init may name the same checkpoint: load it once
 
+    with no_init_weights() if init is not None else nullcontext():  # random weights would be overwritten
+        vision = Tipsv2VisionModel(config.vision_config)
     if init is not None:
-        source = _tipsv2_teacher(init, "init")
+        source = _tipsv2_teacher(init, "init", sources)
         _copy_tower(vision, source.vision, f"{name} vision tower", init)
-        if text_model is not None and text_init is None:
-            if source.text is None:
-                raise UserError(f"init={init!r} has no text tower; pass text=False or text_init=... for {name}")
-            # The vocabulary follows the checkpoint's tokenizer; every other text shape must be the zoo's.
-            text_model = Tipsv2TextModel(arch.build_config(vocab_size=source.text.config.vocab_size,
-                                                           image_size=image_size).text_config)
-            _copy_tower(text_model, source.text, f"{name} text tower", init)
-            tokenizer, temperature = source.tokenizer, source.temperature or temperature
         metadata["init"] = {"spec": init, "fingerprint": source.fingerprint}
 
-    if text_init is not None:
-        if not text:
-            raise UserError("text_init=... needs a text tower; drop text=False")
-        source = _tipsv2_teacher(text_init, "text_init")
+    text_model = Tipsv2TextModel(config.text_config) if text and text_spec is None else None
+    if text_spec is not None:
+        option = "text_init" if text_init is not None else "init"
+        source = _tipsv2_teacher(text_spec, option, sources)
         if source.text is None:
-            raise UserError(f"text_init={text_init!r} has no text tower")
+            raise UserError(f"{option}={text_spec!r} has no text tower; pass text=False or another text_init")
         if source.text.config.hidden_size != vision.config.hidden_size:
             raise UserError(
-                f"text_init={text_init!r} has text width {source.text.config.hidden_size}, but {name} has width "
+                f"{option}={text_spec!r} has text width {source.text.config.hidden_size}, but {name} has width "
                 f"{vision.config.hidden_size}; the text tower can only be reused at equal width"
             )
-        text_model = Tipsv2TextModel(source.text.config)
-        _copy_tower(text_model, source.text, f"{name} text tower", text_init)
+        # init: the zoo's text shapes with the checkpoint's vocabulary; text_init: the checkpoint's tower as is.
+        text_config = (source.text.config if text_init is not None else
+                       arch.build_config(vocab_size=source.text.config.vocab_size, image_size=image_size).text_config)
+        with no_init_weights():
+            text_model = Tipsv2TextModel(text_config)
+        _copy_tower(text_model, source.text, f"{name} text tower", text_spec)
         tokenizer, temperature = source.tokenizer, source.temperature or temperature
-        metadata["text_init"] = {"spec": text_init, "fingerprint": source.fingerprint}
+        metadata["text_init"] = {"spec": text_spec, "fingerprint": source.fingerprint}
 
     if text_model is not None and tokenizer is not None and len(tokenizer) > text_model.config.vocab_size:
         raise UserError(
@@ -87,15 +94,17 @@ def build_student(
     return student
 
 
-def _tipsv2_teacher(spec: str, option: str):
+def _tipsv2_teacher(spec: str, option: str, sources: dict):
     """A TIPSv2 teacher (transformers towers) loaded by the teacher layer from any spec it reads."""
     from teachers import load_teacher
 
-    teacher = load_teacher(spec)
-    if not isinstance(getattr(teacher, "vision", None), Tipsv2VisionModel):
-        raise UserError(f"{option}={spec!r} is a {type(teacher).__name__}, not a TIPSv2 checkpoint; "
-                        "students can only start from TIPSv2 weights")
-    return teacher
+    if spec not in sources:
+        teacher = load_teacher(spec)
+        if not isinstance(getattr(teacher, "vision", None), Tipsv2VisionModel):
+            raise UserError(f"{option}={spec!r} is a {type(teacher).__name__}, not a TIPSv2 checkpoint; "
+                            "students can only start from TIPSv2 weights")
+        sources[spec] = teacher
+    return sources[spec]
 
 
 def _copy_tower(target, source, what: str, spec: str) -> None:

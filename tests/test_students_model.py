@@ -77,6 +77,11 @@ def test_save_load_round_trip(micro, tiny_tokenizer, tmp_path):
     assert loaded.metadata["teacher_fingerprint"] == "f00d"
     assert loaded.tokenizer("a red circle")["input_ids"] == tiny_tokenizer("a red circle")["input_ids"]
     micro.save(out)  # a checkpoint may replace an earlier one at the same path
+    resumed = students.build_student("tipsv2-micro", init=str(out), teacher_width=48)  # a student dir is a spec
+    assert torch.equal(resumed.vision.embeddings.position_embeddings, micro.vision.embeddings.position_embeddings)
+    assert resumed.tokenizer is not None and resumed.text.config.vocab_size == len(tiny_tokenizer)
+    with pytest.raises(UserError, match="conflicts with the tokenizer"):
+        students.build_student("tipsv2-micro", init=str(out), tokenizer=tiny_tokenizer)
 
 
 def test_save_never_clobbers_other_data(micro, tmp_path):
