@@ -153,3 +153,14 @@ def test_mask_size_mismatch_is_a_one_line_error_naming_the_file(tmp_path, capsys
 def test_unknown_dataset_kind(tmp_path, capsys):
     code, err = _eval(f"cityscapes:{tmp_path}", tmp_path, capsys)
     assert code == 2 and "KIND in ade20k, voc" in err
+
+
+def test_truncated_image_is_a_one_line_error(tmp_path):
+    (tmp_path / "classes.txt").write_text("background\nred\n")
+    _image(tmp_path / "images/a.jpg", size=(64, 48))
+    _mask(tmp_path / "masks/a.png", np.zeros((48, 64), np.uint8))
+    data = (tmp_path / "images/a.jpg").read_bytes()
+    (tmp_path / "images/a.jpg").write_bytes(data[: len(data) // 2])
+    dataset = open_segmentation(f"folder:{tmp_path}")  # the header is intact: found when the pixels are read
+    with pytest.raises(UserError, match=r"image .*a.jpg cannot be read"):
+        dataset[0]

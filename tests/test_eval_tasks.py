@@ -112,3 +112,13 @@ def test_unknown_option_for_a_task(tmp_path):
 
     with pytest.raises(UserError, match="option 'window' does not apply to task retrieval"):
         evaluate({"m": ColourModel()}, "retrieval", "micro:length=2", tmp_path, window=32)
+
+
+def test_model_arguments():
+    from distill.eval.models import parse_model_args
+    from teachers.errors import UserError
+
+    assert parse_model_args(["teacher=google/tipsv2-g14", "runs/x/last", "timm:vit_b,checkpoint=/w.pt"]) == {
+        "teacher": "google/tipsv2-g14", "last": "runs/x/last", "timm:vit_b": "timm:vit_b,checkpoint=/w.pt"}
+    with pytest.raises(UserError, match="model name 'a' is given twice"):
+        parse_model_args(["a=x", "a=y"])

@@ -6,6 +6,7 @@ HF encoders, student checkpoints and exported students), so evaluation needs no 
 from __future__ import annotations
 
 import os
+import re
 
 import torch
 
@@ -25,13 +26,17 @@ def model_device(model) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
+_NAME = re.compile(r"[\w.-]+")
+
+
 def parse_model_args(items: list[str]) -> dict[str, str]:
-    """`NAME=SPEC` (or a bare SPEC, named after its last path component); names must be unique."""
+    """`NAME=SPEC`, or a bare SPEC named after its last path component (a spec may itself hold `key=value`
+    items, e.g. `timm:NAME,checkpoint=PATH`, so only a plain word before the first `=` is a name)."""
     models: dict[str, str] = {}
     for item in items:
         name, sep, spec = item.partition("=")
-        if not sep:
-            name, spec = os.path.basename(os.path.normpath(item)) or item, item
+        if not sep or not _NAME.fullmatch(name):
+            name, spec = os.path.basename(os.path.normpath(item.split(",")[0])), item
         if not name or not spec:
             raise UserError(f"--model {item!r} is invalid; expected NAME=SPEC")
         if name in models:

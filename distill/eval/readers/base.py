@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -54,6 +55,16 @@ def read_split(path: Path) -> list[str]:
     return ids
 
 
+@contextmanager
+def open_image(path: Path, what: str):
+    """PIL open (lazy: headers only until pixels are asked for) with a one-line error for unreadable files."""
+    try:
+        with Image.open(path) as image:
+            yield image
+    except (OSError, Image.DecompressionBombError) as exc:
+        raise UserError(f"{what} {path} cannot be read ({str(exc).splitlines()[0]})") from None
+
+
 def reduce_zero_label(label: np.ndarray) -> np.ndarray:
     """0 (unlabelled / background not scored) -> ignore, k -> k-1; ignore stays ignore."""
     out = label.astype(np.int64) - 1
@@ -77,7 +88,7 @@ class PairedFiles(SegDataset):
         for image_path, mask_path in pairs:
             require(image_path, "image")
             require(mask_path, "label mask")
-            with Image.open(image_path) as image, Image.open(mask_path) as mask:
+            with open_image(image_path, "image") as image, open_image(mask_path, "label mask") as mask:
                 if image.size != mask.size:
                     raise UserError(f"label mask {mask_path} is {mask.size[0]}x{mask.size[1]} but its image "
                                     f"{image_path.name} is {image.size[0]}x{image.size[1]}; expected equal sizes")
@@ -87,7 +98,7 @@ class PairedFiles(SegDataset):
 
     def __getitem__(self, index: int) -> SegSample:
         image_path, mask_path = self.pairs[index]
-        with Image.open(mask_path) as mask:
+        with open_image(mask_path, "label mask") as mask:
             if mask.mode not in ("P", "L", "I", "I;16"):
                 raise UserError(f"label mask {mask_path} has mode {mask.mode}; expected a palette or single-channel PNG")
             raw = np.asarray(mask)
@@ -96,7 +107,7 @@ class PairedFiles(SegDataset):
         if bad.any():
             raise UserError(f"label mask {mask_path} holds value {int(raw[bad][0])}, outside the "
                             f"{len(self.class_names)} classes of {self.name} (and the ignore value {IGNORE_INDEX})")
-        with Image.open(image_path) as image:
+        with open_image(image_path, "image") as image:
             rgb = image.convert("RGB")
         return SegSample(image_path.stem, rgb, label)
 
