@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from transformers import Tipsv2Config
 
+from teachers.errors import UserError
+
 # mlp_ratio follows transformers' conventions: GELU hidden = int(width * mlp_ratio); SwiGLU hidden =
 # round_up_8(int(int(width * mlp_ratio) * 2 / 3)), so g/14's ratio 4 gives 6144 -> 4096.
 TIPSV2_SIZES: dict[str, dict] = {
@@ -40,8 +42,6 @@ _COMMON_TEXT = dict(vocab_size=32000, max_position_embeddings=64)
 
 
 def tipsv2_config(size: str) -> Tipsv2Config:
-    from teachers.errors import UserError
-
     if size not in TIPSV2_SIZES:
         raise UserError(f"unknown TIPSv2 size {size!r}; expected one of {', '.join(TIPSV2_SIZES)}")
     kwargs = TIPSV2_SIZES[size]

@@ -22,6 +22,10 @@ def _vision_checkpoint(model: Tipsv2Model, path, prefix: str = "") -> str:
     return str(path)
 
 
+class _NotATensor:
+    """Any non-tensor object: `weights_only` loading must refuse to unpickle it."""
+
+
 def _assert_same(a, b):
     for x, y in ((a.cls, b.cls), (a.registers, b.registers), (a.patches, b.patches)):
         assert x.shape == y.shape and (x - y).abs().max() <= TOL
@@ -57,6 +61,9 @@ def test_timm_errors(tmp_path):
         load_teacher("timm:vit_nonexistent_tipsv2")
     with pytest.raises(UserError, match="no such timm checkpoint"):
         load_teacher(f"timm:vit_base_patch14_reg1_tipsv2,checkpoint={tmp_path / 'nope.safetensors'}")
+    torch.save({"pos_embed": _NotATensor()}, tmp_path / "evil.pth")
+    with pytest.raises(UserError, match="refusing to unpickle"):
+        load_teacher(f"timm:vit_base_patch14_reg1_tipsv2,checkpoint={tmp_path / 'evil.pth'},{TINY}")
     teacher = load_teacher(f"timm:vit_base_patch14_reg1_tipsv2,{TINY}")  # random init, no checkpoint
     with pytest.raises(UserError, match="no text tower"):
         teacher.encode_text(["a cat"])

@@ -9,6 +9,7 @@ transformers' TIPSv2 uses bilinear: tokens then differ slightly between the two 
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import timm
@@ -68,11 +69,17 @@ def load(name: str, *, checkpoint: str | None = None, **model_kwargs) -> TimmTea
     if checkpoint is not None:
         if not Path(checkpoint).is_file():
             raise UserError(f"{checkpoint}: no such timm checkpoint file")
+        if Path(checkpoint).suffix == ".npz":
+            raise UserError(f"{checkpoint}: official .npz files load with the spec npz:VISION.npz[,TEXT.npz]; "
+                            f"expected a .safetensors or .pth state dict for timm")
         # `file=` routes the checkpoint through the model's checkpoint_filter_fn (key conversion).
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint)))
     try:
         model = timm.create_model(name, **kwargs)
-    except (RuntimeError, TypeError) as err:
+    except (pickle.UnpicklingError, RuntimeError, TypeError) as err:
+        if "weights_only" in str(err):  # torch.load(weights_only=True) met a pickled non-tensor object
+            raise UserError(f"{checkpoint}: holds pickled objects beyond tensors; refusing to unpickle it "
+                            f"(expected a plain state dict, ideally .safetensors)") from None
         raise UserError(f"timm could not build {name} with {kwargs} ({str(err).splitlines()[0]})") from None
     if not isinstance(model, VisionTransformer) or model.cls_token is None:
         raise UserError(f"timm model {name} is not a ViT with a CLS token; expected e.g. vit_*_reg1_tipsv2")
