@@ -38,6 +38,8 @@ def test_cli_teacher_vs_student_zeroshot_seg_on_micro(tmp_path, tiny_tipsv2_dir,
         assert {"miou", "pixel_acc", "object_pixel_acc", "per_class_iou"} <= set(scores)
         assert 0 <= scores["miou"] <= 100
     assert {"all_background_miou", "chance_object_pixel_acc"} <= set(report["baselines"])
+    assert report["sources"]["student"]["spec"] == str(student_dirs / "nano")
+    assert report["sources"]["teacher"]["fingerprint"] != report["sources"]["student"]["fingerprint"]
     assert report["baselines"]["chance_object_pixel_acc"] == pytest.approx(20.0)  # five colours
     assert "| metric | teacher | student |" in capsys.readouterr().out
     assert len(list((tmp_path / "pred/student").glob("*.png"))) == 4

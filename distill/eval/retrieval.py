@@ -94,7 +94,7 @@ def run(models: dict, dataset: str, out_dir: Path, opts: RetrievalOptions, load:
     for name, spec in models.items():
         model, device = load(spec)
         result.models[name], positives = evaluate_model(model, name, images, opts, device)
-        del model
+        del model  # free it before the next model loads
     # A random ranking on the same positives: what recall means by chance on this data.
     chance = torch.rand(positives.shape, generator=torch.Generator().manual_seed(0))
     result.baselines = {f"random_{k}": v for k, v in _recalls(chance, positives).items()}

@@ -8,7 +8,7 @@ import torch
 
 from distill.eval import fidelity, retrieval, zeroshot_cls, zeroshot_seg
 from distill.eval.report import json_safe, write_report
-from distill.eval.task import ModelLoader, resolve_device
+from distill.eval.task import ModelLoader, resolve_device, spec_text
 from teachers.errors import UserError
 
 TASKS = {
@@ -32,7 +32,9 @@ def evaluate(models: dict, task: str, dataset: str, out_dir, *, device: str | No
              dtype: torch.dtype = torch.float32, quiet: bool = False, **options) -> dict:
     """Evaluate `models` ({name: spec or loaded model}) on `task` and write `out_dir/report.json`.
 
-    Returns the report: {"task", "dataset", "models": {name: {metric: value}}, "baselines", "options"}.
+    Returns the report: {"task", "dataset", "models": {name: {metric: value}}, "baselines",
+    "sources": {name: {"spec", "fingerprint"}}, "options"}. Models are loaded one at a time (fidelity: all
+    at once), so a giant teacher and its students need not fit in memory together.
     Options are the fields of the task's options dataclass (e.g. `SegOptions`).
     """
     if task not in TASKS:
@@ -42,12 +44,15 @@ def evaluate(models: dict, task: str, dataset: str, out_dir, *, device: str | No
     opts = _task_options(task, options)
     device = resolve_device(device)
     out_dir = Path(out_dir)
-    result = TASKS[task][0](dict(models), dataset, out_dir, opts, ModelLoader(device, dtype))
+    loader = ModelLoader(device, dtype)
+    result = TASKS[task][0](dict(models), dataset, out_dir, opts, loader)
     report = json_safe({
         "task": task,
         "dataset": result.dataset,
         "models": result.models,
         "baselines": result.baselines,
+        "sources": {name: {"spec": spec_text(spec), "fingerprint": loader.fingerprints.get(spec_text(spec))}
+                    for name, spec in models.items()},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()},
     })
     table = write_report(out_dir, report)

@@ -35,17 +35,27 @@ def resolve_device(device: str | None) -> torch.device:
 class ModelLoader:
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
+    # spec -> fingerprint of what it loaded, so the report says which weights produced each column
+    fingerprints: dict[str, str | None] = field(default_factory=dict)
 
     def __call__(self, spec):
         """(model, the device its inputs go to); specs are loaded only when their turn comes."""
-        model = load_model(spec, device=self.device, dtype=self.dtype)
+        model = self._remember(spec, load_model(spec, device=self.device, dtype=self.dtype))
         return model, model_device(model)
 
     def student(self, spec):
         """A student checkpoint dir keeps its projection heads (`project`); other specs load as teachers."""
         if isinstance(spec, (str, os.PathLike)) and is_student_dir(spec):
-            return load_student(spec).to(device=self.device, dtype=self.dtype).eval()
-        return load_model(spec, device=self.device, dtype=self.dtype)
+            return self._remember(spec, load_student(spec).to(device=self.device, dtype=self.dtype).eval())
+        return self._remember(spec, load_model(spec, device=self.device, dtype=self.dtype))
+
+    def _remember(self, spec, model):
+        self.fingerprints[spec_text(spec)] = getattr(model, "fingerprint", None)
+        return model
+
+
+def spec_text(spec) -> str:
+    return str(spec) if isinstance(spec, (str, os.PathLike)) else f"<{type(spec).__name__} object>"
 
 
 @dataclass

@@ -75,7 +75,7 @@ def run(models: dict, dataset: str, out_dir: Path, opts: ClsOptions, load: Model
     for name, spec in models.items():
         model, device = load(spec)
         result.models[name] = evaluate_model(model, name, folders, opts, device)
-        del model
+        del model  # free it before the next model loads
     n = len(folders.classes)
     result.baselines = {f"chance_top{k}": 100.0 * min(k, n) / n for k in KS}
     return result

@@ -165,6 +165,6 @@ def run(models: dict, dataset: str, out_dir: Path, opts: SegOptions, load: Model
         scored = evaluate_model(model, name, data, opts, out_dir, device)
         result.models[name] = scored.metrics
         confusion = scored.confusion
-        del model
+        del model  # free it before the next model loads
     result.baselines = segmentation_baselines(confusion, data.class_names, data.background)
     return result
