@@ -61,7 +61,7 @@ def _value_trick_block(block, x: torch.Tensor) -> torch.Tensor:
 
 
 def load(name: str, *, checkpoint: str | None = None, **model_kwargs) -> TimmTeacher:
-    if name not in timm.list_models():
+    if not timm.is_model(name):  # also accepts a pretrained tag such as ".webli"
         raise UserError(f"unknown timm model {name!r}; expected a timm ViT name such as vit_giant_patch14_reg1_tipsv2")
     kwargs = dict(model_kwargs)
     kwargs.setdefault("num_classes", 0)
