@@ -57,6 +57,8 @@ def export_student(
 ) -> ExportResult:
     if fmt not in FORMATS:
         raise UserError(f"export format {fmt!r} is unknown; expected one of {', '.join(FORMATS)}")
+    if Path(out).resolve() == Path(checkpoint).resolve():
+        raise UserError(f"--out {out} is the checkpoint itself; expected another directory")
     student = load_student(checkpoint)
     if with_heads and student.heads is None:
         raise UserError(f"--with-heads: {checkpoint} has no projection heads (built without teacher_width)")
