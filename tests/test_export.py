@@ -46,7 +46,7 @@ def _export(checkpoint, fmt, out, *extra):
 
 
 def test_hf_export_loads_with_automodel_and_autoprocessor(checkpoint, reference, tmp_path):
-    from transformers import AutoModel, AutoProcessor, Tipsv2Model
+    from transformers import AutoModel, AutoProcessor, AutoTokenizer, Tipsv2Model
 
     student, pixels, sequence, text = reference
     assert _export(checkpoint, "hf", tmp_path / "hf") == 0
@@ -56,6 +56,7 @@ def test_hf_export_loads_with_automodel_and_autoprocessor(checkpoint, reference,
     assert type(processor).__name__ == "Tipsv2Processor"
     assert type(processor.image_processor).__name__ == "Tipsv2ImageProcessor"
     inputs = processor(text=TEXTS, return_tensors="pt")
+    assert AutoTokenizer.from_pretrained(tmp_path / "hf")(TEXTS)["input_ids"] == student.tokenizer(TEXTS)["input_ids"]
     with torch.no_grad():
         out = model(pixel_values=pixels, **inputs)
     assert (out.vision_model_output.last_hidden_state - sequence).abs().max() <= 1e-5
