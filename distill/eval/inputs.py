@@ -9,6 +9,7 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+from torch.utils.data import DataLoader, IterableDataset, Subset
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
@@ -48,12 +49,21 @@ def _collate(prepare, items: list) -> list:
 
 
 def batches(dataset, batch_size: int, limit: int | None = None, workers: int = 0, prepare=None):
-    """DataLoader over the first `limit` items, yielding lists of `prepare(sample)` (images differ in size).
+    """Batches (lists of `prepare(sample)`: images differ in size) over the first `limit` samples.
 
     `prepare` runs in the workers, so it must be picklable (a module-level function or a partial of one)
-    when `workers` > 0.
+    when `workers` > 0. Streams (webdataset shards) have no length: they are cut after `limit` samples.
     """
-    if limit is not None:
-        dataset = torch.utils.data.Subset(dataset, range(min(limit, len(dataset))))
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                                       collate_fn=partial(_collate, prepare))
+    stream = isinstance(dataset, IterableDataset)
+    if limit is not None and not stream:
+        dataset = Subset(dataset, range(min(limit, len(dataset))))
+    loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, collate_fn=partial(_collate, prepare))
+    return _first(loader, limit) if stream and limit is not None else loader
+
+
+def _first(loader, limit: int):
+    for batch in loader:
+        yield batch[:limit]
+        limit -= len(batch)
+        if limit <= 0:
+            return
