@@ -9,11 +9,12 @@ from __future__ import annotations
 from functools import partial
 
 import torch
-from torch.utils.data import DataLoader, IterableDataset, Subset
 from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, Subset
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from distill.data import build_dataset
 from distill.data.scenes import SceneDataset
 from distill.eval.readers.micro import parse_options
 
@@ -38,9 +39,6 @@ def open_image_set(spec: str):
     kind, _, rest = str(spec).partition(":")
     if kind == "micro":
         return SceneDataset("heldout", **parse_options(rest))
-    # Imported here: the engine's data layer (folder / jsonl / hf / wds) pulls in datasets and webdataset.
-    from distill.data import build_dataset
-
     return build_dataset(spec)
 
 
