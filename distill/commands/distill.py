@@ -1,0 +1,39 @@
+"""`tipsdistill distill --recipe RECIPE [key=value ...] --out DIR [--resume]`: train a student."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from distill.config import load_recipe
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "distill", help="distil a student from a frozen teacher",
+        description="Distil a student from a frozen teacher (all-token patch distillation + caption contrastive). "
+                    "Launch with `accelerate launch -m distill.cli distill ...` for several GPUs or machines.")
+    parser.add_argument("--recipe",
+                        help="recipe YAML file or packaged recipe name (micro, b14, l14, so400m14)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="recipe overrides, e.g. max_steps=40 loss.mask_ratio=0.3")
+    parser.add_argument("--out", help="run directory (checkpoints, logs, final student)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                        help="stop after this step with a checkpoint (continue later with --resume)")
+    parser.set_defaults(func=run)
+    return parser
+
+
+def run(args) -> int:
+    from distill.train import run_distill
+    from teachers.errors import UserError
+
+    if args.recipe is None or args.out is None:
+        raise UserError("distill needs --recipe RECIPE and --out DIR, e.g. "
+                        "tipsdistill distill --recipe micro teacher.spec=DIR --out runs/x")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    recipe = load_recipe(args.recipe, args.overrides)
+    final = run_distill(recipe, args.out, resume=args.resume, stop_at=args.stop_at)
+    print(f"student checkpoint: {final}")
+    return 0

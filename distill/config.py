@@ -1,0 +1,393 @@
+"""Recipes: typed dataclasses loaded from YAML, validated on load, overridable with `key=value`.
+
+A recipe is plain data describing one run (teacher, student, data, losses, optimiser, loop and the
+compute it needs). Every mistake is a `UserError` naming the dotted key: an unknown key, a wrong
+type, or a value outside its range. Overrides use the same path syntax (`loss.mask_ratio=0.3`); a
+bare leaf name (`max_steps=40`) is accepted when it names exactly one key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from teachers.errors import UserError
+
+CAPTION_KEYS = ("short", "medium", "long")
+DISTANCES = ("cosine", "smooth_l1", "mse")
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@dataclass
+class TeacherConfig:
+    spec: str = ""  # anything `teachers.load_teacher` reads: hub id, directory, .npz pair, timm:<name>, ...; required to run
+    image_size: int | None = None  # teacher input resolution; None: the student's image size
+
+
+@dataclass
+class StudentConfig:
+    name: str = "tipsv2-micro"  # a `students` registry name
+    image_size: int = 64
+    init: str | None = None  # a TIPSv2 checkpoint of the same shape to start from (anything the teacher layer reads)
+    text_init: str | None = None  # a TIPSv2 checkpoint whose text tower (same width) and tokenizer the student reuses
+    tokenizer: str | None = None  # tokenizer dir / hub id for the student's text tower; default: init's, else the teacher's
+    head: Literal["linear", "mlp"] = "linear"  # projection heads to the teacher width
+
+
+@dataclass
+class DataConfig:
+    source: str = "scenes"  # `distill.data.build_dataset` spec: folder:PATH, hf:PATH_OR_ID, wds:PATTERN, scenes
+    options: dict[str, Any] = field(default_factory=dict)  # source options, e.g. {index: captions.jsonl}
+    num_workers: int = 0
+    shuffle: bool = True
+    crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])  # random resized crop, shared by both sides
+    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    flip_p: float = 0.5
+
+
+@dataclass
+class ContrastiveConfig:
+    kind: Literal["infonce", "sigmoid", "none"] = "infonce"
+    weight: float = 1.0
+    # student: the student's own text tower, trained; teacher: the frozen teacher tower + a trained projection.
+    text_tower: Literal["student", "teacher"] = "student"
+    # CLS1 always pairs with `short` (alt-text); CLS2 with one caption per image and step drawn with these weights.
+    caption_weights: dict[str, float] = field(default_factory=lambda: {"short": 0.2, "medium": 0.4, "long": 0.4})
+    temperature_init: float | None = None  # InfoNCE; None: the teacher's temperature, else 0.07
+    sigmoid_scale_init: float = 10.0  # SigLIP's initial logit scale and bias
+    sigmoid_bias_init: float = -10.0
+
+
+@dataclass
+class LossConfig:
+    distance: Literal["cosine", "smooth_l1", "mse", "mix"] = "cosine"
+    mix: dict[str, float] = field(default_factory=lambda: {"cosine": 0.9, "smooth_l1": 0.1})  # RADIO's patch mix
+    cls_weight: float = 1.0
+    register_weight: float = 1.0
+    patch_weight: float = 1.0
+    patch_tokens: Literal["all", "masked"] = "all"  # all = iBOT++ (TIPSv2); masked = iBOT ablation
+    target_norm: Literal["none", "channel", "phi-s"] = "none"
+    calibration_batches: int = 8  # teacher batches for the target statistics
+    mask_ratio: float = 0.0  # fraction of patches hidden from the student; 0 disables masking
+    mask_probability: float = 1.0  # fraction of images in a batch that are masked
+    mask_shape: Literal["block", "random"] = "block"
+    contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.05
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    warmup_steps: int = 0
+    grad_clip: float = 1.0  # max global grad norm; 0 disables
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = 100  # optimizer steps
+    batch_size: int = 16  # global images per optimizer step, over all processes and accumulation steps
+    grad_accum_steps: int = 1  # the contrastive batch is batch_size / grad_accum_steps
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: the Accelerate config decides
+    gradient_checkpointing: bool = False
+    checkpoint_every: int = 0  # optimizer steps between checkpoints; 0: only the final one
+    keep_checkpoints: int = 2
+    log_every: int = 1
+
+
+@dataclass
+class ComputeConfig:
+    """Recorded cost of the run; `distill.compute.estimate_compute` re-derives it (a test checks)."""
+
+    teacher_arch: str = "g14"  # a `teachers.tipsv2_sizes` key: the shape the FLOPs are counted for
+    gpu: str = "H100 SXM, bf16 dense"
+    gpu_peak_tflops: float = 989.0
+    mfu: float = 0.4
+    teacher_gflops_per_image: float = 0.0  # forward
+    student_gflops_per_image: float = 0.0  # forward, vision tower + heads
+    train_gflops_per_image: float = 0.0  # teacher forward + student forward/backward + text towers
+    gpu_hours_per_100m_samples: float = 0.0
+
+
+@dataclass
+class Recipe:
+    name: str = "unnamed"
+    seed: int = 0
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    compute: ComputeConfig | None = None
+
+
+# ---------------------------------------------------------------- typed construction
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(repr(c) for c in typing.get_args(tp))
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _optional_inner(tp: Any) -> Any | None:
+    """X for `X | None`, else None."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0]
+    return None
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    inner = _optional_inner(tp)
+    if inner is not None:
+        return None if value is None else _coerce(value, inner, key)
+    origin = typing.get_origin(tp)
+    bad = UserError(f"recipe key {key!r} must be {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise bad
+        return _build(tp, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin is dict:
+        key_tp, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise bad
+        return {_coerce(k, key_tp, f"{key}.{k}"): _coerce(v, value_tp, f"{key}.{k}") for k, v in value.items()}
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"recipe field {key} has unsupported type {tp}")
+
+
+def _fields(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _build(cls, data: dict, prefix: str = ""):
+    known = _fields(cls)
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else str(name)
+        if name not in known:
+            raise UserError(f"unknown recipe key {key!r}; expected one of: {', '.join(known)}")
+        kwargs[name] = _coerce(value, known[name], key)
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------- semantic checks
+
+
+def _check(ok: bool, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise UserError(f"recipe key {key!r} is {value!r}; expected {expected}")
+
+
+def validate(recipe: Recipe) -> Recipe:
+    loss, c, train, optim = recipe.loss, recipe.loss.contrastive, recipe.train, recipe.optim
+    _check(recipe.teacher.image_size is None or recipe.teacher.image_size > 0, "teacher.image_size",
+           "a positive int or null", recipe.teacher.image_size)
+    _check(recipe.student.image_size > 0, "student.image_size", "a positive int", recipe.student.image_size)
+    _check(0.0 <= loss.mask_ratio < 1.0, "loss.mask_ratio", "a value in [0, 1)", loss.mask_ratio)
+    _check(0.0 <= loss.mask_probability <= 1.0, "loss.mask_probability", "a value in [0, 1]", loss.mask_probability)
+    for name in ("cls_weight", "register_weight", "patch_weight"):
+        _check(getattr(loss, name) >= 0, f"loss.{name}", "a weight >= 0", getattr(loss, name))
+    _check(loss.calibration_batches >= 1, "loss.calibration_batches", "an int >= 1", loss.calibration_batches)
+    for k, w in loss.mix.items():
+        _check(k in DISTANCES, f"loss.mix.{k}", f"a key among {', '.join(DISTANCES)}", k)
+        _check(w >= 0, f"loss.mix.{k}", "a weight >= 0", w)
+    if loss.distance == "mix":
+        _check(sum(loss.mix.values()) > 0, "loss.mix", "at least one positive weight", loss.mix)
+    _check(c.weight >= 0, "loss.contrastive.weight", "a weight >= 0", c.weight)
+    for k, w in c.caption_weights.items():
+        _check(k in CAPTION_KEYS, f"loss.contrastive.caption_weights.{k}",
+               f"a key among {', '.join(CAPTION_KEYS)}", k)
+        _check(w >= 0, f"loss.contrastive.caption_weights.{k}", "a weight >= 0", w)
+    if c.kind != "none":
+        _check(sum(c.caption_weights.values()) > 0, "loss.contrastive.caption_weights",
+               "at least one positive weight", c.caption_weights)
+    _check(c.temperature_init is None or c.temperature_init > 0, "loss.contrastive.temperature_init",
+           "a positive float or null", c.temperature_init)
+    _check(c.sigmoid_scale_init > 0, "loss.contrastive.sigmoid_scale_init", "a positive float", c.sigmoid_scale_init)
+    _check(recipe.data.num_workers >= 0, "data.num_workers", "an int >= 0", recipe.data.num_workers)
+    _check(optim.lr > 0, "optim.lr", "a positive float", optim.lr)
+    _check(0.0 <= optim.min_lr_ratio <= 1.0, "optim.min_lr_ratio", "a value in [0, 1]", optim.min_lr_ratio)
+    _check(optim.weight_decay >= 0, "optim.weight_decay", "a value >= 0", optim.weight_decay)
+    _check(len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas), "optim.betas",
+           "two values in [0, 1)", optim.betas)
+    _check(optim.warmup_steps >= 0, "optim.warmup_steps", "an int >= 0", optim.warmup_steps)
+    _check(optim.grad_clip >= 0, "optim.grad_clip", "a value >= 0 (0 disables)", optim.grad_clip)
+    _check(train.max_steps >= 1, "train.max_steps", "an int >= 1", train.max_steps)
+    _check(train.batch_size >= 1, "train.batch_size", "an int >= 1", train.batch_size)
+    _check(train.grad_accum_steps >= 1, "train.grad_accum_steps", "an int >= 1", train.grad_accum_steps)
+    _check(train.batch_size % train.grad_accum_steps == 0, "train.batch_size",
+           f"a multiple of train.grad_accum_steps ({train.grad_accum_steps})", train.batch_size)
+    _check(train.checkpoint_every >= 0, "train.checkpoint_every", "an int >= 0 (0: final only)",
+           train.checkpoint_every)
+    _check(train.keep_checkpoints >= 1, "train.keep_checkpoints", "an int >= 1", train.keep_checkpoints)
+    _check(train.log_every >= 1, "train.log_every", "an int >= 1", train.log_every)
+    return recipe
+
+
+# ---------------------------------------------------------------- loading, overrides, saving
+
+
+def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
+    if not isinstance(data, dict):
+        raise UserError(f"{source} must be a YAML mapping of recipe sections, got {type(data).__name__}")
+    return validate(_build(Recipe, data))
+
+
+def resolve_recipe_path(name_or_path: str | os.PathLike) -> Path:
+    """A path, or the name of a packaged recipe (`micro`, `b14`, ...)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    packaged = RECIPES_DIR / f"{name_or_path}.yaml"
+    if packaged.is_file():
+        return packaged
+    names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+    raise UserError(f"recipe {str(name_or_path)!r} is neither a file nor a packaged recipe ({', '.join(names)})")
+
+
+def load_recipe(name_or_path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
+    path = resolve_recipe_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    return apply_overrides(recipe_from_dict(data, str(path)), overrides)
+
+
+def recipe_to_dict(recipe: Recipe) -> dict:
+    return dataclasses.asdict(recipe)
+
+
+def _leaf_paths(tp: Any, prefix: str = "") -> list[str]:
+    tp = _optional_inner(tp) or tp
+    if not dataclasses.is_dataclass(tp):
+        return [prefix]
+    return [p for name, sub in _fields(tp).items() for p in _leaf_paths(sub, f"{prefix}.{name}" if prefix else name)]
+
+
+def _resolve_key(key: str) -> list[str]:
+    """Dotted path into the recipe; a bare leaf name is accepted when it is unique."""
+    leaves = _leaf_paths(Recipe)
+    if "." in key or key in leaves:
+        return key.split(".")
+    matches = [p for p in leaves if p.rsplit(".", 1)[-1] == key]
+    if len(matches) == 1:
+        return matches[0].split(".")
+    if not matches:
+        raise UserError(f"unknown recipe key {key!r}; use a dotted path such as train.max_steps")
+    raise UserError(f"recipe key {key!r} is ambiguous ({', '.join(matches)}); use the dotted path")
+
+
+def _parse_override_value(raw: str, tp: Any) -> Any:
+    base = _optional_inner(tp) or tp
+    if raw.lower() in ("null", "none", "~") and base is not tp:
+        return None
+    literal_strings = typing.get_origin(base) is Literal and all(isinstance(c, str) for c in typing.get_args(base))
+    if base is str or literal_strings:
+        return raw  # `teacher.spec=123` stays a string
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+    data = recipe_to_dict(recipe)
+    for item in overrides:
+        if "=" not in item:
+            raise UserError(f"override {item!r} is not key=value (e.g. train.max_steps=40)")
+        key, raw = item.split("=", 1)
+        path = _resolve_key(key.strip())
+        node, tp = data, Recipe
+        for depth, name in enumerate(path[:-1]):
+            sub_tp = _optional_inner(tp) or tp
+            dotted = ".".join(path[: depth + 1])
+            if dataclasses.is_dataclass(sub_tp):
+                fields_ = _fields(sub_tp)
+                if name not in fields_:
+                    raise UserError(f"unknown recipe key {dotted!r}; expected one of: {', '.join(fields_)}")
+                tp = fields_[name]
+                if node.get(name) is None and dataclasses.is_dataclass(_optional_inner(tp) or tp):
+                    node[name] = recipe_to_dict((_optional_inner(tp) or tp)())
+                node = node[name]
+            else:
+                raise UserError(f"recipe key {dotted!r} is not a section")
+        leaf = path[-1]
+        parent_tp = _optional_inner(tp) or tp
+        if dataclasses.is_dataclass(parent_tp):
+            fields_ = _fields(parent_tp)
+            if leaf not in fields_:
+                raise UserError(f"unknown recipe key {'.'.join(path)!r}; expected one of: {', '.join(fields_)}")
+            node[leaf] = _parse_override_value(raw, fields_[leaf])
+        elif typing.get_origin(parent_tp) is dict:
+            node[leaf] = _parse_override_value(raw, typing.get_args(parent_tp)[1])  # e.g. loss.mix.cosine=0.5
+        else:
+            raise UserError(f"recipe key {'.'.join(path[:-1])!r} is not a section")
+    return recipe_from_dict(data, "recipe with overrides")
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False)
+
+
+def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(dump_recipe(recipe))
+    os.replace(tmp, path)
+
+
+def flat_recipe(recipe: Recipe) -> dict[str, Any]:
+    """Dotted keys -> scalars (lists, mappings and None as strings), for TensorBoard hparams."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        for f in dataclasses.fields(node):
+            value, key = getattr(node, f.name), f"{prefix}{f.name}"
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{key}.")
+            else:
+                out[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+
+    walk(recipe, "")
+    return out

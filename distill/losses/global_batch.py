@@ -1,0 +1,67 @@
+"""The global contrastive batch: gather embeddings from every process with gradients, plus caption ids.
+
+Each process keeps only the rows of its own samples (open_clip's local loss) and scales its loss so
+that the DDP gradient average equals the gradient of the loss over the global batch:
+`torch.distributed.nn.functional.all_gather` sums the gradient of every process's rows back onto
+the process that owns the embedding.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate x over processes along dim 0 (gradient flows back to each owner); identity alone."""
+    rank, world = _world()
+    if world == 1:
+        return x
+    if x.requires_grad:
+        return torch.cat(dist_fn.all_gather(x), dim=0)
+    parts = [torch.empty_like(x) for _ in range(world)]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
+def caption_ids(captions: list[str], device: torch.device | str = "cpu") -> torch.Tensor:
+    """Stable 63-bit ids: equal strings get equal ids on every process (multi-positive targets)."""
+    ids = [int.from_bytes(hashlib.blake2b(c.encode(), digest_size=8).digest(), "little") >> 1 for c in captions]
+    return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+@dataclass
+class GlobalBatch:
+    """Local rows (n) against global columns (N = n * world)."""
+
+    image: torch.Tensor  # (n, D) local, L2-normalised
+    text: torch.Tensor  # (n, D) local, L2-normalised
+    all_image: torch.Tensor  # (N, D)
+    all_text: torch.Tensor  # (N, D)
+    positives: torch.Tensor  # (n, N) bool: local caption == global caption, both valid
+    row_valid: torch.Tensor  # (n,) bool: the local sample has this caption
+    col_valid: torch.Tensor  # (N,) bool
+    scale: float  # world / number of valid samples in the global batch (0 when none)
+
+
+def global_batch(image: torch.Tensor, text: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor) -> GlobalBatch:
+    image = torch.nn.functional.normalize(image.float(), dim=-1)
+    text = torch.nn.functional.normalize(text.float(), dim=-1)
+    _, world = _world()
+    sizes = gather(torch.tensor([image.shape[0]], device=image.device))
+    if len(set(sizes.tolist())) > 1:
+        raise RuntimeError(f"contrastive micro-batches differ across processes: {sizes.tolist()}")
+    all_ids, all_valid = gather(ids), gather(valid)
+    positives = (ids[:, None] == all_ids[None, :]) & valid[:, None] & all_valid[None, :]
+    n_valid = int(all_valid.sum())
+    return GlobalBatch(image, text, gather(image), gather(text), positives, valid, all_valid,
+                       world / n_valid if n_valid else 0.0)

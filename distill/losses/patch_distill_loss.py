@@ -1,0 +1,55 @@
+"""All-token patch distillation: CLS1, CLS2 (registers) and every patch token regress onto the teacher.
+
+The iBOT++ lesson (TIPSv2): the patch term averages over ALL patch tokens, the ones the student saw
+and the ones hidden behind its mask token, since pulling visible tokens towards the teacher is what
+aligns them with text. `tokens="masked"` keeps only hidden tokens (the iBOT ablation).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from distill.losses.token_distance import token_distance
+from teachers.types import ImageTokens
+
+PATCH_TOKENS = ("all", "masked")
+
+
+@dataclass
+class PatchDistillWeights:
+    cls: float = 1.0
+    register: float = 1.0
+    patch: float = 1.0
+
+
+def patch_distill_loss(pred: ImageTokens, target: ImageTokens, mask: torch.Tensor | None, distance: str,
+                       weights: PatchDistillWeights, mix: dict[str, float] | None = None,
+                       tokens: str = "all") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """pred and target on the same grid and width; mask (B, h*w) True = hidden from the student.
+
+    Returns the weighted total and detached parts for logging (cls, register, patch, and
+    patch_visible / patch_masked when a mask is given).
+    """
+    if tokens not in PATCH_TOKENS:
+        raise ValueError(f"patch tokens {tokens!r}; expected one of {PATCH_TOKENS}")
+    b = pred.cls.shape[0]
+    cls = token_distance(pred.cls, target.cls, distance, mix).mean()
+    register = token_distance(pred.registers, target.registers, distance, mix).mean()
+    per_patch = token_distance(pred.patches, target.patches, distance, mix).reshape(b, -1)  # (B, N)
+    parts = {"cls": cls.detach(), "register": register.detach()}
+    if mask is not None:
+        hidden = mask.to(per_patch.dtype)
+        parts["patch_masked"] = ((per_patch * hidden).sum() / hidden.sum().clamp(min=1)).detach()
+        parts["patch_visible"] = ((per_patch * (1 - hidden)).sum() / (1 - hidden).sum().clamp(min=1)).detach()
+    if tokens == "all":
+        patch = per_patch.mean()
+    else:
+        if mask is None:
+            raise ValueError("patch tokens 'masked' needs a student mask (mask_ratio > 0)")
+        hidden = mask.to(per_patch.dtype)
+        # Per-image mean over hidden tokens; an image without hidden tokens contributes 0.
+        patch = ((per_patch * hidden).sum(1) / hidden.sum(1).clamp(min=1)).mean()
+    parts["patch"] = patch.detach()
+    total = weights.cls * cls + weights.register * register + weights.patch * patch
+    return total, parts
