@@ -83,7 +83,7 @@ def test_perfect_model_scores_100_and_writes_the_report(tmp_path, window):
     assert json.loads((tmp_path / "out/report.json").read_text()) == report
     assert set(report) >= {"task", "dataset", "models", "baselines"} and report["task"] == "zeroshot-seg"
     md = (tmp_path / "out/report.md").read_text()
-    assert "| metric | a | b |" in md and "**100.00**" in md
+    assert "| metric | a | b |" in md and "**100.00**" in md and "| per_class_iou | a | b |" in md
     for name in ("a", "b"):
         assert (tmp_path / f"out/pca/{name}.png").is_file()
         assert len(list((tmp_path / f"out/overlays/{name}").glob("*.png"))) == 3

@@ -50,30 +50,48 @@ def _cell(value) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
-def markdown_table(report: dict) -> str:
-    """One row per scalar metric, one column per model, the best value of each row in bold."""
-    names = list(report["models"])
-    metrics = [m for m in dict.fromkeys(k for v in report["models"].values() for k in v)
-               if not any(isinstance(v.get(m), _TABLE_SKIPS) for v in report["models"].values())]
-    lines = [f"| metric | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
-    for metric in metrics:
-        values = [report["models"][n].get(metric) for n in names]
+def _table(header: str, names: list[str], rows: dict[str, list]) -> list[str]:
+    """Markdown rows, one column per model; with several models the best value of a row is bold."""
+    lines = [f"| {header} | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
+    for label, values in rows.items():
         numbers = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
         best = max(numbers) if len(names) > 1 and numbers else None
         cells = [f"**{_cell(v)}**" if best is not None and v == best else _cell(v) for v in values]
-        lines.append(f"| {metric} | {' | '.join(cells)} |")
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    return lines
+
+
+def markdown_table(report: dict) -> str:
+    """Scalar metrics side by side (higher is better for every metric we report), then the baselines."""
+    names = list(report["models"])
+    scores = [report["models"][n] for n in names]
+    metrics = [m for m in dict.fromkeys(k for v in scores for k in v)
+               if not any(isinstance(v.get(m), _TABLE_SKIPS) for v in scores)]
+    lines = _table("metric", names, {m: [v.get(m) for v in scores] for m in metrics})
     baselines = {k: v for k, v in report.get("baselines", {}).items() if not isinstance(v, _TABLE_SKIPS)}
     if baselines:
-        lines.append("")
-        lines.append("baselines: " + ", ".join(f"{k} {_cell(v)}" for k, v in baselines.items()))
+        lines += ["", "baselines: " + ", ".join(f"{k} {_cell(v)}" for k, v in baselines.items())]
     return "\n".join(lines)
 
 
+def per_class_tables(report: dict) -> str:
+    """Dict-valued metrics (per-class IoU) as one row per class; for report.md, too long for the terminal."""
+    names = list(report["models"])
+    scores = [report["models"][n] for n in names]
+    blocks = []
+    for metric in dict.fromkeys(k for v in scores for k, x in v.items() if isinstance(x, dict)):
+        classes = list(dict.fromkeys(c for v in scores for c in v.get(metric, {})))
+        rows = {c: [v.get(metric, {}).get(c) for v in scores] for c in classes}
+        blocks.append("\n".join(_table(metric, names, rows)))
+    return "\n\n".join(blocks)
+
+
 def write_report(out_dir: Path, report: dict) -> str:
-    """report.json + report.md; returns the markdown."""
+    """report.json + report.md; returns the summary table (without the per-class tables)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = f"{report['task']} on {report['dataset']}\n\n{markdown_table(report)}\n"
-    write_text(out_dir / "report.md", table)
+    details = per_class_tables(report)
+    write_text(out_dir / "report.md", table + (f"\n{details}\n" if details else ""))
     write_json(out_dir / "report.json", report)  # last: its presence means the run finished
     return table
 
