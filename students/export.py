@@ -145,7 +145,9 @@ def _export_npz(student: Student, out: Path, reports: list[dict]) -> list[str]:
     (out / NPZ_MANIFEST).write_text(json.dumps(heads, indent=2))
     if student.tokenizer is not None:
         student.tokenizer.save_pretrained(out)
-    usage = f"# official google-deepmind/tips key layout: {NPZ_VISION}" + (f" + {NPZ_TEXT}" if text_arrays else "")
+    usage = (f"# official google-deepmind/tips key layout: {NPZ_VISION}" + (f" + {NPZ_TEXT}" if text_arrays else "")
+             + f"\nfrom teachers import load_teacher\nteacher = load_teacher('npz:DIR/{NPZ_VISION}', "
+             f"num_heads={heads['num_heads']})  # vision tower through tipsdistill's teacher layer")
     _write_card(student, out, reports, "official .npz", usage)
     return []
 
