@@ -143,3 +143,18 @@ def test_value_trick_changes_the_last_block_only():
     torch.testing.assert_close(seq, manual, rtol=1e-5, atol=1e-5)  # CLS, register and patches alike
     assert not torch.allclose(trick.patches, plain.patches, atol=1e-3)
     assert not torch.allclose(trick.cls, plain.cls, atol=1e-3)
+
+
+def test_loaded_teacher_applies_the_same_value_trick(tiny_tipsv2_dir):
+    """What zero-shot segmentation actually calls: `load_teacher(...).encode_image(value_trick=True)`."""
+    from transformers import Tipsv2Model
+
+    from teachers import load_teacher
+
+    teacher = load_teacher(str(tiny_tipsv2_dir))
+    vision = Tipsv2Model.from_pretrained(tiny_tipsv2_dir).vision_model.eval()
+    pixels = torch.rand(1, 3, 32, 48)
+    with torch.inference_mode():
+        manual = _manual_value_trick(vision, pixels)[:, 1 + vision.config.num_register_tokens :]
+        patches = teacher.encode_image(pixels, value_trick=True).patches
+    torch.testing.assert_close(patches.flatten(1, 2), manual, rtol=1e-5, atol=1e-5)
