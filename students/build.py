@@ -34,7 +34,7 @@ def build_student(
     text_init:  a teacher spec whose text tower (and tokenizer, temperature) is copied as it is (its
                 depth/heads/vocabulary); its width must equal the student's width.
     vocab_size: from `tokenizer` when given, else 32000; with init/text_init the checkpoint's tokenizer
-                decides (passing another tokenizer is an error).
+                decides (passing one with another vocabulary is an error).
     image_size: the native resolution (position-embedding grid); defaults to the zoo entry's.
     head:       "linear" or "mlp" projection heads, built when `teacher_width` is given.
     """
@@ -48,8 +48,6 @@ def build_student(
     text_spec = (text_init or init) if text else None
     if text_init is not None and not text:
         raise UserError("text_init=... needs a text tower; drop text=False")
-    if text_spec is not None and tokenizer is not None:
-        raise UserError(f"tokenizer=... conflicts with the tokenizer of {text_spec!r}, whose text tower is reused")
     metadata = {}
     sources: dict[str, object] = {}  # init and text_init may name the same checkpoint: load it once
 
@@ -77,7 +75,11 @@ def build_student(
         with no_init_weights():
             text_model = Tipsv2TextModel(text_config)
         _copy_tower(text_model, source.text, f"{name} text tower", text_spec)
-        tokenizer, temperature = source.tokenizer, source.temperature or temperature
+        theirs = source.tokenizer
+        if tokenizer is not None and theirs is not None and tokenizer.get_vocab() != theirs.get_vocab():
+            raise UserError(f"tokenizer=... has another vocabulary than {text_spec!r}, whose text tower is reused; "
+                            "pass its tokenizer or none")
+        tokenizer, temperature = theirs or tokenizer, source.temperature or temperature
         metadata["text_init"] = {"spec": text_spec, "fingerprint": source.fingerprint}
 
     if text_model is not None and tokenizer is not None and len(tokenizer) > text_model.config.vocab_size:

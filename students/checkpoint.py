@@ -60,7 +60,8 @@ def save_student(student: Student, directory: str | os.PathLike, metadata: dict[
 def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     path = Path(directory) / MANIFEST
     if not path.is_file():
-        raise UserError(f"{directory} is not a student checkpoint (no {MANIFEST}); expected a dir written by student.save")
+        raise UserError(f"{directory} is not a student checkpoint (no {MANIFEST}); "
+                        "expected a dir written by student.save")
     try:
         manifest = json.loads(path.read_text())
     except json.JSONDecodeError as exc:

@@ -92,6 +92,8 @@ def model_card(student: Student, reports: list[dict], fmt: str, usage: str) -> s
         if key in meta:
             lines += [f"Initialised ({key}) from `{meta[key].get('spec')}` "
                       f"(fingerprint `{meta[key].get('fingerprint')}`).", ""]
+    if "step" in meta:
+        lines += [f"Checkpoint after {meta['step']} training steps.", ""]
     lines += ["## Recipe", ""]
     recipe = meta.get("recipe")
     if recipe is None:

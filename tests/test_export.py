@@ -24,7 +24,8 @@ def checkpoint(tmp_path_factory, tiny_tokenizer):
                 p.add_(0.02 * torch.randn_like(p))
     root = tmp_path_factory.mktemp("export")
     student.save(root / "ckpt", metadata={"teacher_fingerprint": "f00dcafe", "recipe": {"loss": "cosine"}})
-    report = {"task": "zeroshot-seg", "dataset": "scenes", "models": {"student": {"miou": 12.5}, "teacher": {"miou": 10.0}}}
+    report = {"task": "zeroshot-seg", "dataset": "scenes",
+              "models": {"student": {"miou": 12.5}, "teacher": {"miou": 10.0}}}
     (root / "report.json").write_text(json.dumps(report))
     return root / "ckpt"
 

@@ -9,6 +9,7 @@ import torch
 import students
 from students.checkpoint import MANIFEST, WEIGHTS
 from teachers.errors import UserError
+from teachers.tokenizer import build_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +57,8 @@ def test_heads_kinds_and_missing_heads():
 
 def test_gradient_checkpointing_trains():
     student = students.build_student("tipsv2-nano", gradient_checkpointing=True, vocab_size=64).train()
-    assert student.vision.encoder.layer[0].gradient_checkpointing and student.text.encoder.layers[0].gradient_checkpointing
+    assert student.vision.encoder.layer[0].gradient_checkpointing
+    assert student.text.encoder.layers[0].gradient_checkpointing
     student.image_tokens(torch.rand(2, 3, 32, 32)).patches.square().mean().backward()
     assert student.vision.encoder.layer[0].attention.q_proj.weight.grad is not None
 
@@ -80,8 +82,10 @@ def test_save_load_round_trip(micro, tiny_tokenizer, tmp_path):
     resumed = students.build_student("tipsv2-micro", init=str(out), teacher_width=48)  # a student dir is a spec
     assert torch.equal(resumed.vision.embeddings.position_embeddings, micro.vision.embeddings.position_embeddings)
     assert resumed.tokenizer is not None and resumed.text.config.vocab_size == len(tiny_tokenizer)
-    with pytest.raises(UserError, match="conflicts with the tokenizer"):
-        students.build_student("tipsv2-micro", init=str(out), tokenizer=tiny_tokenizer)
+    assert students.build_student("tipsv2-micro", init=str(out), tokenizer=tiny_tokenizer).tokenizer is not None
+    other = build_tokenizer(["completely different words here"], vocab_size=40)
+    with pytest.raises(UserError, match="another vocabulary"):
+        students.build_student("tipsv2-micro", init=str(out), tokenizer=other)
 
 
 def test_save_never_clobbers_other_data(micro, tmp_path):
