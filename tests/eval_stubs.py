@@ -36,3 +36,20 @@ class ColourModel(torch.nn.Module):
         rgb = [torch.tensor(COLOURS[max((c for c in COLOURS if c in t), key=len)], dtype=torch.float32) / 255
                for t in texts]
         return F.normalize(_one_hot_colour(torch.stack(rgb)), dim=-1)
+
+
+class RandomFeatureModel(torch.nn.Module):
+    """Stub with the teacher interface: a fixed random patch embedding (every window gets its own features)."""
+
+    has_text = True
+    fingerprint = "random-stub"
+
+    def __init__(self, patch_size=8, width=16, seed=0):
+        super().__init__()
+        self.patch_size, self.image_size = patch_size, 32
+        self.embed = torch.nn.Conv2d(3, width, patch_size, patch_size)
+        torch.nn.init.normal_(self.embed.weight, generator=torch.Generator().manual_seed(seed))
+
+    def encode_image(self, pixels, value_trick=False):
+        patches = self.embed(pixels).permute(0, 2, 3, 1)
+        return ImageTokens(patches.mean((1, 2)), patches[:, :1, 0], patches)

@@ -158,3 +158,36 @@ def test_loaded_teacher_applies_the_same_value_trick(tiny_tipsv2_dir):
         manual = _manual_value_trick(vision, pixels)[:, 1 + vision.config.num_register_tokens :]
         patches = teacher.encode_image(pixels, value_trick=True).patches
     torch.testing.assert_close(patches.flatten(1, 2), manual, rtol=1e-5, atol=1e-5)
+
+
+def _notebook_slide(model, img, text, side, stride):
+    """The official notebook's `predict_slide`, one window at a time, written out literally."""
+    _, H, W = img.shape
+    probs, counts = torch.zeros(len(text), H, W), torch.zeros(H, W)
+    for i in range(max(H - side + stride - 1, 0) // stride + 1):
+        for j in range(max(W - side + stride - 1, 0) // stride + 1):
+            y2, x2 = min(i * stride + side, H), min(j * stride + side, W)
+            y1, x1 = max(y2 - side, 0), max(x2 - side, 0)
+            window = img[:, y1:y2, x1:x2]
+            p = model.patch_size
+            size = (-(-window.shape[1] // p) * p, -(-window.shape[2] // p) * p)
+            if size != tuple(window.shape[1:]):
+                window = F.interpolate(window[None], size=size, mode="bicubic", align_corners=False)[0].clamp(0, 1)
+            feats = F.normalize(model.encode_image(window[None]).patches[0], dim=-1)
+            cos = torch.einsum("cd,hwd->chw", text, feats)
+            cos = F.interpolate(cos[None], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)[0]
+            probs[:, y1:y2, x1:x2] += cos.softmax(0)
+            counts[y1:y2, x1:x2] += 1
+    return probs / counts
+
+
+def test_batched_windows_match_the_notebook_loop():
+    from eval_stubs import RandomFeatureModel
+
+    model = RandomFeatureModel()
+    text = F.normalize(torch.randn(5, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
+    images = [torch.rand(3, 45, 70), torch.rand(3, 64, 40), torch.rand(3, 30, 30)]
+    with torch.inference_mode():
+        batched = class_probabilities(model, images, text, SegOptions(window=32, stride=24, batch_size=3))
+        for image, probs in zip(images, batched):
+            torch.testing.assert_close(probs, _notebook_slide(model, image, text, 32, 24), rtol=1e-5, atol=1e-6)
