@@ -25,7 +25,7 @@ def tiny_teacher(seed: int = 0) -> Tipsv2Teacher:
 
 
 def preprocessing(data, **changes) -> Preprocessing:
-    base = dict(dataset="scenes:test", dataset_length=len(data), teacher_image_size=32,
+    base = dict(dataset="scenes:test", data_options={"length": len(data)}, dataset_length=len(data), teacher_image_size=32,
                 crop_scale=(0.4, 1.0), crop_ratio=(0.75, 4 / 3), flip_p=0.5, seed=3)
     return Preprocessing(**{**base, **changes})
 
@@ -114,7 +114,8 @@ def test_stale_cache_is_refused_in_one_line(tmp_path, teacher, other_teacher, da
     cases = [(other_teacher.fingerprint, pre, "built by teacher"),
              (teacher.fingerprint, preprocessing(dataset, crop_scale=(0.2, 1.0)), "crop_scale"),
              (teacher.fingerprint, preprocessing(dataset, teacher_image_size=48), "teacher_image_size"),
-             (teacher.fingerprint, preprocessing(dataset, dataset="scenes:other"), "dataset")]
+             (teacher.fingerprint, preprocessing(dataset, dataset="scenes:other"), "dataset"),
+             (teacher.fingerprint, preprocessing(dataset, data_options={"length": 9}), "data_options")]
     for fingerprint, pre_now, words in cases:
         with pytest.raises(UserError, match=words) as err:
             check_cache_matches(tmp_path, manifest, fingerprint, pre_now)

@@ -24,6 +24,7 @@ class Preprocessing:
     """Everything that decides which pixels the teacher saw. A replaying run must agree on all but `seed`."""
 
     dataset: str
+    data_options: dict  # the source's options (`build_dataset(spec, **options)`)
     dataset_length: int
     teacher_image_size: int
     crop_scale: tuple[float, float]
@@ -53,6 +54,8 @@ def dataset_identity(spec: str) -> str:
 
 
 def _normalise(value):
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, default=str)
     return [float(v) for v in value] if isinstance(value, (tuple, list)) else value
 
 

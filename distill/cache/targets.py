@@ -1,40 +1,22 @@
-"""Where a training step gets its teacher tokens: the teacher run on the batch, or the cache rows.
-
-The loop calls `targets(batch) -> ImageTokens` and does not know which one it has, so a cached
-run and an online run share every line of the step after it.
+"""The distill loop's side of a cache: open it for a recipe (refusing a stale one), build the replay
+loader, and hand the loop the teacher tokens a replayed batch carries instead of running the teacher.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
 import torch
 
-from distill.cache.manifest import Preprocessing, check_cache_matches, read_manifest
+from distill.cache.manifest import Preprocessing, check_cache_matches, dataset_identity, read_manifest
 from distill.cache.reader import CacheReader
+from distill.cache.replay import make_replay_dataloader
 from teachers.types import ImageTokens
-
-
-class TeacherTargets(Protocol):
-    def __call__(self, batch: dict) -> ImageTokens: ...
-
-
-@dataclass
-class OnlineTargets:
-    """The frozen teacher on `batch["teacher_pixels"]` (inference mode inside `encode_image`)."""
-
-    teacher: torch.nn.Module
-
-    def __call__(self, batch: dict) -> ImageTokens:
-        tokens = self.teacher.encode_image(batch["teacher_pixels"])
-        # Inference tensors cannot be saved by autograd, and the losses save their targets.
-        return tokens.map(torch.Tensor.clone)
 
 
 @dataclass
 class CachedTargets:
-    """Rows a `make_replay_dataloader` batch carries in `batch["teacher_targets"]`."""
+    """Teacher tokens of a `make_replay_dataloader` batch (`batch["teacher_targets"]`), on the device."""
 
     device: torch.device | str = "cpu"
 
@@ -47,3 +29,19 @@ def open_cache(directory: Path | str, teacher_fingerprint: str, preprocessing: P
     """A reader for a cache that holds this teacher's targets for this run's crops, else a UserError."""
     check_cache_matches(Path(directory), read_manifest(directory), teacher_fingerprint, preprocessing)
     return CacheReader(directory)
+
+
+def recipe_preprocessing(recipe, dataset) -> Preprocessing:
+    """What a distill recipe feeds its teacher, in the terms the cache records."""
+    d = recipe.data
+    return Preprocessing(dataset=dataset_identity(d.source), data_options=dict(d.options), dataset_length=len(dataset),
+                         teacher_image_size=recipe.teacher.image_size or recipe.student.image_size,
+                         crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio), flip_p=d.flip_p,
+                         seed=recipe.seed)
+
+
+def replay_loader(cache_dir, recipe, dataset, teacher, batch_size: int):
+    """The loader of a cached distill run (`cache=DIR`): refuses a cache of another teacher or preprocessing."""
+    reader = open_cache(cache_dir, teacher.fingerprint, recipe_preprocessing(recipe, dataset))
+    return make_replay_dataloader(dataset, reader, batch_size=batch_size, student_size=recipe.student.image_size,
+                                  seed=recipe.seed, num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle)

@@ -1,14 +1,11 @@
-"""`tipsdistill cache --teacher SPEC --data DATA --out DIR --augmentations K`: teacher targets, computed once."""
+"""`tipsdistill cache --teacher SPEC --data DATA --out DIR --augmentations K`: teacher targets, computed once.
+
+With `--recipe RECIPE [key=value ...]` the teacher, data, crop options, seed and teacher resolution come
+from the distill recipe (the flags still win), so the cache matches that run by construction.
+"""
 from __future__ import annotations
 
 import argparse
-import dataclasses
-
-
-def _crop_default(name: str):
-    from distill.data.loader import Augment
-
-    return {f.name: f.default for f in dataclasses.fields(Augment)}[name]
 
 
 def _pair(text: str) -> tuple[float, float]:
@@ -19,14 +16,32 @@ def _pair(text: str) -> tuple[float, float]:
     return low, high
 
 
+def _options(items: list[str]) -> dict:
+    import yaml
+
+    from teachers.errors import UserError
+
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--data-option {item!r} is not KEY=VALUE (e.g. length=512)")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "cache", help="run the teacher once and store its targets for K crops per image",
         description="Store a teacher's CLS, register and patch tokens for K augmentations of every image "
                     "(with the crop parameters), so `tipsdistill distill cache=DIR` trains without the teacher. "
                     "Rerunning the same command finishes an interrupted build.")
-    parser.add_argument("--teacher", required=True, help="teacher spec (as for distill: dir, hub id, npz:, timm:)")
-    parser.add_argument("--data", required=True, help="data spec (folder:PATH, hf:PATH, scenes[:split], DIR)")
+    parser.add_argument("--recipe", help="take teacher, data, crops, seed and resolution from this distill recipe")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides (with --recipe)")
+    parser.add_argument("--teacher", help="teacher spec (as for distill: dir, hub id, npz:, timm:)")
+    parser.add_argument("--data", help="data spec (folder:PATH, hf:PATH, scenes[:split], DIR)")
+    parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a data source option, as the recipe's data.options (repeatable), e.g. length=512")
     parser.add_argument("--out", required=True, help="cache directory (created; an existing cache is resumed)")
     parser.add_argument("--augmentations", type=int, required=True, metavar="K", help="crops stored per image")
     parser.add_argument("--dtype", default="bf16", help="storage precision: bf16 (default) or fp16")
@@ -34,10 +49,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="patch-token storage: none, per-token int8, or N PCA components")
     parser.add_argument("--shard-size", type=int, default=256, metavar="N", help="images per shard (default 256)")
     parser.add_argument("--image-size", type=int, default=None, metavar="S",
-                        help="teacher input resolution (default: the teacher's native size); must equal the "
-                             "distill run's teacher.image_size")
-    parser.add_argument("--seed", type=int, default=0, help="crop seed (use the distill run's seed to replay "
-                                                             "its first K epochs exactly)")
+                        help="teacher input resolution (default: the recipe's teacher/student size, else the "
+                             "teacher's native size); must equal the distill run's")
+    parser.add_argument("--seed", type=int, default=None, help="crop seed (default: the recipe's, else 0); the "
+                                                                "distill run's seed replays its first K epochs exactly")
     parser.add_argument("--crop-scale", type=_pair, default=None, metavar="MIN,MAX")
     parser.add_argument("--crop-ratio", type=_pair, default=None, metavar="MIN,MAX")
     parser.add_argument("--flip-p", type=float, default=None)
@@ -53,25 +68,38 @@ def run(args: argparse.Namespace) -> int:
     import teachers
     from distill.cache.manifest import Preprocessing, dataset_identity
     from distill.cache.writer import CacheSettings, build_cache
+    from distill.config import DataConfig, Recipe, load_recipe
     from distill.data import build_dataset
     from distill.data.augment import check_crop_options
     from teachers.errors import UserError
 
+    if args.overrides and not args.recipe:
+        raise UserError(f"recipe overrides {' '.join(args.overrides)} need --recipe")
+    recipe = load_recipe(args.recipe, args.overrides) if args.recipe else Recipe(data=DataConfig(source=""))
+    teacher_spec, data = args.teacher or recipe.teacher.spec, args.data or recipe.data.source
+    if not teacher_spec or not data:
+        raise UserError("cache needs a teacher and data: --teacher SPEC --data DATA, or --recipe with "
+                        "teacher.spec and data.source")
     settings = CacheSettings(args.augmentations, args.dtype, args.compress, args.shard_size, args.batch_size)
     settings.validate()
+    d = recipe.data
+    scale, ratio = tuple(args.crop_scale or d.crop_scale), tuple(args.crop_ratio or d.crop_ratio)
+    flip_p = d.flip_p if args.flip_p is None else args.flip_p
+    check_crop_options(scale, ratio, flip_p)
+    options = {**(d.options if args.data is None else {}), **_options(args.data_option)}
+    dataset = build_dataset(data, **options)
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # On an accelerator the teacher runs in the training precision; CPUs here lack fast bf16 matmuls.
     teacher_dtype = torch.float32 if str(device).startswith("cpu") else torch.bfloat16
-    scale, ratio = args.crop_scale or _crop_default("scale"), args.crop_ratio or _crop_default("ratio")
-    flip_p = _crop_default("flip_p") if args.flip_p is None else args.flip_p
-    check_crop_options(scale, ratio, flip_p)
-    dataset = build_dataset(args.data)
-    teacher = teachers.load_teacher(args.teacher, dtype=teacher_dtype, device=device)
-    size = args.image_size or teacher.image_size
+    teacher = teachers.load_teacher(teacher_spec, dtype=teacher_dtype, device=device)
+    recipe_size = (recipe.teacher.image_size or recipe.student.image_size) if args.recipe else None
+    size = args.image_size or recipe_size or teacher.image_size
     if size % teacher.patch_size:
         raise UserError(f"--image-size {size} is not a multiple of the teacher's patch size {teacher.patch_size}")
-    pre = Preprocessing(dataset=dataset_identity(args.data), dataset_length=len(dataset), teacher_image_size=size,
-                        crop_scale=scale, crop_ratio=ratio, flip_p=flip_p, seed=args.seed)
+    pre = Preprocessing(dataset=dataset_identity(data), data_options=options, dataset_length=len(dataset),
+                        teacher_image_size=size, crop_scale=scale, crop_ratio=ratio, flip_p=flip_p,
+                        seed=recipe.seed if args.seed is None else args.seed)
     manifest = build_cache(teacher, dataset, args.out, pre, settings, device=device,
                            on_shard=lambda done, total: print(f"shard {done}/{total}", flush=True))
     rows = pre.dataset_length * settings.augmentations
