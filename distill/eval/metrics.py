@@ -91,10 +91,9 @@ def segmentation_baselines(matrix: np.ndarray, class_names: list[str], backgroun
 
 def recall_at_k(similarity: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10)) -> dict[int, float]:
     """similarity (Q, N); positives (Q, N) bool. Recall@k = % of queries with a positive in the top k."""
-    order = similarity.argsort(dim=1, descending=True)
-    hits = positives.gather(1, order)
-    first = torch.where(hits.any(1), hits.float().argmax(1), torch.full((hits.shape[0],), hits.shape[1]))
-    return {k: float(100.0 * (first < k).float().mean()) for k in ks}
+    top = similarity.topk(min(max(ks), similarity.shape[1]), dim=1).indices
+    hits = positives.gather(1, top)
+    return {k: float(100.0 * hits[:, :k].any(1).float().mean()) for k in ks}
 
 
 def topk_accuracy(logits: torch.Tensor, targets: torch.Tensor, ks=(1, 5)) -> dict[int, float]:
