@@ -26,7 +26,7 @@ from students.model import Student
 from students.model_card import find_reports, model_card
 from students.zoo import get_arch
 from teachers.errors import UserError
-from teachers.official_npz import official_from_tipsv2, write_npz
+from teachers.official_npz import HEADS_FILE, official_from_tipsv2, write_npz
 
 FORMATS = ("hf", "timm", "npz")
 HEADS_WEIGHTS = "teacher_space_heads.safetensors"
@@ -35,7 +35,6 @@ TIMM_WEIGHTS = "model.safetensors"
 TIMM_MANIFEST = "timm_config.json"
 NPZ_VISION = "tips_v2_student_vision.npz"
 NPZ_TEXT = "tips_v2_student_text.npz"
-NPZ_MANIFEST = "tips_npz.json"
 
 
 @dataclass
@@ -138,16 +137,14 @@ def _export_npz(student: Student, out: Path, reports: list[dict]) -> list[str]:
     write_npz(out / NPZ_VISION, vision_arrays)
     if text_arrays is not None:
         write_npz(out / NPZ_TEXT, text_arrays)
-    # Shapes give everything but the head counts; teachers need them for non-released widths.
     heads = {"num_heads": student.vision.config.num_attention_heads}
     if student.text is not None:
         heads["text_num_heads"] = student.text.config.num_attention_heads
-    (out / NPZ_MANIFEST).write_text(json.dumps(heads, indent=2))
+    (out / HEADS_FILE).write_text(json.dumps(heads, indent=2))
     if student.tokenizer is not None:
         student.tokenizer.save_pretrained(out)
     usage = (f"# official google-deepmind/tips key layout: {NPZ_VISION}" + (f" + {NPZ_TEXT}" if text_arrays else "")
-             + f"\nfrom teachers import load_teacher\nteacher = load_teacher('npz:DIR/{NPZ_VISION}', "
-             f"num_heads={heads['num_heads']})  # vision tower through tipsdistill's teacher layer")
+             + f"\nfrom teachers import load_teacher\nteacher = load_teacher('DIR')  # both towers, head counts from {HEADS_FILE}")
     _write_card(student, out, reports, "official .npz", usage)
     return []
 

@@ -82,6 +82,8 @@ _TEXT_BLOCK = {
     "mlp.c_proj.bias": "mlp.fc2.bias",
 }
 _TEMPERATURE = "temperature"
+# Shapes give everything but the head counts; exports of non-released widths record them beside the .npz files.
+HEADS_FILE = "tips_npz.json"
 
 
 def _vision_table(depth: int, swiglu: bool) -> dict[str, str | tuple[str, ...]]:

@@ -112,14 +112,15 @@ def test_npz_export_reads_back_through_the_teacher_layer(checkpoint, reference, 
     from teachers import load_teacher
     from teachers.official_npz import read_npz, tipsv2_from_official
 
-    student, pixels, sequence, _ = reference
+    student, pixels, sequence, text = reference
     out = tmp_path / "npz"
     assert _export(checkpoint, "npz", out) == 0
     heads = json.loads((out / "tips_npz.json").read_text())
-    teacher = load_teacher(f"npz:{out / NPZ_VISION}", num_heads=heads["num_heads"])
+    teacher = load_teacher(str(out))  # the directory alone: both towers, recorded head counts, tokenizer
     tokens = teacher.encode_image(pixels)
     assert (tokens.patches.flatten(1, 2) - sequence[:, 2:]).abs().max() <= 1e-5
     assert (tokens.cls - sequence[:, 0]).abs().max() <= 1e-5
+    assert (teacher.encode_text(TEXTS) - torch.nn.functional.normalize(text, dim=-1)).abs().max() <= 1e-5
     _, state, temperature = tipsv2_from_official(read_npz(out / NPZ_VISION), read_npz(out / NPZ_TEXT),
                                                  **heads)
     ours = student.tipsv2_state_dict()

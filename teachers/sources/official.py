@@ -1,12 +1,14 @@
 """Official google-deepmind/tips checkpoints: one `.npz` per tower + a SentencePiece `tokenizer.model`.
 
 Spec: `npz:VISION.npz[,TEXT.npz]` or a directory holding one `*_vision.npz`, optionally one
-`*_text.npz` and a `tokenizer.model`; a `tokenizer.model` beside the text file is used unless the
-`tokenizer=PATH` option names another. The arrays become transformers towers through
+`*_text.npz` and a `tokenizer.model`; a `tokenizer.model` (or a `save_pretrained` tokenizer, as in
+tipsdistill's npz exports) beside the text file is used unless the `tokenizer=PATH` option names another.
+Head counts recorded in `tips_npz.json` beside the files are used unless `num_heads=` is given. The arrays become transformers towers through
 `teachers.official_npz`; the temperature comes from the text file.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -17,7 +19,7 @@ from transformers import Tipsv2TextModel, Tipsv2Tokenizer, Tipsv2VisionModel
 from transformers.initialization import no_init_weights
 
 from teachers.errors import UserError
-from teachers.official_npz import read_npz, tipsv2_from_official
+from teachers.official_npz import HEADS_FILE, read_npz, tipsv2_from_official
 from teachers.tipsv2_teacher import Tipsv2Teacher
 
 # Probe captions: the converted tokenizer must split them exactly like SentencePiece itself.
@@ -36,8 +38,11 @@ def find_pair(directory: Path) -> tuple[Path, Path | None]:
 
 def load(vision_path: Path, text_path: Path | None, *, tokenizer: str | None = None,
          num_heads: int | None = None, text_num_heads: int | None = None) -> Tipsv2Teacher:
-    if text_path is not None and tokenizer is None and (text_path.parent / "tokenizer.model").is_file():
-        tokenizer = str(text_path.parent / "tokenizer.model")
+    recorded = _recorded_heads(vision_path.parent)
+    num_heads = num_heads or recorded.get("num_heads")
+    text_num_heads = text_num_heads or recorded.get("text_num_heads")
+    if text_path is not None and tokenizer is None:
+        tokenizer = _tokenizer_beside(text_path.parent)
     if text_path is not None and tokenizer is None:
         raise UserError(f"{text_path} needs its SentencePiece tokenizer; pass tokenizer=PATH/tokenizer.model")
     config, state, temperature = tipsv2_from_official(
@@ -47,7 +52,32 @@ def load(vision_path: Path, text_path: Path | None, *, tokenizer: str | None = N
     if text_path is None:
         return Tipsv2Teacher(vision)
     text = _tower(Tipsv2TextModel, config.text_config, state, "text_model.")
-    return Tipsv2Teacher(vision, text, sentencepiece_tokenizer(tokenizer), temperature)
+    return Tipsv2Teacher(vision, text, _load_tokenizer(Path(tokenizer)), temperature)
+
+
+def _recorded_heads(directory: Path) -> dict:
+    path = directory / HEADS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise UserError(f"{path}: not valid JSON ({err.msg}); expected {{\"num_heads\": N, \"text_num_heads\": N}}") from None
+
+
+def _tokenizer_beside(directory: Path) -> str | None:
+    """The official `tokenizer.model`, or a `save_pretrained` tokenizer (tipsdistill's own npz exports)."""
+    for name in ("tokenizer.model", "tokenizer.json"):
+        if (directory / name).is_file():
+            return str(directory / name)
+    return None
+
+
+def _load_tokenizer(path: Path) -> Tipsv2Tokenizer:
+    if path.name == "tokenizer.json" or path.is_dir():
+        directory = path.parent if path.is_file() else path
+        return Tipsv2Tokenizer.from_pretrained(directory)
+    return sentencepiece_tokenizer(path)
 
 
 def _tower(cls, config, state: dict, prefix: str):
