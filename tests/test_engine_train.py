@@ -1,0 +1,130 @@
+"""The distillation loop end to end on CPU with tiny models: loss falls, exact resume, 2 processes = 1."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from distill.cli import main
+from distill.config import load_recipe
+from distill.train import run_distill
+
+TINY = [
+    "student.name=tipsv2-nano", "student.image_size=32", "data.options.size=32", "data.options.length=24",
+    "log_every=1", "checkpoint_every=0", "loss.contrastive.weight=1.0", "optim.warmup_steps=2",
+]
+
+
+def tiny_recipe(teacher_dir: Path, *overrides: str):
+    return load_recipe("micro", [f"teacher.spec={teacher_dir}", *TINY, *overrides])
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_micro_recipe_loss_falls(tiny_tipsv2_dir, tmp_path):
+    recipe = tiny_recipe(tiny_tipsv2_dir, "max_steps=30", "batch_size=8", "optim.lr=3e-3")
+    final = run_distill(recipe, tmp_path / "run")
+    losses = [m["loss"] for m in metrics(tmp_path / "run")]
+    assert len(losses) == 30 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+    assert {"distill/patch_masked", "distill/patch_visible", "contrastive/cls1", "contrastive/cls2"} <= set(
+        metrics(tmp_path / "run")[0])
+    from students import load_student
+
+    student = load_student(final)
+    assert student.teacher_width == 32 and student.text is not None
+    assert student.metadata["recipe"]["train"]["max_steps"] == 30
+    assert (tmp_path / "run" / "logs").is_dir()  # TensorBoard through the Accelerate tracker
+
+
+def test_resume_is_bitwise_identical(tiny_tipsv2_dir, tmp_path):
+    # Accumulation, masks, PHI-S calibration and an epoch boundary (24 images, 8 per step) all cross the resume point.
+    args = ("max_steps=5", "batch_size=8", "grad_accum_steps=2", "loss.target_norm=phi-s",
+            "loss.calibration_batches=2", "loss.contrastive.kind=sigmoid")
+    recipe = tiny_recipe(tiny_tipsv2_dir, *args)
+    straight = run_distill(recipe, tmp_path / "straight")
+    stopped = run_distill(recipe, tmp_path / "split", stop_at=2)
+    assert stopped.parent.name == "step_00000002"
+    resumed = run_distill(recipe, tmp_path / "split", resume=True)
+    a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [m["loss"] for m in metrics(tmp_path / "straight")] == [m["loss"] for m in metrics(tmp_path / "split")]
+    assert (tmp_path / "split" / "target_norm.safetensors").is_file()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tiny_tipsv2_dir, tmp_path):
+    """Same global batch on 1 and 2 CPU processes: same losses (contrastive over the gathered batch)."""
+    common = [f"teacher.spec={tiny_tipsv2_dir}", *TINY, "max_steps=3", "batch_size=8", "loss.mask_ratio=0.3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    cli = ["-m", "distill.cli", "distill", "--recipe", "micro", *common]
+    for name, procs in (("one", 1), ("two", 2)):
+        cmd = [*launch, "--num_processes", str(procs), *cli, "--out", str(tmp_path / name)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert len(one) == len(two) == 3
+    for a, b in zip(one, two):
+        for key in ("loss", "contrastive/cls1", "contrastive/cls2", "distill/patch", "distill/cls"):
+            assert abs(a[key] - b[key]) < 1e-4, (key, a[key], b[key])
+
+
+def test_images_without_captions_train_image_only(tiny_tipsv2_dir, tmp_path, caplog):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    for i in range(8):
+        pixels = (torch.rand(40, 48, 3, generator=g) * 255).to(torch.uint8).numpy()
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    recipe = tiny_recipe(tiny_tipsv2_dir, f"data.source=folder:{folder}", "data.options={}", "max_steps=2",
+                         "batch_size=4")
+    with caplog.at_level(logging.INFO, logger="distill.train"):
+        final = run_distill(recipe, tmp_path / "run")
+    assert "image-only distillation" in caplog.text
+    assert not any(k.startswith("contrastive/") for k in metrics(tmp_path / "run")[0])
+    from students import load_student
+
+    assert load_student(final).text is None
+
+
+def test_student_grid_resized_to_teacher_grid(tiny_tipsv2_dir, tmp_path, caplog):
+    # Teacher at 48 px (6x6 patches), student at 32 px (4x4): the student grid is resized, and it says so once.
+    recipe = tiny_recipe(tiny_tipsv2_dir, "teacher.image_size=48", "max_steps=2", "batch_size=4")
+    with caplog.at_level(logging.INFO, logger="distill.objective"):
+        run_distill(recipe, tmp_path / "run")
+    assert caplog.text.count("differs from the teacher grid") == 1
+
+
+def test_cli_errors(tiny_tipsv2_dir, tmp_path, capsys):
+    base = ["distill", "--recipe", "micro", f"teacher.spec={tiny_tipsv2_dir}", *TINY]
+    assert main([*base, "--out", str(tmp_path / "a"), "--resume"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert main([*base, "loss.mask_ratoi=0.3", "--out", str(tmp_path / "a")]) == 2
+    assert "'loss.mask_ratoi'" in capsys.readouterr().err
+    assert main([*base, "max_steps=two", "--out", str(tmp_path / "a")]) == 2
+    assert "'train.max_steps' must be int" in capsys.readouterr().err
+    assert main(["distill", "--recipe", "micro", "--out", str(tmp_path / "b")]) == 2
+    assert "teacher.spec" in capsys.readouterr().err
+    (tmp_path / "c" / "student").mkdir(parents=True)
+    assert main([*base, "--out", str(tmp_path / "c")]) == 2
+    assert "already holds a run" in capsys.readouterr().err
