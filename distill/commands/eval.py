@@ -32,6 +32,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--short-side", type=int, help="zeroshot-seg resize of the shorter side "
                                                        "(default 448; micro: the scene size)")
     parser.add_argument("--no-value-trick", action="store_true", help="zeroshot-seg: plain last-block patch features")
+    parser.add_argument("--overlays", type=int, default=4, metavar="N",
+                        help="zeroshot-seg: overlay PNGs for the first N images per model (default 4; 0: none)")
     parser.add_argument("--resolution", type=int, help="retrieval/zeroshot-cls/fidelity square input side "
                                                        "(default: the model's native size)")
     parser.add_argument("--reference", metavar="NAME", help="fidelity: the teacher model (default: the first --model)")
@@ -51,7 +53,8 @@ def task_options(args: argparse.Namespace) -> dict:
         options["batch_size"] = args.batch_size
     if args.task == "zeroshot-seg":
         options.update(short_side=args.short_side, window=None if args.whole_image else args.window,
-                       stride=args.stride, value_trick=not args.no_value_trick, save_predictions=args.save_predictions)
+                       stride=args.stride, value_trick=not args.no_value_trick, overlays=args.overlays,
+                       save_predictions=args.save_predictions)
     else:
         options["resolution"] = args.resolution
     if args.task == "fidelity":

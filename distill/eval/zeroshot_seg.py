@@ -48,6 +48,8 @@ class SegOptions:
         if self.save_predictions is not None:
             self.save_predictions = Path(self.save_predictions)
         check_positive(self, "short_side", "window", "stride", "batch_size", "limit")
+        if self.overlays < 0:
+            raise UserError(f"overlays {self.overlays} is invalid; expected 0 or more")
         if self.window is not None and self.stride > self.window:
             raise UserError(f"stride {self.stride} is larger than the window {self.window}; "
                             "pixels between windows would get no prediction")
@@ -131,7 +133,7 @@ def evaluate_model(model, name: str, dataset: SegDataset, opts: SegOptions, out_
     text = class_embeddings(model, dataset.class_names, opts.templates).to(device)
     confusion = ConfusionMatrix(len(dataset.class_names))
     loader = batches(dataset, opts.batch_size, opts.limit, opts.workers, partial(_prepare, opts.short_side))
-    drawn = 0
+    seen = 0
     for batch in tqdm(loader, desc=f"zeroshot-seg {name}", unit="batch"):
         probs = class_probabilities(model, [pixels for _, pixels in batch], text, opts)
         for (sample, pixels), p in zip(batch, probs):
@@ -139,13 +141,13 @@ def evaluate_model(model, name: str, dataset: SegDataset, opts: SegOptions, out_
             confusion.update(pred, sample.label)
             if opts.save_predictions is not None:
                 save_png(label_png(pred, len(dataset.class_names)), opts.save_predictions / name / f"{sample.name}.png")
-            if drawn < opts.overlays:
+            if seen < opts.overlays:
                 panel = overlay_panel(sample.image, sample.label, pred, len(dataset.class_names))
                 save_png(panel, out_dir / "overlays" / name / f"{sample.name}.png")
-                if drawn == 0:
-                    save_png(pca_panel(TF.to_pil_image(pixels), _whole_image_patches(model, pixels, device)),
-                             out_dir / "pca" / f"{name}.png")
-                drawn += 1
+            if seen == 0:
+                save_png(pca_panel(TF.to_pil_image(pixels), _whole_image_patches(model, pixels, device)),
+                         out_dir / "pca" / f"{name}.png")
+            seen += 1
     metrics = segmentation_scores(confusion.matrix, dataset.class_names, dataset.background)
     return SegResult(metrics, confusion.matrix)
 
