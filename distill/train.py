@@ -296,8 +296,8 @@ def run_distill(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False
         save_recipe(recipe, out / "recipe.yaml")
         if unwrapped.norm is not None:
             unwrapped.norm.save(out / "target_norm.safetensors")
-        if resume:
-            _truncate_metrics(out / METRICS, progress.step)
+        # Drops lines past the checkpoint (resume) or from an earlier attempt that died before its first one.
+        _truncate_metrics(out / METRICS, progress.step)
     accelerator.init_trackers("distill", config=flat_recipe(recipe))
     log.info("distilling %s -> %s: %d steps, batch %d (%d per process x %d processes x %d accumulation)",
              recipe.teacher.spec or type(teacher).__name__, recipe.student.name, recipe.train.max_steps,

@@ -33,10 +33,10 @@ def metrics(run: Path) -> list[dict]:
 
 
 def test_micro_recipe_loss_falls(tiny_tipsv2_dir, tmp_path):
-    recipe = tiny_recipe(tiny_tipsv2_dir, "max_steps=30", "batch_size=8", "optim.lr=3e-3")
+    recipe = tiny_recipe(tiny_tipsv2_dir, "max_steps=20", "batch_size=8", "optim.lr=3e-3")
     final = run_distill(recipe, tmp_path / "run")
     losses = [m["loss"] for m in metrics(tmp_path / "run")]
-    assert len(losses) == 30 and all(torch.isfinite(torch.tensor(losses)))
+    assert len(losses) == 20 and all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
     assert {"distill/patch_masked", "distill/patch_visible", "contrastive/cls1", "contrastive/cls2"} <= set(
         metrics(tmp_path / "run")[0])
@@ -44,7 +44,7 @@ def test_micro_recipe_loss_falls(tiny_tipsv2_dir, tmp_path):
 
     student = load_student(final)
     assert student.teacher_width == 32 and student.text is not None
-    assert student.metadata["recipe"]["train"]["max_steps"] == 30
+    assert student.metadata["recipe"]["train"]["max_steps"] == 20
     assert (tmp_path / "run" / "logs").is_dir()  # TensorBoard through the Accelerate tracker
 
 
@@ -56,7 +56,8 @@ def test_resume_is_bitwise_identical(tiny_tipsv2_dir, tmp_path):
     straight = run_distill(recipe, tmp_path / "straight")
     stopped = run_distill(recipe, tmp_path / "split", stop_at=2)
     assert stopped.parent.name == "step_00000002"
-    resumed = run_distill(recipe, tmp_path / "split", resume=True)
+    assert main(["distill", "--out", str(tmp_path / "split"), "--resume"]) == 0  # the recorded recipe
+    resumed = tmp_path / "split" / "student"
     a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -107,12 +108,22 @@ def test_images_without_captions_train_image_only(tiny_tipsv2_dir, tmp_path, cap
     assert load_student(final).text is None
 
 
-def test_student_grid_resized_to_teacher_grid(tiny_tipsv2_dir, tmp_path, caplog):
+def test_other_options_frozen_teacher_text_and_grid_resize(tiny_tipsv2_dir, tmp_path, caplog):
     # Teacher at 48 px (6x6 patches), student at 32 px (4x4): the student grid is resized, and it says so once.
-    recipe = tiny_recipe(tiny_tipsv2_dir, "teacher.image_size=48", "max_steps=2", "batch_size=4")
+    recipe = tiny_recipe(tiny_tipsv2_dir, "teacher.image_size=48", "max_steps=2", "batch_size=4",
+                         "loss.contrastive.text_tower=teacher", "loss.target_norm=channel", "loss.distance=smooth_l1",
+                         "loss.patch_tokens=masked", "train.gradient_checkpointing=true", "student.head=mlp")
     with caplog.at_level(logging.INFO, logger="distill.objective"):
-        run_distill(recipe, tmp_path / "run")
+        final = run_distill(recipe, tmp_path / "run")
     assert caplog.text.count("differs from the teacher grid") == 1
+    rows = metrics(tmp_path / "run")
+    assert all(torch.isfinite(torch.tensor(r["contrastive/cls2"])) for r in rows)
+    from students import load_student
+
+    student = load_student(final)  # no text tower: captions went through the frozen teacher tower + projection
+    assert student.text is None and student.head_kind == "mlp"
+    state = load_file(tmp_path / "run" / "checkpoints" / "step_00000002" / "model.safetensors")
+    assert "text_projection.weight" in state and "norm.patches_std" in state
 
 
 def test_cli_errors(tiny_tipsv2_dir, tmp_path, capsys):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 from distill.config import load_recipe
 
@@ -13,7 +14,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Distil a student from a frozen teacher (all-token patch distillation + caption contrastive). "
                     "Launch with `accelerate launch -m distill.cli distill ...` for several GPUs or machines.")
     parser.add_argument("--recipe",
-                        help="recipe YAML file or packaged recipe name (micro, b14, l14, so400m14)")
+                        help="recipe YAML file or packaged recipe name (micro, b14, l14, so400m14); "
+                             "with --resume, defaults to the run's recipe.yaml")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="recipe overrides, e.g. max_steps=40 loss.mask_ratio=0.3")
     parser.add_argument("--out", help="run directory (checkpoints, logs, final student)")
@@ -28,12 +30,13 @@ def run(args) -> int:
     from distill.train import run_distill
     from teachers.errors import UserError
 
-    if args.recipe is None or args.out is None:
+    if args.out is None or (args.recipe is None and not args.resume):
         raise UserError("distill needs --recipe RECIPE and --out DIR, e.g. "
                         "tipsdistill distill --recipe micro teacher.spec=DIR --out runs/x")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)
-    recipe = load_recipe(args.recipe, args.overrides)
+    # `--resume` alone continues with the recipe the run recorded.
+    recipe = load_recipe(args.recipe or Path(args.out) / "recipe.yaml", args.overrides)
     final = run_distill(recipe, args.out, resume=args.resume, stop_at=args.stop_at)
     print(f"student checkpoint: {final}")
     return 0
