@@ -59,7 +59,7 @@ class ContrastiveConfig:
     text_tower: Literal["student", "teacher"] = "student"
     # CLS1 always pairs with `short` (alt-text); CLS2 with one caption per image and step drawn with these weights.
     caption_weights: dict[str, float] = field(default_factory=lambda: {"short": 0.2, "medium": 0.4, "long": 0.4})
-    temperature_init: float | None = None  # InfoNCE; None: the teacher's temperature, else 0.07
+    temperature_init: float | None = None  # InfoNCE; None: the init checkpoint's temperature, else 0.07
     sigmoid_scale_init: float = 10.0  # SigLIP's initial logit scale and bias
     sigmoid_bias_init: float = -10.0
 

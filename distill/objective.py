@@ -25,7 +25,7 @@ from distill.losses.target_norm import TargetNorm
 from teachers.types import ImageTokens
 
 log = logging.getLogger(__name__)
-DEFAULT_TEMPERATURE = 0.07  # CLIP's initial temperature, for teachers that carry none
+DEFAULT_TEMPERATURE = 0.07  # CLIP's initial temperature for a new text tower
 
 
 @dataclass
@@ -66,8 +66,7 @@ def resize_mask(mask: torch.Tensor, grid: tuple[int, int], target: tuple[int, in
 
 
 class DistillObjective(nn.Module):
-    def __init__(self, student, loss: LossConfig, *, teacher_width: int, teacher_temperature: float | None = None,
-                 contrastive: bool = False):
+    def __init__(self, student, loss: LossConfig, *, teacher_width: int, contrastive: bool = False):
         super().__init__()
         self.student = student
         self.cfg = loss
@@ -80,11 +79,15 @@ class DistillObjective(nn.Module):
         c = loss.contrastive
         if c.text_tower == "teacher":
             self.text_projection = nn.Linear(teacher_width, student.width)
+        # A trained text tower (student.init / text_init) keeps its temperature; a new one starts at CLIP's 0.07.
+        pretrained = student.temperature is not None and ("init" in student.metadata or "text_init" in student.metadata)
         if c.kind == "sigmoid":
             initial = 1.0 / c.sigmoid_scale_init
             self.logit_bias = nn.Parameter(torch.tensor(float(c.sigmoid_bias_init)))
+        elif c.temperature_init is not None or not pretrained:
+            initial = c.temperature_init or DEFAULT_TEMPERATURE
         else:
-            initial = c.temperature_init or teacher_temperature or DEFAULT_TEMPERATURE
+            initial = float(student.temperature)
         # A student with a text tower owns the temperature (it is exported with the model: logits = cos / T).
         if student.temperature is not None:
             with torch.no_grad():

@@ -272,8 +272,7 @@ def run_distill(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False
         raise UserError("loss.contrastive.text_tower=teacher needs a teacher with a text tower; "
                         "use text_tower=student or a TIPSv2/CLIP/SigLIP teacher")
     student = _build_student(recipe, teacher, text=contrastive and c.text_tower == "student")
-    objective = DistillObjective(student, recipe.loss, teacher_width=teacher.width,
-                                 teacher_temperature=teacher.temperature, contrastive=contrastive)
+    objective = DistillObjective(student, recipe.loss, teacher_width=teacher.width, contrastive=contrastive)
     objective.to(accelerator.device)
     if objective.norm is not None and not resume:
         _calibrate(objective, teacher, dataset, recipe, accelerator, micro)
