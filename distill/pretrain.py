@@ -1,62 +1,68 @@
-"""TIPSv2 stage-1 pretraining meta-architecture: a `Tipsv2Model` + DINO / iBOT prototype heads + EMA.
+"""TIPSv2 stage-1 pretraining objective: a TIPSv2 backbone (a zoo `Student` with its text tower) +
+DINO / iBOT prototype heads + EMA.
 
 Objective per step (TIPSv2, arXiv 2604.12012):
     caption contrastive on the two CLS tokens (CLS1 <-> alt-text, CLS2 <-> a caption sampled among the
     granularities) + alpha * DINO CLS loss over augmented views + beta * iBOT++ patch loss.
-The student sees masked global views; the targets come from the unmasked global views through the EMA
-heads. With `ema="heads"` the target backbone is the student backbone itself (its unmasked forward also
-feeds the contrastive loss, so targets cost no extra backbone pass for view 1); with `ema="full"` a
-frozen EMA copy of the vision tower produces them (TIPS v1 / iBOT).
+The student sees the masked image; the targets come from the unmasked image through the EMA heads. With
+`ema="heads"` the target backbone is the student backbone itself, and its unmasked forward, which the
+contrastive loss needs anyway, gives the view-1 targets for free; with `ema="full"` a frozen EMA copy of
+the vision tower produces them (TIPS v1 / iBOT).
+
+`TipsPretrainer` has the call signature of `distill.objective.DistillObjective` (pixels, mask, targets,
+captions) -> LossOutput, so the training loop drives it the same way; it needs no teacher targets and
+asks for `after_optimizer_step` (the EMA update).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import roi_align
-from transformers import Tipsv2Model
 
-from distill.ema import EMA_MODES, ema_copy, ema_momentum, ema_update
+from distill.captions import CaptionPair
+from distill.config import LossConfig
+from distill.ema import ema_copy, ema_momentum, ema_update
 from distill.losses.dino_cls_loss import DinoClsLoss
-from distill.losses.ibot_patch_loss import PATCH_LOSS_TOKENS, IbotPatchLoss
+from distill.losses.ibot_patch_loss import IbotPatchLoss
+from distill.objective import DistillObjective, LossOutput
+from teachers.errors import UserError
 from teachers.tipsv2_tokens import tipsv2_tokens
 from teachers.types import ImageTokens
 
 
 @dataclass
-class PretrainObjective:
+class PretrainConfig:
+    """The `pretrain:` recipe section. Masking (`loss.mask_ratio`, ...), the iBOT++/iBOT switch
+    (`loss.patch_tokens: all|masked`) and caption weights (`loss.contrastive`) are the distill keys."""
+
     alpha: float = 1.0  # DINO CLS loss weight
     beta: float = 1.0  # iBOT(++) patch loss weight
-    patch_loss_tokens: str = "all"  # all = iBOT++, masked = iBOT
-    ema: str = "heads"  # heads = TIPSv2 head-only EMA, full = EMA backbone too
+    ema: Literal["heads", "full"] = "heads"  # heads = TIPSv2 head-only EMA, full = EMA backbone too
     ema_momentum: float = 0.99  # cosine-ramped to 1.0 over training
-    num_prototypes: int = 256
-    head_hidden: int = 256
+    num_prototypes: int = 128
+    head_hidden: int = 128
     head_bottleneck: int = 64
     student_temp: float = 0.1
     teacher_temp: float = 0.04
-    centering: str = "center"  # center | sinkhorn
-    mask_probability: float = 0.5  # fraction of global views that are masked for the student
-    mask_ratio: tuple[float, float] = (0.1, 0.5)
-    local_crops: int = 2
+    centering: Literal["center", "sinkhorn"] = "center"
+    local_crops: int = 1
     local_size: int = 32
-    global_crop_scale: tuple[float, float] = (0.4, 1.0)
-    local_crop_scale: tuple[float, float] = (0.1, 0.4)
-    caption_weights: dict[str, float] = field(default_factory=lambda: {"short": 1.0, "medium": 1.0, "long": 1.0})
+    global_crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])
+    local_crop_scale: list[float] = field(default_factory=lambda: [0.1, 0.4])
 
     def __post_init__(self):
-        if self.patch_loss_tokens not in PATCH_LOSS_TOKENS:
-            raise ValueError(f"patch_loss_tokens {self.patch_loss_tokens!r}; expected one of {PATCH_LOSS_TOKENS}")
-        if self.ema not in EMA_MODES:
-            raise ValueError(f"ema {self.ema!r}; expected one of {EMA_MODES}")
-
-
-@dataclass
-class PretrainOutput:
-    loss: torch.Tensor
-    parts: dict[str, float]
+        for name in ("alpha", "beta"):
+            if getattr(self, name) < 0:
+                raise UserError(f"recipe key 'pretrain.{name}' is {getattr(self, name)}; expected a weight >= 0")
+        if not 0 <= self.ema_momentum < 1:
+            raise UserError(f"recipe key 'pretrain.ema_momentum' is {self.ema_momentum}; expected a value in [0, 1)")
+        if self.local_crops < 0 or self.local_size < 8:
+            raise UserError(f"recipe keys 'pretrain.local_crops/local_size' are {self.local_crops}/{self.local_size};"
+                            " expected >= 0 crops of >= 8 px")
 
 
 class PrototypeHead(nn.Module):
@@ -87,72 +93,92 @@ def random_crops(pixels: torch.Tensor, size: int, scale: tuple[float, float]) ->
     return torch.where(flip[:, None, None, None], crops.flip(-1), crops)
 
 
-def random_patch_mask(batch: int, num_patches: int, probability: float, ratio: tuple[float, float]) -> torch.Tensor:
-    """(B, N) bool: a `probability` share of images get a random `ratio` of their patches masked."""
-    scores = torch.rand(batch, num_patches)
-    ratios = torch.empty(batch, 1).uniform_(*ratio) * (torch.rand(batch, 1) < probability)
-    return scores < ratios
+class TipsPretrainer(DistillObjective):
+    """What stage 1 trains (`student` backbone + text tower, `heads`) plus the frozen EMA copies.
 
+    A `DistillObjective` without a teacher: it reuses its caption contrastive loss (InfoNCE or sigmoid
+    over the global batch, temperature owned by the student) and its export, and replaces the
+    teacher-token regression by the self-distillation losses.
+    """
 
-class TipsPretrainer(nn.Module):
-    """Everything stage-1 trains (`model`, `heads`) plus the frozen EMA copies and loss state."""
-
-    def __init__(self, model: Tipsv2Model, objective: PretrainObjective):
-        super().__init__()
-        self.model, self.objective = model, objective
-        width, o = model.config.vision_config.hidden_size, objective
+    def __init__(self, student, config: PretrainConfig, loss: LossConfig):
+        if student.text is None or student.tokenizer is None:
+            raise UserError("pretraining needs a student with a text tower and a tokenizer")
+        if loss.target_norm != "none" or loss.contrastive.text_tower != "student" or loss.contrastive.kind == "none":
+            raise UserError("pretraining trains its own text tower contrastively: expected loss.target_norm=none, "
+                            "loss.contrastive.text_tower=student and a contrastive kind other than none")
+        super().__init__(student, loss, teacher_width=student.width, contrastive=True)
+        self.config = c = config
         self.heads = nn.ModuleDict({
-            "dino": PrototypeHead(width, o.head_hidden, o.head_bottleneck, o.num_prototypes),
-            "ibot": PrototypeHead(width, o.head_hidden, o.head_bottleneck, o.num_prototypes),
+            "dino": PrototypeHead(student.width, c.head_hidden, c.head_bottleneck, c.num_prototypes),
+            "ibot": PrototypeHead(student.width, c.head_hidden, c.head_bottleneck, c.num_prototypes),
         })
         self.ema_heads = ema_copy(self.heads)
-        self.ema_vision = ema_copy(model.vision_model) if o.ema == "full" else None
-        self.dino_loss = DinoClsLoss(o.num_prototypes, o.student_temp, o.teacher_temp, o.centering)
-        self.ibot_loss = IbotPatchLoss(o.num_prototypes, o.patch_loss_tokens, o.student_temp, o.teacher_temp,
-                                       o.centering)
+        self.ema_vision = ema_copy(student.vision) if c.ema == "full" else None
+        self.dino_loss = DinoClsLoss(c.num_prototypes, c.student_temp, c.teacher_temp, c.centering)
+        self.ibot_loss = IbotPatchLoss(c.num_prototypes, loss.patch_tokens, c.student_temp, c.teacher_temp,
+                                       c.centering)
 
-    # -- EMA ---------------------------------------------------------------------------------------
-    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
-        pairs = [(self.ema_heads, self.heads)]
-        if self.ema_vision is not None:
-            pairs.append((self.ema_vision, self.model.vision_model))
-        return pairs
+    # -- the loop's interface ----------------------------------------------------------------------
+    def forward(self, pixels: torch.Tensor, mask: torch.Tensor, targets=None,
+                captions: CaptionPair | None = None) -> LossOutput:
+        """pixels (B,3,S,S) in [0,1]; mask (B, h*w) bool, True = hidden from the student; `targets` unused
+        (the targets are the model's own); captions: CLS1 <-> alt-text, CLS2 <-> the sampled caption."""
+        if captions is None:
+            raise UserError("pretraining needs captions: the data has none (the contrastive loss is the text anchor)")
+        tokens = self.student.image_tokens(pixels)
+        loss, parts = self._contrastive(tokens, captions, targets)
+        loss = self.cfg.contrastive.weight * loss
+        if self.config.alpha or self.config.beta:
+            sd = self.self_distillation(pixels, tokens, mask)
+            loss = loss + self.config.alpha * sd["dino"] + self.config.beta * sd["ibot"]
+            parts.update({f"pretrain/{k}": v.detach() for k, v in sd.items()})
+        parts["loss"] = loss.detach()
+        return LossOutput(loss, parts)
 
-    def update_ema(self, step: int, total_steps: int) -> None:
-        momentum = ema_momentum(step, total_steps, self.objective.ema_momentum)
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        momentum = ema_momentum(step, total_steps, self.config.ema_momentum)
         for target, source in self.ema_pairs():
             ema_update(target, source, momentum)
 
-    # -- objective ---------------------------------------------------------------------------------
-    def image_tokens(self, pixels: torch.Tensor, mask: torch.Tensor | None = None) -> ImageTokens:
-        return tipsv2_tokens(self.model.vision_model, pixels, bool_masked_pos=mask)
+    # -- pieces --------------------------------------------------------------------------------------
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        pairs = [(self.ema_heads, self.heads)]
+        if self.ema_vision is not None:
+            pairs.append((self.ema_vision, self.student.vision))
+        return pairs
 
-    def text_embeddings(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+    def self_distillation(self, pixels: torch.Tensor, view1_tokens: ImageTokens,
+                          mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """DINO CLS + iBOT(++) patch losses. `view1_tokens`: the student's unmasked tokens of `pixels`.
+
+        View 1 is the image itself, view 2 a random global crop (teacher side only, for the DINO pairs),
+        plus local crops (student side only). The student's masked view 1 reuses `view1_tokens` for the
+        images without a mask (the same computation) and re-runs the backbone only on the masked ones.
+        """
+        c = self.config
+        t1_cls, t1_patches = self._targets(pixels, view1_tokens)
+        t2_cls, _ = self._targets(random_crops(pixels, pixels.shape[-1], tuple(c.global_crop_scale)), None)
+        rows = mask.any(1)
+        cls, patches = view1_tokens.cls, view1_tokens.patches.flatten(1, 2)
+        if rows.any():
+            masked = self.student.image_tokens(pixels[rows], mask[rows])
+            cls, patches = cls.clone(), patches.clone()
+            cls[rows], patches[rows] = masked.cls, masked.patches.flatten(1, 2)
+        student_cls = [self.heads["dino"](cls)]
+        for _ in range(c.local_crops):
+            local = random_crops(pixels, c.local_size, tuple(c.local_crop_scale))
+            student_cls.append(self.heads["dino"](self.student.image_tokens(local).cls))
+        # Student view 0 and teacher view 0 are both view 1, so the DINO loss pairs it with view 2 only.
+        return {"dino": self.dino_loss(student_cls, [t1_cls, t2_cls]),
+                "ibot": self.ibot_loss(self.heads["ibot"](patches), t1_patches, mask)}
 
     @torch.no_grad()
     def _targets(self, pixels: torch.Tensor, tokens: ImageTokens | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """EMA-head scores of the unmasked view: (B, K) for CLS1 and (B, N, K) for the patches."""
+        """EMA-head scores of an unmasked view: (B, K) for CLS1 and (B, N, K) for the patches."""
         if self.ema_vision is not None:
             tokens = tipsv2_tokens(self.ema_vision, pixels)
         elif tokens is None:
-            tokens = self.image_tokens(pixels)
-        return self.ema_heads["dino"](tokens.cls.detach()), self.ema_heads["ibot"](tokens.patches.detach().flatten(1, 2))
-
-    def self_distillation(self, pixels: torch.Tensor, view1_tokens: ImageTokens) -> dict[str, torch.Tensor]:
-        """DINO CLS + iBOT(++) patch losses. `view1_tokens`: the student's unmasked tokens of `pixels`."""
-        o = self.objective
-        globals_ = [pixels, random_crops(pixels, pixels.shape[-1], o.global_crop_scale)]
-        locals_ = [random_crops(pixels, o.local_size, o.local_crop_scale) for _ in range(o.local_crops)]
-        teacher_cls, student_cls, patch_losses = [], [], []
-        for index, view in enumerate(globals_):
-            t_cls, t_patches = self._targets(view, view1_tokens if index == 0 else None)
-            grid = (view.shape[-2] // self.model.config.vision_config.patch_size) ** 2
-            mask = random_patch_mask(view.shape[0], grid, o.mask_probability, o.mask_ratio).to(view.device)
-            tokens = self.image_tokens(view, mask)
-            teacher_cls.append(t_cls)
-            student_cls.append(self.heads["dino"](tokens.cls))
-            patch_losses.append(self.ibot_loss(self.heads["ibot"](tokens.patches.flatten(1, 2)), t_patches, mask))
-        for view in locals_:
-            student_cls.append(self.heads["dino"](self.image_tokens(view).cls))
-        return {"dino": self.dino_loss(student_cls, teacher_cls), "ibot": torch.stack(patch_losses).mean()}
+            tokens = self.student.image_tokens(pixels)
+        return (self.ema_heads["dino"](tokens.cls.detach()),
+                self.ema_heads["ibot"](tokens.patches.detach().flatten(1, 2)))

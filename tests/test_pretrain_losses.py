@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Tipsv2Model
-
+from distill.config import LossConfig
 from distill.ema import ema_momentum
 from distill.losses.dino_cls_loss import DinoClsLoss
 from distill.losses.ibot_patch_loss import IbotPatchLoss
 from distill.losses.prototype_targets import sinkhorn_knopp
-from distill.pretrain import PretrainObjective, TipsPretrainer
-from tests.conftest import tiny_tipsv2_config
+from distill.pretrain import PretrainConfig, TipsPretrainer
+from students import build_student
 
 
 def _patch_grad(tokens: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -50,37 +49,39 @@ def test_centre_moves_in_training_and_sinkhorn_balances_prototypes():
     assert q.sum(0).std() / q.sum(0).mean() < 0.05  # every prototype used about equally
 
 
-def _pretrainer(ema: str) -> TipsPretrainer:
+def _pretrainer(tokenizer, ema: str) -> TipsPretrainer:
     torch.manual_seed(0)
-    model = Tipsv2Model(tiny_tipsv2_config(vocab_size=64, image_size=32))
-    return TipsPretrainer(model, PretrainObjective(ema=ema, num_prototypes=32, head_hidden=32, head_bottleneck=16,
-                                                    local_crops=1, local_size=16))
+    student = build_student("tipsv2-nano", text=True, tokenizer=tokenizer, image_size=32)
+    config = PretrainConfig(ema=ema, num_prototypes=32, head_hidden=32, head_bottleneck=16, local_crops=1,
+                            local_size=16)
+    return TipsPretrainer(student, config, LossConfig())
 
 
 def _count(params) -> int:
     return sum(p.numel() for p in params)
 
 
-def test_head_only_ema_has_no_backbone_copy_and_trains_only_the_student():
-    heads, full = _pretrainer("heads"), _pretrainer("full")
-    student = _count(heads.model.parameters()) + _count(heads.heads.parameters())
+def test_head_only_ema_has_no_backbone_copy_and_trains_only_the_student(tiny_tokenizer):
+    heads, full = _pretrainer(tiny_tokenizer, "heads"), _pretrainer(tiny_tokenizer, "full")
+    # Trainable: the student (vision + text + temperature) and the two prototype heads, nothing else.
+    student = _count(heads.student.parameters()) + _count(heads.heads.parameters())
     assert heads.ema_vision is None
     assert _count(p for p in heads.parameters() if p.requires_grad) == student
     assert _count(p for p in heads.parameters() if not p.requires_grad) == _count(heads.heads.parameters())
     # The full EMA keeps a second vision tower in memory; the trainable set is the same.
     assert _count(p for p in full.parameters() if p.requires_grad) == student
     assert _count(p for p in full.parameters() if not p.requires_grad) == (
-        _count(full.heads.parameters()) + _count(full.model.vision_model.parameters()))
+        _count(full.heads.parameters()) + _count(full.student.vision.parameters()))
 
 
-def test_ema_update_changes_only_the_heads():
-    pretrainer = _pretrainer("heads")
+def test_ema_update_changes_only_the_heads(tiny_tokenizer):
+    pretrainer = _pretrainer(tiny_tokenizer, "heads")
     with torch.no_grad():
         for p in pretrainer.heads.parameters():
             p.add_(1.0)
     frozen_before = {n: p.clone() for n, p in pretrainer.named_parameters() if not n.startswith("ema_heads")}
     ema_before = [p.clone() for p in pretrainer.ema_heads.parameters()]
-    pretrainer.update_ema(step=0, total_steps=10)
+    pretrainer.after_optimizer_step(step=0, total_steps=10)
     assert all(not torch.equal(a, b) for a, b in zip(ema_before, pretrainer.ema_heads.parameters()))
     assert all(torch.equal(frozen_before[n], p) for n, p in pretrainer.named_parameters() if n in frozen_before)
 
@@ -90,11 +91,13 @@ def test_momentum_ramps_to_one():
     assert ema_momentum(100, 100, 0.99) == pytest.approx(1.0)
 
 
-def test_self_distillation_backpropagates_into_backbone_and_heads():
-    pretrainer = _pretrainer("heads")
+def test_self_distillation_backpropagates_into_backbone_and_heads_only(tiny_tokenizer):
+    pretrainer = _pretrainer(tiny_tokenizer, "heads")
     pixels = torch.rand(3, 3, 32, 32)
-    losses = pretrainer.self_distillation(pixels, pretrainer.image_tokens(pixels))
+    mask = torch.zeros(3, 16, dtype=torch.bool)
+    mask[1, :6] = True
+    losses = pretrainer.self_distillation(pixels, pretrainer.student.image_tokens(pixels), mask)
     (losses["dino"] + losses["ibot"]).backward()
-    assert pretrainer.model.vision_model.embeddings.patch_embeddings.projection.weight.grad is not None
+    assert pretrainer.student.vision.embeddings.mask_token.grad.abs().sum() > 0
     assert pretrainer.heads["ibot"].prototypes.grad is not None
     assert all(p.grad is None for p in pretrainer.ema_heads.parameters())
