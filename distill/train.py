@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.utils.data import IterableDataset
 from accelerate import Accelerator
-from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, gather_object, set_seed
+from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, gather_object, send_to_device, set_seed
 from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
 
@@ -59,7 +60,11 @@ class Progress:
 
 def _accelerator(recipe: Recipe, out: Path) -> Accelerator:
     t = recipe.train
+    # Without a GPU, Accelerate joins a multi-process launch (torchrun, `accelerate launch --multi_gpu`) only when
+    # told to run on CPU; otherwise every process would train alone on the whole batch.
+    cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(
+        cpu=cpu_processes,
         mixed_precision=None if t.mixed_precision == "auto" else t.mixed_precision,
         # Steps are counted in micro-batches only: an epoch end must not force an early optimizer step.
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=t.grad_accum_steps,
@@ -281,7 +286,12 @@ def run_distill(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, o.warmup_steps, recipe.train.max_steps,
                                                             min_lr_rate=o.min_lr_ratio)
     loader = _loader(dataset, recipe, micro)
-    objective, optimizer, loader, scheduler = accelerator.prepare(objective, optimizer, loader, scheduler)
+    if isinstance(dataset, IterableDataset):
+        # Streaming sources shard themselves over processes; Accelerate's batch dispatcher would read rank 0's
+        # shards only and cannot carry caption strings. The loop moves their batches to the device instead.
+        objective, optimizer, scheduler = accelerator.prepare(objective, optimizer, scheduler)
+    else:
+        objective, optimizer, loader, scheduler = accelerator.prepare(objective, optimizer, loader, scheduler)
 
     progress = Progress()
     if resume:
@@ -331,6 +341,7 @@ def _loop(recipe: Recipe, accelerator: Accelerator, objective, optimizer, schedu
         batches = (accelerator.skip_first_batches(loader, progress.batches_in_epoch)
                    if progress.batches_in_epoch else loader)
         for batch in batches:
+            batch = send_to_device(batch, accelerator.device)
             indices = batch["index"]
             masks = sample_masks(indices, progress.step, recipe.seed, grid, loss_cfg.mask_ratio,
                                  loss_cfg.mask_probability, loss_cfg.mask_shape)

@@ -76,18 +76,56 @@ def test_two_processes_match_one(tiny_tipsv2_dir, tmp_path):
     """Same global batch on 1 and 2 CPU processes: same losses (contrastive over the gathered batch)."""
     common = [f"teacher.spec={tiny_tipsv2_dir}", *TINY, "max_steps=3", "batch_size=8", "loss.mask_ratio=0.3"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_machines", "1",
+    # accelerate 1.15's `--cpu` launcher spawns several processes only through MPI; `--multi_gpu` uses torchrun,
+    # and the engine runs those processes on CPU (gloo) when no GPU is present.
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1",
               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
     cli = ["-m", "distill.cli", "distill", "--recipe", "micro", *common]
-    for name, procs in (("one", 1), ("two", 2)):
-        cmd = [*launch, "--num_processes", str(procs), *cli, "--out", str(tmp_path / name)]
+    for name, procs, mode in (("one", 1, "--cpu"), ("two", 2, "--multi_gpu")):
+        cmd = [*launch, mode, "--num_processes", str(procs), *cli, "--out", str(tmp_path / name)]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
+        assert f"x {procs} processes" in done.stderr, done.stderr[-3000:]
     one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
     assert len(one) == len(two) == 3
     for a, b in zip(one, two):
         for key in ("loss", "contrastive/cls1", "contrastive/cls2", "distill/patch", "distill/cls"):
             assert abs(a[key] - b[key]) < 1e-4, (key, a[key], b[key])
+
+
+def _write_shards(root: Path, shards: int = 2, per_shard: int = 8) -> str:
+    import io
+    import tarfile
+
+    colours = ["red", "green", "blue", "yellow"]
+    for shard in range(shards):
+        with tarfile.open(root / f"shard-{shard}.tar", "w") as tar:
+            for i in range(per_shard):
+                colour = colours[(shard + i) % len(colours)]
+                image = io.BytesIO()
+                Image.new("RGB", (40, 40), colour).save(image, format="PNG")
+                for name, data in ((f"{shard}{i:03d}.png", image.getvalue()),
+                                   (f"{shard}{i:03d}.txt", f"a {colour} square".encode())):
+                    info = tarfile.TarInfo(name)
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+    return f"wds:{root}/shard-{{0..{shards - 1}}}.tar"
+
+
+@pytest.mark.slow
+def test_two_processes_stream_webdataset_shards(tiny_tipsv2_dir, tmp_path):
+    """Streaming shards are split by process, outside Accelerate's dispatcher (which cannot carry captions)."""
+    source = _write_shards(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1", "--num_processes", "2",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+           "-m", "distill.cli", "distill", "--recipe", "micro", f"teacher.spec={tiny_tipsv2_dir}", *TINY,
+           f"data.source={source}", "data.options={}", "max_steps=2", "batch_size=4", "--out", str(tmp_path / "run")]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "x 2 processes" in done.stderr, done.stderr[-3000:]
+    assert len(metrics(tmp_path / "run")) == 2
+    assert (tmp_path / "run" / "student" / "student.json").is_file()
 
 
 def test_images_without_captions_train_image_only(tiny_tipsv2_dir, tmp_path, caplog):
