@@ -1,0 +1,379 @@
+"""Throughput of tipsdistill, measured as ratios in ONE run on this machine; prints one JSON object.
+
+  step_overhead   (toolkit distill step time - bare PyTorch step time) / bare step time, same models,
+                  same batches, same math (goal <= 0.05)
+  cache_speedup   images/s of epoch 2 from a teacher-target cache / images/s of epoch 2 online, with a
+                  g/14-shaped teacher (random weights) and a B/14 student (goal >= 5)
+  memory          peak resident memory of an online step vs teacher weights + student training state
+  lightly_train   lightly-train 0.18 distillation on the same teacher weights, images and resolution
+                  (only when `lightly-train` is importable: pip install ".[bench]")
+
+Times are process CPU seconds (`time.process_time`) with one torch thread by default: the machines
+this runs on are shared, and other jobs change wall-clock times several-fold within one run, while the
+CPU time a step needs stays put. On a dedicated machine wall time ~= CPU time / threads.
+
+Usage: python bench/throughput.py [--quick] [--threads N] [--out FILE]
+  --quick: a reduced g/14 (4 of 40 blocks) and S/14 student, for a smoke run in a few minutes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+
+
+# ------------------------------------------------------------------ machine, clock and memory
+
+clock = time.process_time  # CPU seconds of this process, all threads (see the module docstring)
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    mem = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
+                   if line.startswith("MemTotal"))) // 1024 ** 2
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "ram_gib": mem,
+            "torch": torch.__version__, "load_avg_at_start": os.getloadavg()[0]}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def rss_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class PeakRss:
+    """Highest resident set size while the block runs, sampled every 2 ms (CPU; no allocator stats)."""
+
+    def __enter__(self):
+        self.peak, self._stop = rss_bytes(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, rss_bytes())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_bytes())
+
+
+def nbytes(module: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+# ------------------------------------------------------------------ models and data
+
+
+@dataclass
+class Setup:
+    images: int
+    batch: int
+    resolution: int
+    teacher_depth: int
+    student: str
+    overhead_teacher: str  # a `teachers.tipsv2_sizes` key: the (random) teacher of the overhead run
+    overhead_steps: int
+    augmentations: int = 2
+    seed: int = 0
+
+
+def tipsv2_teacher(size: str, depth: int | None = None):
+    """A released TIPSv2 vision tower's shapes with random weights (optionally fewer blocks)."""
+    from transformers import Tipsv2VisionModel
+
+    from teachers.tipsv2_sizes import tipsv2_config
+    from teachers.tipsv2_teacher import Tipsv2Teacher
+
+    config = tipsv2_config(size).vision_config
+    config.num_hidden_layers = depth or config.num_hidden_layers
+    torch.manual_seed(0)
+    return Tipsv2Teacher(Tipsv2VisionModel(config)).freeze()
+
+
+def build_student(setup: Setup, teacher_width: int):
+    from students import build_student as zoo_student
+
+    torch.manual_seed(1)
+    return zoo_student(setup.student, teacher_width=teacher_width, text=False, image_size=setup.resolution)
+
+
+def image_only_loss():
+    """The objective both loops compute: cosine on CLS1, registers and every patch, no mask, no captions."""
+    from distill.config import ContrastiveConfig, LossConfig
+
+    return LossConfig(distance="cosine", mask_ratio=0.0, contrastive=ContrastiveConfig(kind="none"))
+
+
+def scenes(setup: Setup):
+    from distill.data.scenes import SceneDataset
+
+    # Source images a little larger than the crops, as real data is.
+    return SceneDataset(length=setup.images, size=setup.resolution + setup.resolution // 7)
+
+
+def bare_step(student, optimizer, pixels: torch.Tensor, target) -> None:
+    """The hand-written reference: the student's own modules called directly, cosine distance on CLS1,
+    registers and every patch token, global-norm clipping, AdamW."""
+    seq = student.vision(pixel_values=pixels).last_hidden_state
+    r, heads = target.registers.shape[1], student.heads
+    pred = (heads.cls(seq[:, 0]), heads.registers(seq[:, 1:1 + r]), heads.patches(seq[:, 1 + r:]))
+    want = (target.cls, target.registers, target.patches.flatten(1, 2))
+    loss = sum((1 - F.cosine_similarity(p, t, dim=-1)).mean() for p, t in zip(pred, want))
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+class ToolkitStep:
+    """The toolkit's step math without the loop around it: `teacher_targets` (or cached targets) ->
+    `DistillObjective` -> backward, clipping, AdamW."""
+
+    def __init__(self, student):
+        from distill.objective import DistillObjective
+
+        self.objective = DistillObjective(student, image_only_loss(), teacher_width=student.heads.teacher_width)
+        self.optimizer = torch.optim.AdamW(self.objective.parameters(), lr=1e-4)
+        self.student = student
+
+    def __call__(self, batch: dict, tokens) -> None:
+        from distill.objective import Targets
+
+        grid = (batch["pixels"].shape[-1] // self.student.patch_size,) * 2
+        mask = torch.zeros(batch["pixels"].shape[0], grid[0] * grid[1], dtype=torch.bool)
+        self.objective(batch["pixels"], mask, Targets(tokens)).loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.objective.parameters(), 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+
+def run_epoch(loader, epoch: int, targets, step) -> list[float]:
+    """Seconds per batch over one epoch: data, teacher targets (online or cached) and the student step."""
+    loader.set_epoch(epoch)
+    times, tick = [], clock()
+    for batch in loader:
+        step(batch, targets(batch))
+        times.append(clock() - tick)
+        tick = clock()
+    return times
+
+
+def median(xs: list[float]) -> float:
+    return sorted(xs)[len(xs) // 2]
+
+
+# ------------------------------------------------------------------ the measurements
+
+
+def step_overhead(setup: Setup, workdir: Path) -> dict:
+    """`run_distill` (Accelerate loop, masks/caption hooks, logging, scheduler) vs a bare loop: same
+    teacher, same student architecture, same batches, same loss; fastest step after the first."""
+    from distill.config import DataConfig, OptimConfig, Recipe, StudentConfig, TeacherConfig, TrainConfig
+    from distill.data import build_dataset, make_dataloader
+    from distill.train import run_distill
+
+    teacher = tipsv2_teacher(setup.overhead_teacher)
+    size, steps = setup.resolution, setup.overhead_steps
+    recipe = Recipe(
+        name="bench", seed=setup.seed, teacher=TeacherConfig(spec="", image_size=size),
+        student=StudentConfig(name=setup.student, image_size=size),
+        data=DataConfig(source="scenes", options={"length": setup.batch * steps, "size": size + size // 7}),
+        loss=image_only_loss(), optim=OptimConfig(lr=1e-4, warmup_steps=0, grad_clip=1.0),
+        train=TrainConfig(max_steps=steps, batch_size=setup.batch, mixed_precision="no", log_every=1))
+    student = build_student(setup, teacher.width)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
+    loader = make_dataloader(build_dataset("scenes", **recipe.data.options), batch_size=setup.batch,
+                             student_size=size, teacher_size=size, seed=setup.seed,
+                             scale=tuple(recipe.data.crop_scale), ratio=tuple(recipe.data.crop_ratio))
+
+    def bare_epoch() -> list[float]:
+        loader.set_epoch(0)
+        times, tick = [], clock()
+        for batch in loader:
+            bare_step(student, optimizer, batch["pixels"], teacher.encode_image(batch["teacher_pixels"]))
+            times.append(clock() - tick)
+            tick = clock()
+        return times[1:]
+
+    bare = bare_epoch()
+    # The loop times its steps with `time.perf_counter` (tick to tick, data loading included); give it
+    # the same CPU clock as the bare loop.
+    import distill.train as train_module
+
+    train_module.time = SimpleNamespace(perf_counter=clock)
+    try:
+        torch.manual_seed(1)
+        run_distill(recipe, workdir / "run", teacher=teacher)
+    finally:
+        train_module.time = time
+    lines = (workdir / "run" / "metrics.jsonl").read_text().splitlines()
+    toolkit = [setup.batch / json.loads(line)["images_per_s"] for line in lines][1:]
+    return {"toolkit_cpu_s_per_step": median(toolkit), "bare_cpu_s_per_step": median(bare),
+            "toolkit_cpu_s_per_step_all": toolkit, "bare_cpu_s_per_step_all": bare,
+            "step_overhead": median(toolkit) / median(bare) - 1,
+            "teacher": f"{setup.overhead_teacher} shapes (random)", "student": setup.student,
+            "resolution": size, "batch": setup.batch, "steps_after_the_first": len(bare)}
+
+
+def cache_vs_online(setup: Setup, workdir: Path) -> dict:
+    """Epoch-2 images/s online vs from the cache with a g/14-shaped teacher, the build cost, and the peak
+    memory of an online step."""
+    from distill.cache.manifest import Preprocessing
+    from distill.cache.replay import make_replay_dataloader
+    from distill.cache.targets import CachedTargets, open_cache
+    from distill.cache.writer import CacheSettings, build_cache
+    from distill.data import make_dataloader
+    from distill.objective import teacher_targets
+
+    baseline = rss_bytes()
+    teacher = tipsv2_teacher("g14", setup.teacher_depth)
+    student = build_student(setup, teacher.width)
+    step = ToolkitStep(student)
+    dataset, size = scenes(setup), setup.resolution
+    online = make_dataloader(dataset, batch_size=setup.batch, student_size=size, teacher_size=size, seed=setup.seed)
+    online_targets = lambda batch: teacher_targets(teacher, batch["teacher_pixels"]).tokens  # noqa: E731
+
+    # Memory: the second online step (AdamW allocates its moments on the first).
+    online.set_epoch(0)
+    first = next(iter(online))
+    step(first, online_targets(first))
+    with PeakRss() as peak:
+        step(first, online_targets(first))
+    state = sum(p.numel() for p in student.parameters()) * 4 * 4  # fp32 weights, grads, 2 AdamW moments
+    memory = {"step_peak_rss_gib": (peak.peak - baseline) / 2 ** 30,
+              "teacher_weights_gib": nbytes(teacher) / 2 ** 30, "student_train_state_gib": state / 2 ** 30}
+    memory["peak_over_weights_and_state"] = memory["step_peak_rss_gib"] / (
+        memory["teacher_weights_gib"] + memory["student_train_state_gib"])
+
+    pre = Preprocessing(dataset="scenes:bench", data_options={}, dataset_length=len(dataset),
+                        teacher_image_size=size, crop_scale=(0.4, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5,
+                        seed=setup.seed)
+    start = clock()
+    build_cache(teacher, dataset, workdir / "cache", pre,
+                CacheSettings(augmentations=setup.augmentations, dtype="bf16", shard_size=setup.images,
+                              batch_size=setup.batch))
+    build_s = clock() - start
+    cached = make_replay_dataloader(dataset, open_cache(workdir / "cache", teacher.fingerprint, pre),
+                                    batch_size=setup.batch, student_size=size, seed=setup.seed)
+    cached_epoch1 = run_epoch(cached, 0, CachedTargets(), step)
+    online_times = run_epoch(online, 1, online_targets, step)  # epoch 2 (index 1)
+    cached_times = run_epoch(cached, 1, CachedTargets(), step)
+    rate = lambda times: len(times) * setup.batch / sum(times)  # noqa: E731
+    return {
+        "teacher": f"g14 shapes, {setup.teacher_depth} of 40 blocks, random weights, fp32",
+        "online_epoch2_images_per_cpu_s": rate(online_times),
+        "cached_epoch2_images_per_cpu_s": rate(cached_times),
+        "online_epoch2_cpu_s_per_batch_all": online_times,
+        "cached_epoch1_cpu_s_per_batch_all": cached_epoch1,
+        "cached_epoch2_cpu_s_per_batch_all": cached_times,
+        "cache_build_images_per_cpu_s": setup.images * setup.augmentations / build_s,
+        "cache_mb_per_image_per_crop": sum(f.stat().st_size for f in (workdir / "cache").glob("*.safetensors"))
+        / (setup.images * setup.augmentations) / 1e6,
+        "cache_speedup": rate(cached_times) / rate(online_times),
+        "memory": memory,
+    }
+
+
+LIGHTLY_RUN = """
+import json, sys, time, torch, lightly_train
+from lightly_train._methods import batch_timing
+a = json.loads(sys.argv[1])
+torch.set_num_threads(a["threads"])
+batch_timing.CpuBatchTimingTracker.__init__.__defaults__ = (time.process_time,)  # the bench's clock
+lightly_train.pretrain(out=a["out"], data=a["data"], model="dinov2/vitb14-notpretrained", method="distillation",
+    method_args={"teacher": "dinov2/vitg14-tipsv2", "teacher_weights": a["weights"]}, epochs=2,
+    batch_size=a["batch"], num_workers=0, accelerator="cpu", devices=1, precision="32-true", seed=0,
+    transform_args={"image_size": (a["size"], a["size"])}, trainer_args={"log_every_n_steps": 1}, overwrite=True)
+"""
+
+
+def lightly_side_by_side(setup: Setup, workdir: Path) -> dict:
+    """lightly-train 0.18's default distillation (DistillationV3) from the same g/14 weights (saved in the
+    official key layout, which its DINOv2 `vitg14-tipsv2` uses) on the same scene images at the same
+    resolution, B/14 student from scratch, in a child process; epoch-2 images/s from its batch timer."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("lightly_train") is None:
+        return {"skipped": "lightly-train is not installed (pip install '.[bench]')"}
+    if setup.teacher_depth != 40:
+        return {"skipped": "lightly-train builds vitg14-tipsv2 with all 40 blocks; run without --quick"}
+    from teachers.official_npz import official_from_tipsv2
+    from teachers.tipsv2_sizes import tipsv2_config
+
+    teacher = tipsv2_teacher("g14", setup.teacher_depth)
+    arrays, _ = official_from_tipsv2(teacher, tipsv2_config("g14"))
+    del teacher
+    weights = workdir / "teacher_official.pt"
+    torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, weights)
+    del arrays
+    images = workdir / "images"
+    images.mkdir()
+    dataset = scenes(setup)
+    for i in range(len(dataset)):
+        dataset[i].image.save(images / f"{i:05d}.png")
+    args = {"out": str(workdir / "lightly"), "data": str(images), "weights": str(weights),
+            "batch": setup.batch, "size": setup.resolution, "threads": torch.get_num_threads()}
+    env = {**os.environ, "LIGHTLY_TRAIN_EVENTS_DISABLED": "1", "LIGHTLY_TRAIN_CACHE_DIR": str(workdir / "lt-cache")}
+    proc = subprocess.run([sys.executable, "-c", LIGHTLY_RUN, json.dumps(args)], env=env, capture_output=True,
+                          text=True)
+    if proc.returncode:
+        return {"failed": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    rows = [json.loads(line) for line in (workdir / "lightly" / "metrics.jsonl").read_text().splitlines()]
+    # Its batch timer (patched to the same CPU clock) plus its data time = the work of one batch.
+    times = [r["profiling/batch_time"] + r.get("profiling/data_time", 0.0) for r in rows
+             if r.get("epoch") == 1 and "profiling/batch_time" in r]
+    return {"method": "distillation (DistillationV3), teacher dinov2/vitg14-tipsv2 from teacher_weights, "
+                      "student dinov2/vitb14-notpretrained",
+            "epoch2_images_per_cpu_s": len(times) * setup.batch / sum(times), "epoch2_cpu_s_per_batch_all": times}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="reduced teacher and student (smoke run)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1; see the docstring)")
+    parser.add_argument("--out", help="also write the JSON here")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.quick:
+        setup = Setup(images=8, batch=4, resolution=56, teacher_depth=4, student="tipsv2-s14",
+                      overhead_teacher="b14", overhead_steps=4)
+    else:
+        setup = Setup(images=8, batch=4, resolution=112, teacher_depth=40, student="tipsv2-b14",
+                      overhead_teacher="b14", overhead_steps=6)
+    report: dict = {"machine": machine(), "setup": setup.__dict__}
+    with tempfile.TemporaryDirectory(prefix="tipsdistill-bench-") as tmp:
+        overhead = step_overhead(setup, Path(tmp))
+        speed = cache_vs_online(setup, Path(tmp))
+        lightly = lightly_side_by_side(setup, Path(tmp))
+    if "epoch2_images_per_cpu_s" in lightly:
+        theirs = lightly["epoch2_images_per_cpu_s"]
+        lightly["tipsdistill_online_over_lightly"] = speed["online_epoch2_images_per_cpu_s"] / theirs
+        lightly["tipsdistill_cached_over_lightly"] = speed["cached_epoch2_images_per_cpu_s"] / theirs
+    report = {"step_overhead": overhead.pop("step_overhead"), "cache_speedup": speed.pop("cache_speedup"),
+              **report, "overhead": overhead, "cache": speed, "lightly_train": lightly}
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
