@@ -27,9 +27,6 @@ class CacheReader:
                 load_file(self.directory / PCA_BASIS), self.manifest.pca_explained)
         self._open: dict[int, object] = {}
 
-    def __len__(self) -> int:
-        return self.manifest.preprocessing.dataset_length
-
     def __getstate__(self):
         return {**self.__dict__, "_open": {}}
 
