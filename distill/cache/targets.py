@@ -10,7 +10,7 @@ import torch
 
 from distill.cache.manifest import Preprocessing, check_cache_matches, dataset_identity, read_manifest
 from distill.cache.reader import CacheReader
-from distill.cache.replay import make_replay_dataloader
+from distill.cache.replay import TARGET_KEYS, make_replay_dataloader
 from teachers.types import ImageTokens
 
 
@@ -22,7 +22,7 @@ class CachedTargets:
 
     def __call__(self, batch: dict) -> ImageTokens:
         t = batch["teacher_targets"]
-        return ImageTokens(*(t[key].to(self.device, non_blocking=True) for key in ("cls", "registers", "patches")))
+        return ImageTokens(*(t[key].to(self.device, non_blocking=True) for key in TARGET_KEYS))
 
 
 def open_cache(directory: Path | str, teacher_fingerprint: str, preprocessing: Preprocessing) -> CacheReader:
