@@ -46,6 +46,10 @@ SPLITS = {"train": 0, "heldout": 1}
 # Radius range at 64 px (scaled with the image size): objects span several 8-px patches.
 _RADIUS_64 = (14, 24)
 _SIZE_WORDS = ((17, "small"), (20, "medium"), (24, "large"))
+# P(0, 1, 2 objects). Empty scenes are what gives the word "background" a meaning of its own: every
+# caption mentions the background, so without them the text tower never ties "background" to pixels
+# and zero-shot segmentation cannot name the background class.
+_OBJECT_COUNT_P = (0.15, 0.45, 0.4)
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ def _paint(mask: Image.Image, obj: SceneObject) -> None:
 
 def _place_objects(rng: np.random.Generator, size: int) -> tuple[SceneObject, ...]:
     scale = size / 64
-    count = int(rng.integers(1, 3))
+    count = int(rng.choice(3, p=_OBJECT_COUNT_P))
     colours = rng.choice(list(COLOURS), size=count, replace=False)
     objects: list[SceneObject] = []
     for colour in colours:
@@ -149,6 +153,9 @@ def _position_words(obj: SceneObject, size: int) -> str:
 
 
 def _captions(objects: tuple[SceneObject, ...], tone: str, texture: str, size: int) -> dict[str, str]:
+    if not objects:
+        return {"short": f"a {texture} background", "medium": f"nothing but a {texture} background",
+                "long": f"no objects, only a {tone} {texture} background"}
     names = [f"a {o.colour} {o.shape}" for o in objects]
     # Alt-text is terse and partial on the web: it names the largest object only.
     largest = max(objects, key=lambda o: o.radius)
