@@ -35,7 +35,9 @@ class Tipsv2Teacher(Teacher):
         return tipsv2_tokens(self.vision, pixels, value_trick=value_trick)
 
     def _text_embeddings(self, texts: list[str]) -> torch.Tensor:
-        batch = self.tokenizer(texts, padding="max_length", truncation=True, return_tensors="pt",
+        # Padding is masked out of attention and of the mean pooling, so padding to the longest text gives the
+        # same embeddings as TIPSv2's 64-token padding at a fraction of the cost (9 prompts x 150 classes on ADE).
+        batch = self.tokenizer(texts, padding="longest", truncation=True, return_tensors="pt",
                                max_length=self.text.config.max_position_embeddings)
         out = self.text(input_ids=batch["input_ids"].to(self.device),
                         attention_mask=batch["attention_mask"].to(self.device))
