@@ -255,7 +255,7 @@ def cache_vs_online(setup: Setup, workdir: Path) -> dict:
     with PeakRss() as peak:
         step(first, online_targets(first))
     state = sum(p.numel() for p in student.parameters()) * 4 * 4  # fp32 weights, grads, 2 AdamW moments
-    memory = {"step_peak_rss_gib": (peak.peak - baseline) / 2 ** 30,
+    memory = {"step_peak_rss_gib": (peak.peak - baseline) / 2 ** 30,  # over the process before any model
               "teacher_weights_gib": nbytes(teacher) / 2 ** 30, "student_train_state_gib": state / 2 ** 30}
     memory["peak_over_weights_and_state"] = memory["step_peak_rss_gib"] / (
         memory["teacher_weights_gib"] + memory["student_train_state_gib"])
@@ -359,8 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                       overhead_teacher="b14", overhead_steps=6)
     report: dict = {"machine": machine(), "setup": setup.__dict__}
     with tempfile.TemporaryDirectory(prefix="tipsdistill-bench-") as tmp:
+        speed = cache_vs_online(setup, Path(tmp))  # first: its memory baseline is a fresh process
         overhead = step_overhead(setup, Path(tmp))
-        speed = cache_vs_online(setup, Path(tmp))
         lightly = lightly_side_by_side(setup, Path(tmp))
     if "epoch2_images_per_cpu_s" in lightly:
         theirs = lightly["epoch2_images_per_cpu_s"]
