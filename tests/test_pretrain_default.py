@@ -1,0 +1,34 @@
+"""The packaged micro teacher and the default job's recipe (the run itself is the lead's CI smoke job)."""
+from __future__ import annotations
+
+import torch
+
+from distill.config import load_recipe
+from distill.default_job import TEACHER_DIR, package_teacher, teacher_overrides
+
+
+def test_packaged_teacher_is_small_and_loads_as_a_tipsv2_teacher():
+    from teachers import load_teacher
+
+    size = sum(p.stat().st_size for p in TEACHER_DIR.iterdir())
+    assert size < 5 * 2**20
+    teacher = load_teacher(str(TEACHER_DIR))
+    assert teacher.has_text and teacher.patch_size == 8 and teacher.image_size == 64
+    tokens = teacher.encode_image(torch.rand(2, 3, 64, 64), value_trick=True)
+    assert tokens.patches.shape == (2, 8, 8, teacher.width) and tokens.patches.dtype == torch.float32
+    text = teacher.encode_text(["a red circle", "a photo of a blue."])
+    assert torch.allclose(text.norm(dim=-1), torch.ones(2), atol=1e-4)
+
+
+def test_default_recipe_points_at_the_packaged_teacher():
+    recipe = load_recipe("micro", teacher_overrides())
+    assert recipe.teacher.spec == str(TEACHER_DIR) and recipe.data.source == "scenes"
+    assert recipe.data.flip_p == 0.0
+
+
+def test_packaging_round_trip_keeps_the_weights(tmp_path):
+    from transformers import Tipsv2Model
+
+    copy = package_teacher(TEACHER_DIR, tmp_path / "micro_teacher")
+    a, b = Tipsv2Model.from_pretrained(TEACHER_DIR), Tipsv2Model.from_pretrained(copy)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
