@@ -127,6 +127,9 @@ class Recipe:
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     compute: ComputeConfig | None = None
+    cache: str | None = None  # a `tipsdistill cache` directory: replay its crops and teacher targets
+    # Several students trained on one teacher forward (each entry as `student:`; they share its image_size).
+    students: list[StudentConfig] = field(default_factory=list)
 
 
 # ---------------------------------------------------------------- typed construction
@@ -228,6 +231,9 @@ def validate(recipe: Recipe) -> Recipe:
     _check(recipe.teacher.image_size is None or recipe.teacher.image_size > 0, "teacher.image_size",
            "a positive int or null", recipe.teacher.image_size)
     _check(recipe.student.image_size > 0, "student.image_size", "a positive int", recipe.student.image_size)
+    for i, s in enumerate(recipe.students):
+        _check(s.image_size == recipe.student.image_size, f"students[{i}].image_size",
+               f"student.image_size ({recipe.student.image_size}): the students share one crop", s.image_size)
     _check(0.0 <= loss.mask_ratio < 1.0, "loss.mask_ratio", "a value in [0, 1)", loss.mask_ratio)
     _check(0.0 <= loss.mask_probability <= 1.0, "loss.mask_probability", "a value in [0, 1]", loss.mask_probability)
     for name in ("cls_weight", "register_weight", "patch_weight"):

@@ -43,9 +43,11 @@ class LossOutput:
 
 @torch.no_grad()
 def teacher_targets(teacher, pixels: torch.Tensor, norm: TargetNorm | None = None,
-                    captions: CaptionPair | None = None, teacher_text: bool = False) -> Targets:
-    """Teacher outputs cloned out of inference mode (autograd may save them) and made float32."""
-    tokens = teacher.encode_image(pixels).map(lambda t: t.float().clone())
+                    captions: CaptionPair | None = None, teacher_text: bool = False,
+                    cached: ImageTokens | None = None) -> Targets:
+    """Teacher tokens as float32 loss targets (`Teacher.encode_image` already returns them outside inference mode).
+    `cached`: the tokens a replayed cache batch carries; the teacher's image tower is then not run."""
+    tokens = (cached if cached is not None else teacher.encode_image(pixels)).map(lambda t: t.float())
     if norm is not None:
         tokens = norm.normalize(tokens)
     if captions is None or not teacher_text:

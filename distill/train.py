@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
 
 from distill.captions import sample_captions
-from distill.config import Recipe, dump_recipe, flat_recipe, recipe_from_dict, recipe_to_dict, save_recipe
+from distill.config import Recipe, StudentConfig, dump_recipe, flat_recipe, recipe_from_dict, recipe_to_dict, save_recipe
 from distill.data import CAPTION_KEYS, DataStats, build_dataset, make_dataloader
 from distill.masking import sample_masks
 from distill.objective import DistillObjective, teacher_targets
@@ -113,10 +113,9 @@ def _contrastive_enabled(recipe: Recipe, dataset) -> bool:
     return True
 
 
-def _build_student(recipe: Recipe, teacher, text: bool):
+def _build_student(recipe: Recipe, teacher, text: bool, s: StudentConfig):
     from students import build_student
 
-    s = recipe.student
     tokenizer = None
     if text:
         tokenizer = AutoTokenizer.from_pretrained(s.tokenizer) if s.tokenizer else teacher.tokenizer
@@ -175,7 +174,14 @@ def _checkpoints(out: Path) -> list[Path]:
 
 
 def _save_student(objective: DistillObjective, directory: Path, recipe: Recipe, teacher, step: int) -> None:
-    student = objective.student_for_export()
+    if hasattr(objective, "students_for_export"):  # several students: one checkpoint each, student/<name>
+        for name, student in objective.students_for_export().items():
+            _save_one(student, objective.objectives[name], directory / name, recipe, teacher, step)
+        return
+    _save_one(objective.student_for_export(), objective, directory, recipe, teacher, step)
+
+
+def _save_one(student, objective: DistillObjective, directory: Path, recipe: Recipe, teacher, step: int) -> None:
     student.save(directory, metadata={
         "recipe": recipe_to_dict(recipe), "teacher": {"spec": recipe.teacher.spec, "fingerprint": teacher.fingerprint},
         "step": step, "heads_output": "teacher space" + (" (target normalisation folded in)"
@@ -276,8 +282,16 @@ def run_distill(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False
     if contrastive and c.text_tower == "teacher" and not teacher.has_text:
         raise UserError("loss.contrastive.text_tower=teacher needs a teacher with a text tower; "
                         "use text_tower=student or a TIPSv2/CLIP/SigLIP teacher")
-    student = _build_student(recipe, teacher, text=contrastive and c.text_tower == "student")
-    objective = DistillObjective(student, recipe.loss, teacher_width=teacher.width, contrastive=contrastive)
+    text = contrastive and c.text_tower == "student"
+    objectives = {s.name: DistillObjective(_build_student(recipe, teacher, text, s), recipe.loss,
+                                           teacher_width=teacher.width, contrastive=contrastive)
+                  for s in recipe.students or [recipe.student]}
+    if len(objectives) == 1:
+        (objective,) = objectives.values()
+    else:
+        from distill.multi_student import MultiStudentObjective
+
+        objective = MultiStudentObjective(objectives)
     objective.to(accelerator.device)
     if objective.norm is not None and not resume:
         _calibrate(objective, teacher, dataset, recipe, accelerator, micro)
@@ -285,7 +299,12 @@ def run_distill(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False
     o = recipe.optim
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, o.warmup_steps, recipe.train.max_steps,
                                                             min_lr_rate=o.min_lr_ratio)
-    loader = _loader(dataset, recipe, micro)
+    if recipe.cache:
+        from distill.cache.targets import replay_loader
+
+        loader = replay_loader(recipe.cache, recipe, dataset, teacher, micro)
+    else:
+        loader = _loader(dataset, recipe, micro)
     if isinstance(dataset, IterableDataset):
         # Streaming sources shard themselves over processes; Accelerate's batch dispatcher would read rank 0's
         # shards only and cannot carry caption strings. The loop moves their batches to the device instead.
@@ -329,6 +348,11 @@ def _loop(recipe: Recipe, accelerator: Accelerator, objective, optimizer, schedu
     student = unwrapped.student
     grid = (recipe.student.image_size // student.patch_size,) * 2
     teacher_text = unwrapped.contrastive and loss_cfg.contrastive.text_tower == "teacher"
+    cached = None
+    if recipe.cache:
+        from distill.cache.targets import CachedTargets
+
+        cached = CachedTargets(accelerator.device)
     last = min(t.max_steps, stop_at or t.max_steps)
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=accelerator.device))
     stats = DataStats()
@@ -349,7 +373,8 @@ def _loop(recipe: Recipe, accelerator: Accelerator, objective, optimizer, schedu
                 masks = torch.zeros(len(indices), grid[0] * grid[1], dtype=torch.bool)
             captions = (sample_captions(batch["captions"], indices, progress.step, recipe.seed,
                                         loss_cfg.contrastive.caption_weights) if unwrapped.contrastive else None)
-            targets = teacher_targets(teacher, batch["teacher_pixels"], unwrapped.norm, captions, teacher_text)
+            targets = teacher_targets(teacher, batch["teacher_pixels"], unwrapped.norm, captions, teacher_text,
+                                      cached(batch) if cached else None)
             with accelerator.accumulate(objective):
                 output = objective(batch["pixels"], masks.to(accelerator.device), targets, captions)
                 accelerator.backward(output.loss)
