@@ -7,10 +7,10 @@ segmentation on the held-out scenes):
   contrastive_only  alpha = beta = 0                            (no self-distillation)
   full_ema          EMA backbone + heads                         (paper: same quality, ~42% more trainable
                                                                   parameters for head-only to avoid)
-  student           a micro student distilled (all tokens, `recipes/micro.yaml`) from that seed's ibot++
-                    teacher                                      (paper: distilled students beat the teacher)
+  student           a micro student distilled as in the default job (all tokens, `recipes/micro.yaml`)
+                    from that seed's ibot++ teacher                                     (paper: distilled students beat the teacher)
 
-Usage: python bench/ablation.py [--seeds 0 1] [--steps 240] [--student-steps 300] [--limit 128]
+Usage: python bench/ablation.py [--seeds 0 1] [--steps 150] [--student-steps 120] [--limit 128]
                                 [--variants ...] [--out FILE] [--work DIR]
 Each finished run is appended to FILE.runs.jsonl, so a long ablation reports what it has if stopped.
 """
@@ -70,8 +70,8 @@ def _summary(values: list[float]) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--steps", type=int, default=240, help="pretraining steps per variant")
-    parser.add_argument("--student-steps", type=int, default=300, help="distillation steps of the student")
+    parser.add_argument("--steps", type=int, default=150, help="pretraining steps per variant")
+    parser.add_argument("--student-steps", type=int, default=120, help="distillation steps of the student")
     parser.add_argument("--limit", type=int, default=128, help="held-out scenes evaluated")
     parser.add_argument("--variants", nargs="+", default=[*VARIANTS, "student"],
                         choices=[*VARIANTS, "student"])
@@ -80,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from distill.config import load_recipe
+    from distill.default_job import teacher_overrides
     from distill.pretrain_run import load_pretrain_recipe, run_pretrain
     from distill.train import run_distill
 
@@ -103,8 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                     f.write(json.dumps(record) + "\n")
         if "student" in args.variants:
             start = time.perf_counter()
-            recipe = load_recipe("micro", [f"teacher.spec={teachers['ibot++']}", f"seed={seed}",
-                                           f"max_steps={args.student_steps}", "data.flip_p=0.0"])
+            recipe = load_recipe("micro", [*teacher_overrides(teachers["ibot++"]), f"seed={seed}",
+                                           f"max_steps={args.student_steps}"])
             student = run_distill(recipe, work / f"student-seed{seed}")
             scores, baselines = _evaluate(str(student), work / f"eval-student-seed{seed}", args.limit)
             record = {"variant": "student", "seed": seed, **scores, "seconds": time.perf_counter() - start}

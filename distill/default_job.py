@@ -24,11 +24,11 @@ EVAL_DATASET = "micro"  # held-out scenes, colour classes + background
 DEFAULT_OVERRIDES = ("data.flip_p=0.0", "train.max_steps=120", "train.checkpoint_every=0")
 
 
-def teacher_overrides() -> list[str]:
-    """What the default job adds to `recipes/micro.yaml`: the packaged teacher, and its text tower as the
-    student's starting text tower (same width; the identity-initialised heads then start the student's
-    tokens in the space that text tower reads)."""
-    return [f"teacher.spec={TEACHER_DIR}", f"student.text_init={TEACHER_DIR}", *DEFAULT_OVERRIDES]
+def teacher_overrides(teacher=TEACHER_DIR) -> list[str]:
+    """What the default job adds to `recipes/micro.yaml`: the teacher, and its text tower as the student's
+    starting text tower (same width; the identity-initialised heads then start the student's tokens in
+    the space that text tower reads)."""
+    return [f"teacher.spec={teacher}", f"student.text_init={teacher}", *DEFAULT_OVERRIDES]
 
 
 def run_default(out_dir, overrides: list[str] = ()) -> dict:
