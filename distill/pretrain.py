@@ -10,11 +10,12 @@ contrastive loss needs anyway, gives the view-1 targets for free; with `ema="ful
 the vision tower produces them (TIPS v1 / iBOT).
 
 `TipsPretrainer` has the call signature of `distill.objective.DistillObjective` (pixels, mask, targets,
-captions) -> LossOutput, so the training loop drives it the same way; it needs no teacher targets and
-asks for `after_optimizer_step` (the EMA update).
+captions) -> LossOutput: a loop drives it as `distill.train` drives distillation, except that it passes
+no teacher targets and calls `after_optimizer_step` (the EMA update) after each optimizer step.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -82,7 +83,7 @@ def random_crops(pixels: torch.Tensor, size: int, scale: tuple[float, float]) ->
     """Batched random-resized crops (aspect 3/4..4/3) with random horizontal flips, bilinear via roi_align."""
     b, _, h, w = pixels.shape
     area = torch.empty(b).uniform_(*scale) * h * w
-    aspect = torch.exp(torch.empty(b).uniform_(-0.2877, 0.2877))
+    aspect = torch.exp(torch.empty(b).uniform_(math.log(3 / 4), math.log(4 / 3)))
     cw = (area * aspect).sqrt().clamp(max=w)
     ch = (area / aspect).sqrt().clamp(max=h)
     x0 = torch.rand(b) * (w - cw)
