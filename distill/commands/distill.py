@@ -7,6 +7,8 @@ from pathlib import Path
 
 from distill.config import load_recipe
 
+DEFAULT_OUT = "runs/default"
+
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
@@ -15,10 +17,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "Launch with `accelerate launch -m distill.cli distill ...` for several GPUs or machines.")
     parser.add_argument("--recipe",
                         help="recipe YAML file or packaged recipe name (micro, b14, l14, so400m14); "
-                             "with --resume, defaults to the run's recipe.yaml")
+                             "with --resume, defaults to the run's recipe.yaml; without it, the embedded default "
+                             "job runs (packaged micro teacher, built-in scenes, then evaluation)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="recipe overrides, e.g. max_steps=40 loss.mask_ratio=0.3")
-    parser.add_argument("--out", help="run directory (checkpoints, logs, final student)")
+    parser.add_argument("--out", help=f"run directory (checkpoints, logs, final student); default job: {DEFAULT_OUT}")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
                         help="stop after this step with a checkpoint (continue later with --resume)")
@@ -30,11 +33,18 @@ def run(args) -> int:
     from distill.train import run_distill
     from teachers.errors import UserError
 
-    if args.out is None or (args.recipe is None and not args.resume):
-        raise UserError("distill needs --recipe RECIPE and --out DIR, e.g. "
-                        "tipsdistill distill --recipe micro teacher.spec=DIR --out runs/x")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)
+    if args.recipe is None and not args.resume:
+        # The main job: the packaged micro teacher distilled on the built-in scenes, then both evaluated.
+        from distill.default_job import run_default
+
+        out = Path(args.out or DEFAULT_OUT)
+        run_default(out, args.overrides)
+        print(f"report: {out / 'report.json'}")
+        return 0
+    if args.out is None:
+        raise UserError("distill needs --out DIR, e.g. tipsdistill distill --recipe micro teacher.spec=DIR --out runs/x")
     # `--resume` alone continues with the recipe the run recorded.
     recipe = load_recipe(args.recipe or Path(args.out) / "recipe.yaml", args.overrides)
     final = run_distill(recipe, args.out, resume=args.resume, stop_at=args.stop_at)
