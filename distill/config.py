@@ -161,7 +161,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
             raise bad
-        return _build(tp, value, key)
+        return build_section(tp, value, key)
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise bad
@@ -207,7 +207,7 @@ def _fields(cls) -> dict[str, Any]:
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 
 
-def _build(cls, data: dict, prefix: str = ""):
+def build_section(cls, data: dict, prefix: str = ""):
     known = _fields(cls)
     kwargs = {}
     for name, value in data.items():
@@ -281,7 +281,7 @@ def validate(recipe: Recipe) -> Recipe:
 def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
     if not isinstance(data, dict):
         raise UserError(f"{source} must be a YAML mapping of recipe sections, got {type(data).__name__}")
-    return validate(_build(Recipe, data))
+    return validate(build_section(Recipe, data))
 
 
 def resolve_recipe_path(name_or_path: str | os.PathLike) -> Path:

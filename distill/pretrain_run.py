@@ -1,7 +1,7 @@
 """Run TIPSv2 stage-1 pretraining from a recipe: the distill recipe sections + a `pretrain:` section.
 
-The run uses the distill engine's pieces (Accelerator set-up, data loader with per-sample crops, masks
-and caption draws, optimizer groups, cosine schedule, metric logging) and ends with a real
+The run uses the distill engine (Accelerator set-up, data loader with per-sample crops, optimizer groups,
+cosine schedule, and `train_loop` with its masks, caption draws and metric logging) and ends with a real
 `Tipsv2Model` + tokenizer written by `save_pretrained` in `OUT/model` (through the student exporter),
 which `teachers.load_teacher(OUT/model)` loads.
 """
@@ -11,24 +11,18 @@ import copy
 import dataclasses
 import logging
 import shutil
-import time
-from collections import defaultdict
 from pathlib import Path
 
-import torch
 import yaml
 from accelerate.utils import set_seed
-from tqdm.auto import tqdm
 from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
 
-from distill.captions import sample_captions
-from distill.config import (TeacherConfig, _build, apply_overrides, dump_recipe, recipe_from_dict,
+from distill.config import (TeacherConfig, apply_overrides, build_section, dump_recipe, recipe_from_dict,
                             resolve_recipe_path, Recipe)
 from distill.data import build_dataset
 from distill.data.scenes import SceneDataset, caption_corpus
-from distill.masking import sample_masks
 from distill.pretrain import PretrainConfig, TipsPretrainer
-from distill.train import _accelerator, _loader, _log_step, _micro_batch, _optimizer
+from distill.train import Progress, make_accelerator, make_loader, make_optimizer, micro_batch_size, train_loop
 from teachers.errors import UserError
 from teachers.tokenizer import build_tokenizer
 
@@ -60,7 +54,7 @@ def pretrain_recipe_from_dict(data: dict, overrides: list[str] = (), source: str
     for item in ours:
         key, _, raw = item.partition("=")
         section[key.removeprefix("pretrain.")] = yaml.safe_load(raw)
-    return PretrainRecipe(recipe, _build(PretrainConfig, section, "pretrain"))
+    return PretrainRecipe(recipe, build_section(PretrainConfig, section, "pretrain"))
 
 
 def load_pretrain_recipe(name_or_path: str, overrides: list[str] = ()) -> PretrainRecipe:
@@ -96,8 +90,8 @@ def run_pretrain(run: PretrainRecipe, out_dir, progress: bool = True) -> Path:
     recipe, out = run.recipe, Path(out_dir)
     if (out / "model").exists():
         raise UserError(f"{out} already holds a pretrained model; choose another --out")
-    accelerator = _accelerator(recipe, out)
-    micro = _micro_batch(recipe, accelerator.num_processes)
+    accelerator = make_accelerator(recipe, out)
+    micro = micro_batch_size(recipe, accelerator.num_processes)
     set_seed(recipe.seed)
     dataset = build_dataset(recipe.data.source, **recipe.data.options)
     s = recipe.student
@@ -105,11 +99,11 @@ def run_pretrain(run: PretrainRecipe, out_dir, progress: bool = True) -> Path:
                             tokenizer=None if s.init else _tokenizer(run, dataset),
                             gradient_checkpointing=recipe.train.gradient_checkpointing)
     objective = TipsPretrainer(student, run.pretrain, recipe.loss).to(accelerator.device)
-    optimizer = _optimizer(recipe, objective)
+    optimizer = make_optimizer(recipe, objective)
     t, o = recipe.train, recipe.optim
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, o.warmup_steps, t.max_steps,
                                                             min_lr_rate=o.min_lr_ratio)
-    loader = _loader(dataset, recipe, micro)
+    loader = make_loader(dataset, recipe, micro)
     objective, optimizer, loader, scheduler = accelerator.prepare(objective, optimizer, loader, scheduler)
     unwrapped = accelerator.unwrap_model(objective)
     if accelerator.is_main_process:
@@ -118,53 +112,16 @@ def run_pretrain(run: PretrainRecipe, out_dir, progress: bool = True) -> Path:
     log.info("pretraining %s (%s EMA, patch loss on %s tokens): %d steps, batch %d", s.name, run.pretrain.ema,
              recipe.loss.patch_tokens, t.max_steps, t.batch_size)
 
-    grid = (s.image_size // student.patch_size,) * 2
-    step, epoch, tick = 0, 0, time.perf_counter()
-    sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=accelerator.device))
-    bar = tqdm(total=t.max_steps, disable=not (progress and accelerator.is_local_main_process), desc="pretrain",
-               dynamic_ncols=True)
-    objective.train()
-    while step < t.max_steps:
-        loader.set_epoch(epoch)
-        for batch in loader:
-            indices = batch["index"]
-            masks = sample_masks(indices, step, recipe.seed, grid, recipe.loss.mask_ratio,
-                                 recipe.loss.mask_probability, recipe.loss.mask_shape)
-            if masks is None:
-                masks = torch.zeros(len(indices), grid[0] * grid[1], dtype=torch.bool)
-            captions = sample_captions(batch["captions"], indices, step, recipe.seed,
-                                       recipe.loss.contrastive.caption_weights)
-            with accelerator.accumulate(objective):
-                output = objective(batch["pixels"], masks.to(accelerator.device), None, captions)
-                accelerator.backward(output.loss)
-                if accelerator.sync_gradients and o.grad_clip > 0:
-                    accelerator.clip_grad_norm_(objective.parameters(), o.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad()
-            for key, value in output.parts.items():
-                sums[key] += value / t.grad_accum_steps
-            if not accelerator.sync_gradients:
-                continue
-            scheduler.step()
-            step += 1
-            unwrapped.after_optimizer_step(step, t.max_steps)
-            if step % t.log_every == 0 or step == t.max_steps:
-                elapsed = time.perf_counter() - tick
-                _log_step(accelerator, sums, step, scheduler.get_last_lr()[0],
-                          t.batch_size * t.log_every / max(elapsed, 1e-9), out, bar)
-                tick = time.perf_counter()
-            sums.clear()
-            bar.update(1)
-            if step >= t.max_steps:
-                break
-        epoch += 1
-    bar.close()
+    # No teacher targets, and no checkpoints: saving one records a teacher, and pretraining cannot resume.
+    state = Progress()
+    train_loop(recipe, accelerator, objective, optimizer, scheduler, loader, state, out,
+               after_step=unwrapped.after_optimizer_step, desc="pretrain", show_progress=progress)
     final = out / "model"
     if accelerator.is_main_process:
         tmp = out / ".student-tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         unwrapped.student.save(tmp, metadata={"pretrain_recipe": yaml.safe_load(dump_pretrain_recipe(run)),
-                                              "step": step})
+                                              "step": state.step})
         export_student(tmp, "hf", final)
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()

@@ -25,6 +25,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch.utils.data import IterableDataset
@@ -58,7 +59,7 @@ class Progress:
 # ---------------------------------------------------------------- setup helpers
 
 
-def _accelerator(recipe: Recipe, out: Path) -> Accelerator:
+def make_accelerator(recipe: Recipe, out: Path) -> Accelerator:
     t = recipe.train
     # Without a GPU, Accelerate joins a multi-process launch (torchrun, `accelerate launch --multi_gpu`) only when
     # told to run on CPU; otherwise every process would train alone on the whole batch.
@@ -75,7 +76,7 @@ def _accelerator(recipe: Recipe, out: Path) -> Accelerator:
     )
 
 
-def _micro_batch(recipe: Recipe, processes: int) -> int:
+def micro_batch_size(recipe: Recipe, processes: int) -> int:
     t = recipe.train
     per_step = t.grad_accum_steps * processes
     if t.batch_size % per_step:
@@ -128,7 +129,7 @@ def _build_student(recipe: Recipe, teacher, text: bool, s: StudentConfig):
     return student
 
 
-def _optimizer(recipe: Recipe, objective: DistillObjective) -> torch.optim.Optimizer:
+def make_optimizer(recipe: Recipe, objective: DistillObjective) -> torch.optim.Optimizer:
     decay, no_decay = [], []
     for name, p in objective.named_parameters():
         if p.requires_grad:
@@ -142,7 +143,7 @@ def _calibrate(objective: DistillObjective, teacher, dataset, recipe: Recipe, ac
                micro: int) -> None:
     """Target statistics over the first `calibration_batches` contrastive batches of epoch 0, sharded
     over processes and summed, so every process layout sees the same images."""
-    loader = _loader(dataset, recipe, micro)
+    loader = make_loader(dataset, recipe, micro)
     world, rank = accelerator.num_processes, accelerator.process_index
     wanted = recipe.loss.calibration_batches * world
 
@@ -158,7 +159,7 @@ def _calibrate(objective: DistillObjective, teacher, dataset, recipe: Recipe, ac
     log.info("target normalisation (%s) calibrated on %d batches", objective.norm.kind, wanted)
 
 
-def _loader(dataset, recipe: Recipe, micro: int):
+def make_loader(dataset, recipe: Recipe, micro: int):
     d = recipe.data
     return make_dataloader(dataset, batch_size=micro, student_size=recipe.student.image_size,
                            teacher_size=recipe.teacher.image_size, seed=recipe.seed, num_workers=d.num_workers,
@@ -267,8 +268,8 @@ def run_distill(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False
     if stop_at is not None and stop_at < 1:
         raise UserError(f"--stop-at {stop_at}; expected a step >= 1")
 
-    accelerator = _accelerator(recipe, out)
-    micro = _micro_batch(recipe, accelerator.num_processes)
+    accelerator = make_accelerator(recipe, out)
+    micro = micro_batch_size(recipe, accelerator.num_processes)
     set_seed(recipe.seed)
     if teacher is None:
         from teachers import load_teacher
@@ -295,7 +296,7 @@ def run_distill(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False
     objective.to(accelerator.device)
     if objective.norm is not None and not resume:
         _calibrate(objective, teacher, dataset, recipe, accelerator, micro)
-    optimizer = _optimizer(recipe, objective)
+    optimizer = make_optimizer(recipe, objective)
     o = recipe.optim
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, o.warmup_steps, recipe.train.max_steps,
                                                             min_lr_rate=o.min_lr_ratio)
@@ -304,7 +305,7 @@ def run_distill(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False
 
         loader = replay_loader(recipe.cache, recipe, dataset, teacher, micro)
     else:
-        loader = _loader(dataset, recipe, micro)
+        loader = make_loader(dataset, recipe, micro)
     if isinstance(dataset, IterableDataset):
         # Streaming sources shard themselves over processes; Accelerate's batch dispatcher would read rank 0's
         # shards only and cannot carry caption strings. The loop moves their batches to the device instead.
@@ -331,7 +332,9 @@ def run_distill(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False
              recipe.teacher.spec or type(teacher).__name__, recipe.student.name, recipe.train.max_steps,
              recipe.train.batch_size, micro, accelerator.num_processes, recipe.train.grad_accum_steps)
 
-    _loop(recipe, accelerator, objective, optimizer, scheduler, loader, teacher, progress, out, stop_at)
+    train_loop(recipe, accelerator, objective, optimizer, scheduler, loader, progress, out, stop_at=stop_at,
+               targets=_teacher_targets(recipe, accelerator, teacher, unwrapped),
+               checkpoint=lambda p: _save_checkpoint(accelerator, objective, out, recipe, teacher, p))
 
     final = out / "student"
     if accelerator.is_main_process and progress.step >= recipe.train.max_steps:
@@ -341,23 +344,40 @@ def run_distill(recipe: Recipe, out_dir: str | os.PathLike, resume: bool = False
     return final if progress.step >= recipe.train.max_steps else _checkpoints(out)[-1] / "student"
 
 
-def _loop(recipe: Recipe, accelerator: Accelerator, objective, optimizer, scheduler, loader, teacher,
-          progress: Progress, out: Path, stop_at: int | None) -> None:
-    t, loss_cfg = recipe.train, recipe.loss
-    unwrapped = accelerator.unwrap_model(objective)
-    student = unwrapped.student
-    grid = (recipe.student.image_size // student.patch_size,) * 2
-    teacher_text = unwrapped.contrastive and loss_cfg.contrastive.text_tower == "teacher"
+def _teacher_targets(recipe: Recipe, accelerator: Accelerator, teacher, unwrapped):
+    teacher_text = unwrapped.contrastive and recipe.loss.contrastive.text_tower == "teacher"
     cached = None
     if recipe.cache:
         from distill.cache.targets import CachedTargets
 
         cached = CachedTargets(accelerator.device)
+
+    def targets(batch, captions):
+        return teacher_targets(teacher, batch["teacher_pixels"], unwrapped.norm, captions, teacher_text,
+                               cached(batch) if cached else None)
+
+    return targets
+
+
+def train_loop(recipe: Recipe, accelerator: Accelerator, objective, optimizer, scheduler, loader, progress: Progress,
+               out: Path, *, targets: Callable[[dict, object], object] | None = None,
+               after_step: Callable[[int, int], None] | None = None,
+               checkpoint: Callable[[Progress], None] | None = None, stop_at: int | None = None,
+               desc: str = "distill", show_progress: bool = True) -> None:
+    """The loop that distillation and pretraining share.
+
+    targets(batch, captions): what the objective regresses onto (the teacher's outputs), or None without one.
+    after_step(step, max_steps): runs after each optimizer step (pretraining's EMA update).
+    checkpoint(progress): saves the training state; without it the run cannot resume.
+    """
+    t, loss_cfg = recipe.train, recipe.loss
+    unwrapped = accelerator.unwrap_model(objective)
+    grid = (recipe.student.image_size // unwrapped.student.patch_size,) * 2
     last = min(t.max_steps, stop_at or t.max_steps)
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), device=accelerator.device))
     stats = DataStats()
-    bar = tqdm(total=t.max_steps, initial=progress.step, disable=not accelerator.is_local_main_process,
-               desc="distill", dynamic_ncols=True)
+    bar = tqdm(total=t.max_steps, initial=progress.step,
+               disable=not (show_progress and accelerator.is_local_main_process), desc=desc, dynamic_ncols=True)
     tick = time.perf_counter()
     objective.train()
     while progress.step < last:
@@ -373,10 +393,9 @@ def _loop(recipe: Recipe, accelerator: Accelerator, objective, optimizer, schedu
                 masks = torch.zeros(len(indices), grid[0] * grid[1], dtype=torch.bool)
             captions = (sample_captions(batch["captions"], indices, progress.step, recipe.seed,
                                         loss_cfg.contrastive.caption_weights) if unwrapped.contrastive else None)
-            targets = teacher_targets(teacher, batch["teacher_pixels"], unwrapped.norm, captions, teacher_text,
-                                      cached(batch) if cached else None)
             with accelerator.accumulate(objective):
-                output = objective(batch["pixels"], masks.to(accelerator.device), targets, captions)
+                output = objective(batch["pixels"], masks.to(accelerator.device),
+                                   targets(batch, captions) if targets else None, captions)
                 accelerator.backward(output.loss)
                 if accelerator.sync_gradients and recipe.optim.grad_clip > 0:
                     sums["grad_norm"] += accelerator.clip_grad_norm_(objective.parameters(), recipe.optim.grad_clip)
@@ -390,6 +409,8 @@ def _loop(recipe: Recipe, accelerator: Accelerator, objective, optimizer, schedu
                 continue
             scheduler.step()
             progress.step += 1
+            if after_step:
+                after_step(progress.step, t.max_steps)
             if progress.step % t.log_every == 0 or progress.step == last:
                 elapsed = time.perf_counter() - tick
                 _log_step(accelerator, sums, progress.step, scheduler.get_last_lr()[0],
@@ -399,7 +420,8 @@ def _loop(recipe: Recipe, accelerator: Accelerator, objective, optimizer, schedu
             bar.update(1)
             if progress.step == last or (t.checkpoint_every and progress.step % t.checkpoint_every == 0):
                 _log_data_stats(accelerator, stats)
-                _save_checkpoint(accelerator, objective, out, recipe, teacher, progress)
+                if checkpoint:
+                    checkpoint(progress)
             if progress.step >= last:
                 break
         else:
