@@ -89,7 +89,7 @@ class DistillObjective(nn.Module):
         elif c.temperature_init is not None or not pretrained:
             initial = c.temperature_init or DEFAULT_TEMPERATURE
         else:
-            initial = float(student.temperature)
+            initial = float(student.temperature.detach())
         # A student with a text tower owns the temperature (it is exported with the model: logits = cos / T).
         if student.temperature is not None:
             with torch.no_grad():
