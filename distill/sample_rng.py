@@ -13,8 +13,13 @@ import torch
 STREAMS = ("mask", "caption")
 
 
+def hashed_generator(*key: int | str) -> torch.Generator:
+    """A generator that depends only on `key`: hashed, so nearby keys give unrelated streams."""
+    digest = hashlib.blake2b("/".join(str(part) for part in key).encode(), digest_size=8).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+
+
 def sample_generator(seed: int, step: int, index: int, stream: str) -> torch.Generator:
     if stream not in STREAMS:
         raise ValueError(f"unknown random stream {stream!r}; expected one of {STREAMS}")
-    digest = hashlib.blake2b(f"{seed}/{step}/{index}/{stream}".encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+    return hashed_generator(seed, step, index, stream)

@@ -6,7 +6,6 @@ a resumed or multi-process run draws the same crops, and the teacher-target cach
 """
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 
@@ -14,6 +13,7 @@ import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
 
+from distill.sample_rng import hashed_generator
 from teachers.errors import UserError
 
 
@@ -37,9 +37,8 @@ class CropParams:
 
 
 def keyed_generator(purpose: str, *key: int) -> torch.Generator:
-    """A generator that depends only on (purpose, key): hashed, so nearby keys give unrelated streams."""
-    digest = hashlib.blake2b("/".join([purpose, *(str(int(k)) for k in key)]).encode(), digest_size=8).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest, "little") & ((1 << 63) - 1))
+    """A generator that depends only on (purpose, key)."""
+    return hashed_generator(purpose, *(int(k) for k in key))
 
 
 def crop_generator(seed: int, epoch: int, index: int) -> torch.Generator:
