@@ -3,14 +3,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.eval.readers.base import PairedFiles, find_root, packaged_classes, reduce_zero_label
-from teachers.errors import UserError
+from distill.eval.readers.base import (PairedFiles, find_root, image_annotation_pairs, packaged_classes,
+                                      reduce_zero_label)
 
 
 def read_ade20k(path: Path, split: str = "validation") -> PairedFiles:
     root = find_root(path, f"images/{split}", ("ADEChallengeData2016",))
-    images = sorted((root / "images" / split).glob("*.jpg"))
-    if not images:
-        raise UserError(f"no .jpg images in {root / 'images' / split}")
-    pairs = [(p, root / "annotations" / split / f"{p.stem}.png") for p in images]
+    pairs = image_annotation_pairs(root, split)
     return PairedFiles(f"ade20k:{root}", packaged_classes("ade20k.txt"), None, pairs, reduce_zero_label)

@@ -119,3 +119,11 @@ def find_root(path: Path, marker: str, candidates: tuple[str, ...]) -> Path:
             return root
     raise UserError(f"{path} does not look like the expected layout: no {marker} under it "
                     f"(or under {', '.join(candidates)})")
+
+
+def image_annotation_pairs(root: Path, split: str, mask_suffix: str = "") -> list[tuple[Path, Path]]:
+    """The `images/<split>/*.jpg` + `annotations/<split>/<stem><suffix>.png` layout (ADE20K, mmseg COCO-Stuff)."""
+    images = sorted((root / "images" / split).glob("*.jpg"))
+    if not images:
+        raise UserError(f"no .jpg images in {root / 'images' / split}")
+    return [(p, root / "annotations" / split / f"{p.stem}{mask_suffix}.png") for p in images]

@@ -7,14 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from distill.eval.readers.base import PairedFiles, find_root, keep_label, packaged_classes
-from teachers.errors import UserError
+from distill.eval.readers.base import PairedFiles, find_root, image_annotation_pairs, keep_label, packaged_classes
 
 
 def read_cocostuff(path: Path, split: str = "val2017") -> PairedFiles:
     root = find_root(path, f"images/{split}", ("coco_stuff164k",))
-    images = sorted((root / "images" / split).glob("*.jpg"))
-    if not images:
-        raise UserError(f"no .jpg images in {root / 'images' / split}")
-    pairs = [(p, root / "annotations" / split / f"{p.stem}_labelTrainIds.png") for p in images]
+    pairs = image_annotation_pairs(root, split, "_labelTrainIds")
     return PairedFiles(f"cocostuff:{root}", packaged_classes("cocostuff171.txt"), None, pairs, keep_label)
