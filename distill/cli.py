@@ -19,13 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tipsdistill", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"distill.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"distill.commands.{name}":
-                raise
-            continue
-        module.add_parser(sub)
+        importlib.import_module(f"distill.commands.{name}").add_parser(sub)
     return parser
 
 
