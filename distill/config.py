@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from teachers.atomic import write_atomic
 from teachers.errors import UserError
 
 CAPTION_KEYS = ("short", "medium", "long")
@@ -382,10 +383,8 @@ def dump_recipe(recipe: Recipe) -> str:
 
 
 def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dump_recipe(recipe))
-    os.replace(tmp, path)
+    text = dump_recipe(recipe)
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def flat_recipe(recipe: Recipe) -> dict[str, Any]:

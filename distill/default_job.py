@@ -10,11 +10,11 @@ keep the package small), pretrained by this toolkit. Regenerate it with:
 from __future__ import annotations
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
+
+from teachers.atomic import atomic_directory
 
 TEACHER_DIR = Path(__file__).resolve().parent / "assets" / "micro_teacher"
 RECIPE = "micro"
@@ -49,19 +49,13 @@ def package_teacher(model_dir, target: Path = TEACHER_DIR) -> Path:
 
     model = Tipsv2Model.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    model.half().save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    # Package data: readable by everyone (mkdtemp and the writers create owner-only entries).
-    tmp.chmod(0o755)
-    for path in tmp.iterdir():
-        path.chmod(0o644)
-    old = target.with_name(f".{target.name}-old")
-    if target.exists():
-        target.rename(old)
-    tmp.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_directory(target, overwrite=True) as tmp:
+        model.half().save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        # Package data: readable by everyone (mkdtemp and the writers create owner-only entries).
+        tmp.chmod(0o755)
+        for path in tmp.iterdir():
+            path.chmod(0o644)
     return target
 
 

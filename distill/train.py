@@ -39,6 +39,7 @@ from distill.config import Recipe, StudentConfig, dump_recipe, flat_recipe, reci
 from distill.data import CAPTION_KEYS, DataStats, build_dataset, make_dataloader
 from distill.masking import sample_masks
 from distill.objective import DistillObjective, teacher_targets
+from teachers.atomic import write_atomic
 from teachers.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -238,9 +239,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     if not path.is_file():
         return
     keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(line + "\n" for line in keep))
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
 
 
 # ---------------------------------------------------------------- the loop

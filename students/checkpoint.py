@@ -18,7 +18,7 @@ from torch import nn
 from transformers import AutoTokenizer, Tipsv2TextConfig, Tipsv2TextModel, Tipsv2VisionConfig, Tipsv2VisionModel
 from transformers.initialization import no_init_weights
 
-from students.atomic import atomic_directory
+from teachers.atomic import atomic_directory
 from students.heads import ProjectionHeads
 from students.model import Student
 from teachers.errors import UserError

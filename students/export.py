@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Tipsv2ImageProcessor, Tipsv2Model, Tipsv2Processor, Tipsv2VisionModel
 from transformers.initialization import no_init_weights
 
-from students.atomic import atomic_directory
+from teachers.atomic import atomic_directory
 from students.checkpoint import load_student
 from students.heads import ProjectionHeads
 from students.model import Student

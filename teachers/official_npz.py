@@ -15,13 +15,13 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import Tipsv2Config
 
+from teachers.atomic import write_atomic
 from teachers.errors import UserError
 from teachers.tipsv2_sizes import heads_for_width
 
@@ -330,14 +330,12 @@ def read_npz(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 
 def write_npz(path: str | os.PathLike, arrays: dict[str, np.ndarray]) -> None:
-    """Write arrays to `path` atomically (temp file in the same directory, then `os.replace`)."""
+    """Write arrays to `path` atomically."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: np.savez would append ".npz" to a bare temp name
             np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_atomic(path, write)

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from distill.cache.atomic import write_atomic
+from teachers.atomic import write_atomic
 from teachers.errors import UserError
 
 FORMAT = "tipsdistill-cache/1"

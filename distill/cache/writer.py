@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import IterableDataset
 
-from distill.cache.atomic import remove_stale_temps, write_atomic
+from teachers.atomic import remove_stale_temps, write_atomic
 from distill.cache.compression import Compression, PatchCodec, PcaBasis, storage_dtype
 from distill.cache.manifest import (
     MANIFEST, PCA_BASIS, CacheManifest, Preprocessing, read_manifest, write_manifest,

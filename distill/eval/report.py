@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from distill.cache.atomic import write_atomic
+from teachers.atomic import write_atomic
 from distill.eval.metrics import IGNORE_INDEX
 
 # Metrics that are lists/dicts (per-class IoU) stay in report.json but not in the table.

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distill.losses.hadamard import hadamard
+from teachers.atomic import write_atomic
 from teachers.errors import UserError
 from teachers.types import ImageTokens
 
@@ -119,11 +120,8 @@ class TargetNorm(nn.Module):
     # ------------------------------------------------------------ files
 
     def save(self, path: str | os.PathLike) -> None:
-        path = os.fspath(path)
-        tmp = f"{path}.tmp"
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}, tmp,
-                  metadata={"kind": self.kind, "width": str(self.width)})
-        os.replace(tmp, path)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata={"kind": self.kind, "width": str(self.width)}))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TargetNorm":

@@ -1,23 +1,46 @@
-"""Write a directory all at once: build it in a temp dir beside the target, rename at the end.
-
-A failure (or Ctrl-C) leaves the target as it was; an existing non-empty target is only replaced
-when the caller allows it, and the old one is removed only after the new one is in place.
+"""Atomic writes shared by every layer: readers see the old content or the new one, never a torn file or a
+half-written directory.
 """
 from __future__ import annotations
 
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from teachers.errors import UserError
 
+TMP_PREFIX = ".tmp-"
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """`write(tmp)` fills a temp file in the same directory, which then replaces `path`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def remove_stale_temps(directory: str | os.PathLike) -> None:
+    """Temp files of a killed writer (SIGKILL skips the cleanup above)."""
+    for stale in Path(directory).glob(TMP_PREFIX + "*"):
+        stale.unlink(missing_ok=True)
+
 
 @contextmanager
 def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yields an empty temp dir; on success it becomes `target`."""
+    """Yields an empty temp dir beside `target`; on success it becomes `target`.
+
+    A failure (or Ctrl-C) leaves the target as it was; an existing non-empty target is only replaced
+    when the caller allows it, and the old one is removed only after the new one is in place.
+    """
     target = Path(target)
     if target.exists() and not target.is_dir():
         raise UserError(f"output {target} exists and is not a directory")
