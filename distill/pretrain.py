@@ -166,12 +166,12 @@ class TipsPretrainer(DistillObjective):
             masked = self.student.image_tokens(pixels[rows], mask[rows])
             cls, patches = cls.clone(), patches.clone()
             cls[rows], patches[rows] = masked.cls, masked.patches.flatten(1, 2)
-        student_cls = [self.heads["dino"](cls)]
+        local_cls = []
         for _ in range(c.local_crops):
             local = random_crops(pixels, c.local_size, tuple(c.local_crop_scale))
-            student_cls.append(self.heads["dino"](self.student.image_tokens(local).cls))
-        # Student view 0 and teacher view 0 are both view 1, so the DINO loss pairs it with view 2 only.
-        return {"dino": self.dino_loss(student_cls, [t1_cls, t2_cls]),
+            local_cls.append(self.heads["dino"](self.student.image_tokens(local).cls))
+        # The student's global view is teacher view 1 (masked), so it pairs with view 2 only; local crops pair with both.
+        return {"dino": self.dino_loss([self.heads["dino"](cls)], local_cls, [t1_cls, t2_cls]),
                 "ibot": self.ibot_loss(self.heads["ibot"](patches), t1_patches, mask)}
 
     @torch.no_grad()

@@ -1,16 +1,15 @@
 """`tipsdistill cache` end to end: a real teacher checkpoint dir, an image folder, a SIGKILLed build resumed."""
-import json
+import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from distill.cache.manifest import MANIFEST, read_manifest
+from distill.cache.manifest import read_manifest
 from distill.cache.reader import CacheReader
 from distill.cli import main
 
@@ -54,20 +53,12 @@ def test_cache_command_and_a_sigkilled_build_resumed_to_the_same_bytes(tmp_path,
     assert CacheReader(whole).targets(23, 1)["patches"].shape == (4, 4, 32)
     assert "48 targets" in capsys.readouterr().out
 
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from distill.cli import main; sys.exit(main())",
-                             *cache_args(tiny_tipsv2_dir, image_folder, killed, "--compress", "int8", "--dtype", "fp16")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        manifest = killed / MANIFEST
-        if manifest.is_file() and len(json.loads(manifest.read_text())["shards"]) >= 2:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.005)
-    proc.wait()
-    listed = read_manifest(killed).shards
-    if proc.returncode != -signal.SIGKILL or len(listed) == 12:
-        pytest.skip("the child finished before it could be killed (machine too fast to interrupt)")
+    # SIGKILL right after the second shard is recorded (a deterministic crash point, however fast the machine).
+    proc = subprocess.run([sys.executable, "-c", "import sys; from distill.cli import main; sys.exit(main())",
+                           *cache_args(tiny_tipsv2_dir, image_folder, killed, "--compress", "int8", "--dtype", "fp16")],
+                          capture_output=True, env={**os.environ, "TIPSDISTILL_CRASH_AT": "cache-shard:2"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
+    assert len(read_manifest(killed).shards) == 2
     assert main(cache_args(tiny_tipsv2_dir, image_folder, killed, "--compress", "int8", "--dtype", "fp16")) == 0
     files = lambda d: {p.name: p.read_bytes() for p in sorted(Path(d).iterdir()) if p.suffix == ".safetensors"}  # noqa: E731
     assert files(killed) == files(whole)

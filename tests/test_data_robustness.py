@@ -131,3 +131,17 @@ def test_all_bad_folder_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match=r"no valid image left: all 3 items are unusable "
                                         r"\(empty_file 1, truncated 1, unreadable 1\)"):
         build_dataset(f"folder:{tmp_path}")
+
+
+def test_exif_orientation_is_applied():
+    """A phone photo stored sideways with EXIF orientation 6 (rotate 90 degrees clockwise to display)."""
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:, :20] = (255, 0, 0)  # red on the left of the stored pixels
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    Image.fromarray(stored).save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+    image, _ = decode_image(buffer.getvalue())
+    assert image.size == (20, 40)  # width and height swapped
+    top, bottom = np.asarray(image)[:10].mean((0, 1)), np.asarray(image)[-10:].mean((0, 1))
+    assert top[0] > 200 and top[1] < 60 and bottom[0] < 60  # clockwise: the stored left half is now on top

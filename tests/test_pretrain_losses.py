@@ -32,17 +32,35 @@ def test_dino_loss_skips_same_view_and_is_lowest_for_matching_views():
     loss = DinoClsLoss(8, centering="center")
     loss.eval()  # no centre update
     teacher = [torch.randn(4, 8) * 5, torch.randn(4, 8) * 5]
-    matching = loss([teacher[1] * 3, teacher[0] * 3], teacher)  # each student view sees the other's target
-    crossed = loss([teacher[0] * 3, teacher[1] * 3], teacher)
+    matching = loss([teacher[1] * 3, teacher[0] * 3], [], teacher)  # each student view sees the other's target
+    crossed = loss([teacher[0] * 3, teacher[1] * 3], [], teacher)
     assert matching < crossed
     with pytest.raises(ValueError):
-        loss([teacher[0]], [teacher[0]])
+        loss([teacher[0]], [], [teacher[0]])
+
+
+def test_dino_loss_averages_every_intended_pair():
+    """1 student global view (= teacher view 0) + 2 local crops against 2 teacher views: the global view pairs
+    with teacher view 1 only, each local crop with both teacher views: 5 pairs (DINO, arXiv 2104.14294)."""
+    torch.manual_seed(0)
+    loss = DinoClsLoss(8, student_temp=0.1, teacher_temp=0.04)
+    loss.eval()
+    teacher = [torch.randn(4, 8), torch.randn(4, 8)]
+    glob, local = torch.randn(4, 8), [torch.randn(4, 8), torch.randn(4, 8)]
+
+    def h(student, target):  # cross-entropy of the sharpened teacher softmax and the student softmax, by hand
+        p = torch.softmax(target / 0.04, dim=-1)
+        return -(p * torch.log_softmax(student / 0.1, dim=-1)).sum(-1).mean()
+
+    expected = (h(glob, teacher[1]) + h(local[0], teacher[0]) + h(local[0], teacher[1])
+                + h(local[1], teacher[0]) + h(local[1], teacher[1])) / 5
+    assert loss([glob], local, teacher) == pytest.approx(float(expected), rel=1e-6)
 
 
 def test_centre_moves_in_training_and_sinkhorn_balances_prototypes():
     loss = DinoClsLoss(8)
     before = loss.targets.center.clone()
-    loss([torch.randn(4, 8), torch.randn(4, 8)], [torch.randn(4, 8) + 3, torch.randn(4, 8)])
+    loss([torch.randn(4, 8)], [torch.randn(4, 8)], [torch.randn(4, 8) + 3, torch.randn(4, 8)])
     assert not torch.equal(before, loss.targets.center)
     q = sinkhorn_knopp(torch.randn(64, 8) + torch.arange(8.0), temperature=0.5, iterations=10)
     assert torch.allclose(q.sum(1), torch.ones(64), atol=1e-4)

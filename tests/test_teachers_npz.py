@@ -1,12 +1,14 @@
 """Official google-deepmind/tips .npz checkpoints: key mapping, size inference, loading, bad files."""
 from __future__ import annotations
 
+import math
 import shutil
 
 import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
+import torch.nn.functional as F
 from transformers import Tipsv2Model
 
 from conftest import CORPUS, tiny_tipsv2_config
@@ -150,3 +152,51 @@ def test_unknown_width_needs_heads_and_pickles_are_refused(npz_pair, tmp_path):
     shutil.copyfile(npz_pair[1], tmp_path / "t_text.npz")  # no tokenizer.model beside it
     with pytest.raises(UserError, match="tokenizer"):
         load_teacher(f"npz:{npz_pair[0]},{tmp_path / 't_text.npz'}", num_heads=2)
+
+
+def _official_text_encoder(arrays: dict, ids: torch.Tensor, paddings: torch.Tensor, heads: int) -> torch.Tensor:
+    """The official google-deepmind/tips PyTorch text encoder, written out from its structure with torch's own
+    modules and the .npz arrays as they are: `nn.MultiheadAttention` over the fused `in_proj_*` (q, k, v
+    rows), pre-LN residual blocks with a ReLU MLP masked at padding, sqrt(D)-scaled token embedding plus
+    sinusoidal positions, a final LayerNorm and a mean over the non-padding tokens (+1e-8)."""
+    t = {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items() if k != "temperature"}
+    d = t["token_embedding.weight"].shape[1]
+    layers = len({k.split(".")[2] for k in t if k.startswith("transformer.resblocks.")})
+    half = d // 2
+    inv = torch.exp(torch.arange(half, dtype=torch.float32) * -(math.log(10_000.0) / max(half - 1, 1)))
+    angles = torch.arange(ids.shape[1], dtype=torch.float32)[:, None] * inv[None]
+    x = t["token_embedding.weight"][ids] * d**0.5 + torch.cat([angles.sin(), angles.cos()], -1)[None]
+    keep = (paddings == 0).float()
+    attn_mask = torch.zeros(ids.shape[0] * heads, ids.shape[1], ids.shape[1])
+    attn_mask.masked_fill_((keep == 0).repeat_interleave(heads, 0)[:, None, :], float("-inf"))
+
+    def norm(x, name, eps=1e-5):
+        return F.layer_norm(x, (d,), t[f"{name}.weight"], t[f"{name}.bias"], eps)
+
+    x = x.transpose(0, 1)  # (L, B, D), as nn.MultiheadAttention expects by default
+    for i in range(layers):
+        p = f"transformer.resblocks.{i}"
+        attn = torch.nn.MultiheadAttention(d, heads)
+        attn.load_state_dict({"in_proj_weight": t[f"{p}.attn.in_proj_weight"], "in_proj_bias": t[f"{p}.attn.in_proj_bias"],
+                              "out_proj.weight": t[f"{p}.attn.out_proj.weight"],
+                              "out_proj.bias": t[f"{p}.attn.out_proj.bias"]})
+        h = norm(x, f"{p}.ln_1")
+        x = x + attn(h, h, h, need_weights=False, attn_mask=attn_mask)[0]
+        h = F.relu(F.linear(norm(x, f"{p}.ln_2"), t[f"{p}.mlp.c_fc.weight"], t[f"{p}.mlp.c_fc.bias"]))
+        h = h * keep.T[..., None]
+        x = x + F.linear(h, t[f"{p}.mlp.c_proj.weight"], t[f"{p}.mlp.c_proj.bias"]) * keep.T[..., None]
+    x = norm(x.transpose(0, 1), "ln_final")
+    return (x * keep[..., None]).sum(1) / (keep.sum(1, keepdim=True) + 1e-8)
+
+
+def test_text_tower_equals_the_official_multihead_attention_encoder(npz_pair, spm_model):
+    """An independent reference, not a round trip: a q/k swap in the fused in_proj split would pass any test
+    that converts with the same table both ways."""
+    vision, text = npz_pair
+    teacher = load_teacher(f"npz:{vision},{text}", tokenizer=str(spm_model), num_heads=2)
+    texts = ["a red circle", "a photo of many dogs on a striped background"]
+    batch = teacher.tokenizer(texts, padding="longest", return_tensors="pt")
+    paddings = (batch["attention_mask"] == 0).float()
+    with torch.no_grad():
+        expected = _official_text_encoder(read_npz(text), batch["input_ids"], paddings, heads=2)
+    assert (teacher.encode_text(texts) - F.normalize(expected, dim=-1)).abs().max() <= TOL

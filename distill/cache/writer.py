@@ -22,6 +22,7 @@ from distill.cache.manifest import (
 )
 from distill.data.loader import Augment
 from teachers.errors import UserError
+from teachers.faults import crash_point
 from teachers.types import ImageTokens
 
 
@@ -144,6 +145,7 @@ def build_cache(
         write_atomic(out / name, lambda tmp: save_file(tensors, tmp, metadata={"format": manifest.format}))
         manifest.shards.append(name)
         write_manifest(out, manifest)
+        crash_point("cache-shard", len(manifest.shards))
         if on_shard:
             on_shard(len(manifest.shards), num_shards)
     return manifest

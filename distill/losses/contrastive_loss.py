@@ -2,6 +2,9 @@
 
 Image->text and text->image rows use soft targets spread evenly over the positives, so two images
 with the same caption are not pushed apart. Samples without the caption take no row and no column.
+
+Convention: the temperature is the trained parameter itself and divides the cosine (TIPS; CLIP trains a
+log-scale that multiplies), clamped below at 1e-3 so a run cannot divide by a collapsing temperature.
 """
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""DINO CLS loss: the student's CLS prototype scores on every view match the EMA teacher's on the other global views."""
+"""DINO CLS loss: the student's CLS prototype scores on every view match the EMA teacher's on the other views.
+
+Views: the student's global views are the teacher's first global views (same images; the student's may be
+masked), followed by local crops that only the student sees. Each student view is paired with every
+teacher view except its own global view (DINO, arXiv 2104.14294, eq. 3), and the loss is the mean over the
+pairs that exist: with 1 student global view, L local crops and 2 teacher views, that is 1 + 2L pairs.
+"""
 from __future__ import annotations
 
 import torch
@@ -14,19 +20,17 @@ class DinoClsLoss(nn.Module):
         self.student_temp, self.teacher_temp = student_temp, teacher_temp
         self.targets = PrototypeTargets(num_prototypes, centering, center_momentum)
 
-    def forward(self, student_logits: list[torch.Tensor], teacher_logits: list[torch.Tensor]) -> torch.Tensor:
-        """student_logits: per view (B, K), the global views first; teacher_logits: per global view (B, K).
-
-        A student view is never matched to the teacher's output on the same view.
-        """
-        targets = self.targets(torch.cat(teacher_logits), self.teacher_temp).chunk(len(teacher_logits))
-        total, pairs = 0.0, 0
-        for t_index, target in enumerate(targets):
-            for s_index, logits in enumerate(student_logits):
-                if s_index == t_index:
-                    continue
-                total = total + cross_entropy_to_targets(logits, target, self.student_temp).mean()
-                pairs += 1
-        if pairs == 0:
-            raise ValueError("the DINO CLS loss needs at least two views")
-        return total / pairs
+    def forward(self, student_global: list[torch.Tensor], student_local: list[torch.Tensor],
+                teacher_global: list[torch.Tensor]) -> torch.Tensor:
+        """Per view (B, K) scores. student_global[i] is the student's output on teacher view i
+        (len(student_global) <= len(teacher_global)); student_local are crops the teacher never sees."""
+        if len(student_global) > len(teacher_global):
+            raise ValueError(f"{len(student_global)} student global views but only {len(teacher_global)} teacher views")
+        targets = self.targets(torch.cat(teacher_global), self.teacher_temp).chunk(len(teacher_global))
+        pairs = [(s, t) for s in range(len(student_global)) for t in range(len(targets)) if s != t]
+        pairs += [(len(student_global) + s, t) for s in range(len(student_local)) for t in range(len(targets))]
+        if not pairs:
+            raise ValueError("the DINO CLS loss needs a student view paired with another teacher view")
+        views = [*student_global, *student_local]
+        total = sum(cross_entropy_to_targets(views[s], targets[t], self.student_temp).mean() for s, t in pairs)
+        return total / len(pairs)

@@ -1,9 +1,9 @@
 """The global contrastive batch: gather embeddings from every process with gradients, plus caption ids.
 
 Each process keeps only the rows of its own samples (open_clip's local loss) and scales its loss so
-that the DDP gradient average equals the gradient of the loss over the global batch:
-`torch.distributed.nn.functional.all_gather` sums the gradient of every process's rows back onto
-the process that owns the embedding.
+that the DDP gradient average equals the gradient of the loss over the global batch: the autograd
+all-gather of torch's functional collectives sums the gradient of every process's rows back onto the
+process that owns the embedding (its backward is a reduce-scatter).
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
+from torch.distributed._functional_collectives import all_gather_single_autograd
 
 
 def _world() -> tuple[int, int]:
@@ -27,7 +27,7 @@ def gather(x: torch.Tensor) -> torch.Tensor:
     if world == 1:
         return x
     if x.requires_grad:
-        return torch.cat(dist_fn.all_gather(x), dim=0)
+        return all_gather_single_autograd(x.contiguous(), 0, dist.group.WORLD)
     parts = [torch.empty_like(x) for _ in range(world)]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)

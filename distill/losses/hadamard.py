@@ -1,7 +1,10 @@
-"""Orthonormal Hadamard matrices for PHI-S: Sylvester (2^k) times Paley I (q + 1, q prime, q = 3 mod 4).
+"""Orthonormal Hadamard matrices for PHI-S: kron(Sylvester 2^k, Paley I of order q + 1) / sqrt(n).
 
-Covers the widths of the common teachers: 768 = 384 * 2, 1024 = 2^10, 1152 = 1152 (q = 1151),
-1536 = 12 * 128, and every power of two.
+The construction actually used: the smallest k such that n = 2^k * m with m = 1 or m - 1 a prime q = 3
+(mod 4); Paley I builds the order-(q + 1) matrix as I + S, S the skew-symmetric Jacobsthal matrix of the
+quadratic residues mod q bordered by ones. It covers the widths of the common teachers: 768 = 2 * 384
+(q = 383), 1024 = 2^10, 1152 (q = 1151), 1536 = 4 * 384 (q = 383), and every power of two. Another
+Hadamard matrix of the same order (RADIO's, say) differs from this one by a rotation.
 """
 from __future__ import annotations
 

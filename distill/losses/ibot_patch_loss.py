@@ -4,6 +4,10 @@ teacher's on the unmasked image.
 `tokens="all"` (iBOT++, TIPSv2) averages over every patch token, visible and masked: visible tokens are
 then also pulled towards the teacher, which TIPSv2 reports is what makes patches align with text.
 `tokens="masked"` is the original iBOT: only masked tokens carry a loss.
+
+Convention: the teacher targets are centred (or Sinkhorn-balanced) over ALL teacher patch tokens of the
+batch, whichever tokens carry the loss, as the original iBOT code does (bytedance/ibot); DINOv2 balances
+over the masked tokens only. The loss is a per-image mean over the selected tokens, then a batch mean.
 """
 from __future__ import annotations
 

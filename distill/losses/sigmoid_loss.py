@@ -1,7 +1,8 @@
 """SigLIP's pairwise sigmoid loss over the global batch (the default for SO400m), multi-positive.
 
 Every (image, caption) pair is an independent binary problem: label +1 when the captions are equal
-strings, -1 otherwise; normalised by the number of images as in SigLIP.
+strings, -1 otherwise; normalised by the number of images as in SigLIP. As in the InfoNCE loss, the
+logit scale is 1 / temperature, the temperature a trained divisor clamped below at 1e-3.
 """
 from __future__ import annotations
 

@@ -9,6 +9,10 @@ processes, and live in buffers (so `save_state` carries them) and in `target_nor
            orthonormal Hadamard matrix (spreads the variance evenly over channels) and alpha the
            square root of the mean eigenvalue: every channel of y has unit variance, and the map is
            a rotation plus one isotropic scale, so cosine geometry is preserved.
+
+Conventions: the covariance is the population covariance (divided by N, not N - 1) of all calibration
+tokens of a kind; H is the Sylvester x Paley construction of `distill.losses.hadamard`, which differs from
+RADIO's choice of Hadamard matrix by a rotation (any orthonormal H spreads the variance evenly).
 """
 from __future__ import annotations
 
