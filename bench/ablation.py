@@ -41,7 +41,7 @@ PAPER = {
 def _evaluate(spec: str, out: Path, limit: int) -> dict:
     from distill.eval import evaluate
 
-    report = evaluate({"model": spec}, "zeroshot-seg", "micro", out, quiet=True, limit=limit, overlays=0)
+    report = evaluate({"model": spec}, "zeroshot-seg", "scenes", out, quiet=True, limit=limit, overlays=0)
     scores = {k: report["models"]["model"][k] for k in METRICS}
     return scores, report["baselines"]
 

@@ -18,7 +18,7 @@ from teachers.atomic import atomic_directory
 
 TEACHER_DIR = Path(__file__).resolve().parent / "assets" / "micro_teacher"
 RECIPE = "micro"
-EVAL_DATASET = "micro"  # held-out scenes, colour classes + background
+EVAL_DATASET = "scenes"  # held-out scenes: texture (stuff) and colour (thing) classes
 # Scene captions name positions ("on the left"): a flipped image would contradict its caption. The step
 # count keeps the job at a few minutes on 2 CPU cores.
 DEFAULT_OVERRIDES = ("data.flip_p=0.0", "train.max_steps=120", "train.checkpoint_every=0")

@@ -14,6 +14,10 @@ from torch import nn
 from teachers.errors import UserError
 from teachers.types import ImageTokens
 
+# Bicubic resizing (the official TIPS evaluation resizes that way, unclamped) overshoots [0,1] by up to about
+# 0.15 at sharp edges. The range check is there to catch wrongly scaled input (0-255, mean/std-normalised).
+PIXEL_OVERSHOOT = 0.25
+
 
 class Teacher(nn.Module):
     """Frozen image(-text) encoder.
@@ -95,7 +99,7 @@ class Teacher(nn.Module):
             raise UserError(f"image size {h}x{w} is not a multiple of the patch size {self.patch_size}; "
                             f"resize or crop to e.g. {self.image_size}x{self.image_size}")
         low, high = pixels.min().item(), pixels.max().item()
-        if not (low >= 0 and high <= 1):  # also catches NaN
+        if not (low >= -PIXEL_OVERSHOOT and high <= 1 + PIXEL_OVERSHOOT):  # also catches NaN
             raise UserError(f"pixels range over [{low:.4g}, {high:.4g}]; expected RGB in [0,1] "
                             f"(the teacher applies its own normalisation)")
 

@@ -2,6 +2,7 @@
 import torch
 import torch.nn.functional as F
 
+from teachers.base import PIXEL_OVERSHOOT
 from teachers.types import ImageTokens
 
 COLOURS = {"background": (0, 0, 0), "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
@@ -27,7 +28,8 @@ class ColourModel(torch.nn.Module):
 
     def encode_image(self, pixels, value_trick=False):
         assert pixels.shape[-2] % self.patch_size == 0 and pixels.shape[-1] % self.patch_size == 0
-        assert 0 <= pixels.min() and pixels.max() <= 1
+        # Unclamped bicubic resizing (the official protocol) may overshoot [0,1] as much as teachers tolerate.
+        assert -PIXEL_OVERSHOOT <= pixels.min() and pixels.max() <= 1 + PIXEL_OVERSHOOT
         self.shapes.append(tuple(pixels.shape))
         patches = _one_hot_colour(F.avg_pool2d(pixels, self.patch_size).permute(0, 2, 3, 1))
         return ImageTokens(patches.mean((1, 2)), patches.mean((1, 2))[:, None], patches)

@@ -20,8 +20,8 @@ def test_default_job_distils_and_reports_teacher_and_student(tmp_path, capsys):
     assert (out / "run" / "student" / "student.json").is_file()
     teacher, base = report["models"]["teacher"], report["baselines"]
     # The packaged teacher is fixed: its patch-text alignment must beat the trivial predictions.
-    assert teacher["miou"] > base["all_background_miou"] + 3
-    assert teacher["object_pixel_acc"] > 2 * base["chance_object_pixel_acc"]
+    assert teacher["miou"] > base["per_image_majority_miou"] + 3
+    assert teacher["things_pixel_acc"] > 2 * base["chance_things_pixel_acc"]
 
 
 def test_default_job_refuses_a_used_run_directory(tmp_path, capsys):

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from distill.eval.metrics import (IGNORE_INDEX, ConfusionMatrix, LinearCKA, mean_iou, recall_at_k,
-                                  segmentation_baselines, segmentation_scores, topk_accuracy)
+                                  per_image_majority, segmentation_baselines, segmentation_scores,
+                                  things_scores, topk_accuracy)
 
 CLASSES = ["background", "cat", "dog", "bird"]
 
@@ -43,21 +44,41 @@ def test_baselines_by_hand():
     label = [0, 0, 0, 0, 0, 0, 1, 1, 2, IGNORE_INDEX]
     m = _confusion(label[:-1] + [0], label)
     base = segmentation_baselines(m, CLASSES, background=0)
-    # all background: IoU_bg = 6/9, cat 0, dog 0 (bird absent) -> mean over 3 classes.
-    assert base["all_background_miou"] == pytest.approx(100 * (6 / 9) / 3)
-    assert base["all_background_pixel_acc"] == pytest.approx(100 * 6 / 9)
+    # majority (= background) everywhere: IoU_bg = 6/9, cat 0, dog 0 (bird absent) -> mean over 3 classes.
+    assert base["majority_class"] == "background"
+    assert base["majority_class_miou"] == pytest.approx(100 * (6 / 9) / 3)
+    assert base["majority_class_pixel_acc"] == pytest.approx(100 * 6 / 9)
     assert base["chance_object_pixel_acc"] == pytest.approx(100 / 3)
     assert base["majority_object_pixel_acc"] == pytest.approx(100 * 2 / 3)
-    assert base["background_class"] == "background" and not base["background_is_majority_class"]
 
 
-def test_datasets_without_background_use_the_majority_class():
+def test_per_image_majority_oracle_and_things_only_scores_by_hand():
+    # Image 1: 3 cat, 1 dog -> all cat; image 2: 2 bird, 1 background, 1 ignored -> all bird.
+    one = np.array([[1, 1], [1, 2]])
+    two = np.array([[3, 3], [0, IGNORE_INDEX]])
+    oracle = per_image_majority(one, 4) + per_image_majority(two, 4)
+    assert oracle[1, 1] == 3 and oracle[2, 1] == 1 and oracle[3, 3] == 2 and oracle[0, 3] == 1
+    assert oracle.sum() == 7
+    m = _confusion([1, 1, 1, 2, 3, 3, 0], [1, 1, 1, 2, 3, 3, 0])
+    base = segmentation_baselines(m, CLASSES, None, per_image=oracle)
+    assert base["per_image_majority_pixel_acc"] == pytest.approx(100 * 5 / 7)
+    # IoU: background 0/1, cat 3/4, dog 0/1, bird 2/3.
+    assert base["per_image_majority_miou"] == pytest.approx(100 * (0 + 3 / 4 + 0 + 2 / 3) / 4)
+    things = _confusion([0, 0, 1, 2], [0, 1, 1, 2], num_classes=3)
+    assert things_scores(things) == pytest.approx({"things_miou": 100 * (1 / 2 + 1 / 2 + 1) / 3,
+                                                   "things_pixel_acc": 75.0})
+    base = segmentation_baselines(m, CLASSES, None, things=things)
+    assert base["chance_things_pixel_acc"] == pytest.approx(100 / 3)
+    assert base["majority_things_pixel_acc"] == pytest.approx(50.0)  # class 1 (2 of 4 pixels) everywhere
+
+
+def test_datasets_without_background_report_no_object_accuracy():
     label = [1, 1, 1, 2, 3]
     m = _confusion([1, 1, 2, 2, 3], label)
     base = segmentation_baselines(m, CLASSES, background=None)
-    assert base["background_class"] == "cat" and base["background_is_majority_class"]
+    assert base["majority_class"] == "cat" and "chance_object_pixel_acc" not in base
     scores = segmentation_scores(m, CLASSES, background=None)
-    assert scores["object_pixel_acc"] == pytest.approx(100.0)  # dog and bird pixels are right
+    assert "object_pixel_acc" not in scores
     assert scores["pixel_acc"] == pytest.approx(80.0)
 
 

@@ -115,14 +115,15 @@ def test_generic_folder(tmp_path):
         open_segmentation(f"folder:{tmp_path}")[0]
 
 
-def test_micro_scenes():
-    data = open_segmentation("micro:length=3,size=64")
-    assert len(data) == 3 and data.class_names[data.background] == "background"
+def test_heldout_scenes():
+    data = open_segmentation("scenes:length=3,size=64")
+    assert len(data) == 3 and data.background is None and "background" not in data.class_names
+    assert [data.class_names[k] for k in data.things] == ["red", "green", "blue", "yellow", "purple"]
     sample = data[2]
     assert sample.image.size == (64, 64) and sample.label.shape == (64, 64)
     assert set(np.unique(sample.label)) <= set(range(len(data.class_names)))
-    with pytest.raises(UserError, match="micro dataset option"):
-        open_segmentation("micro:length=three")
+    with pytest.raises(UserError, match="scenes dataset option"):
+        open_segmentation("scenes:length=three")
 
 
 def _eval(dataset, tmp_path, capsys):

@@ -10,7 +10,7 @@ from PIL import Image
 from eval_stubs import COLOURS, ColourModel
 
 from distill.eval import evaluate
-from distill.eval.zeroshot_seg import SegOptions, class_probabilities, window_boxes
+from distill.eval.zeroshot_seg import SegOptions, class_scores, window_boxes
 from teachers.errors import UserError
 
 
@@ -35,7 +35,7 @@ def test_overlapping_windows_are_averaged_and_resized_to_the_patch_size():
     model = ColourModel(patch_size=8)
     image = torch.rand(3, 45, 70)
     text = F.normalize(torch.rand(4, 4), dim=-1)
-    probs = class_probabilities(model, [image, torch.rand(3, 40, 40)], text, SegOptions(window=32, stride=24, batch_size=3))
+    probs = class_scores(model, [image, torch.rand(3, 40, 40)], text, SegOptions(window=32, stride=24, batch_size=3))
     assert probs[0].shape == (4, 45, 70) and probs[1].shape == (4, 40, 40)
     # average of softmaxes: a distribution at every pixel, whatever the number of overlapping windows
     for p in probs:
@@ -44,8 +44,9 @@ def test_overlapping_windows_are_averaged_and_resized_to_the_patch_size():
     assert all(s[-2:] == (32, 32) for s in model.shapes)
     assert max(s[0] for s in model.shapes) <= 3
     model.shapes.clear()
-    class_probabilities(model, [torch.rand(3, 45, 70)], text, SegOptions(window=None))
+    (whole,) = class_scores(model, [torch.rand(3, 45, 70)], text, SegOptions(window=None))
     assert model.shapes == [(1, 3, 48, 72)]  # whole image, resized up to multiples of 8
+    assert whole.shape == (4, 6, 9)  # raw cosines on the patch grid, as the notebook's predict_whole
 
 
 def test_stride_larger_than_window_is_refused():
@@ -78,8 +79,8 @@ def test_perfect_model_scores_100_and_writes_the_report(tmp_path, window):
     scores = report["models"]["a"]
     assert scores["miou"] == scores["pixel_acc"] == scores["object_pixel_acc"] == 100.0
     assert set(scores["per_class_iou"]) == set(COLOURS)
-    assert report["baselines"]["background_class"] == "background"
-    assert 0 < report["baselines"]["all_background_miou"] < 100
+    assert report["baselines"]["majority_class"] in COLOURS
+    assert 0 < report["baselines"]["majority_class_miou"] < report["baselines"]["per_image_majority_miou"] < 100
     assert json.loads((tmp_path / "out/report.json").read_text()) == report
     assert set(report) >= {"task", "dataset", "models", "baselines"} and report["task"] == "zeroshot-seg"
     md = (tmp_path / "out/report.md").read_text()
@@ -172,7 +173,7 @@ def _notebook_slide(model, img, text, side, stride):
             p = model.patch_size
             size = (-(-window.shape[1] // p) * p, -(-window.shape[2] // p) * p)
             if size != tuple(window.shape[1:]):
-                window = F.interpolate(window[None], size=size, mode="bicubic", align_corners=False)[0].clamp(0, 1)
+                window = F.interpolate(window[None], size=size, mode="bicubic", align_corners=False)[0]
             feats = F.normalize(model.encode_image(window[None]).patches[0], dim=-1)
             cos = torch.einsum("cd,hwd->chw", text, feats)
             cos = F.interpolate(cos[None], size=(y2 - y1, x2 - x1), mode="bilinear", align_corners=False)[0]
@@ -188,6 +189,29 @@ def test_batched_windows_match_the_notebook_loop():
     text = F.normalize(torch.randn(5, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
     images = [torch.rand(3, 45, 70), torch.rand(3, 64, 40), torch.rand(3, 30, 30)]
     with torch.inference_mode():
-        batched = class_probabilities(model, images, text, SegOptions(window=32, stride=24, batch_size=3))
+        batched = class_scores(model, images, text, SegOptions(window=32, stride=24, batch_size=3))
         for image, probs in zip(images, batched):
             torch.testing.assert_close(probs, _notebook_slide(model, image, text, 32, 24), rtol=1e-5, atol=1e-6)
+
+
+def test_whole_image_mode_matches_the_notebook():
+    """The notebook's `predict_whole` + its scoring loop: cosine maps on the patch grid, straight to the label
+    size (bilinear, no softmax), argmax; the image resized up to a patch multiple by bicubic, unclamped."""
+    from eval_stubs import RandomFeatureModel
+
+    from distill.eval.zeroshot_seg import argmax_labels, upsample
+
+    model = RandomFeatureModel()
+    text = F.normalize(torch.randn(5, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
+    images = [torch.rand(3, 45, 70), torch.rand(3, 64, 40)]
+    labels = [(90, 140), (64, 40)]
+    with torch.inference_mode():
+        scores = class_scores(model, images, text, SegOptions(window=None))
+        for image, label, ours in zip(images, labels, scores):
+            p = model.patch_size
+            size = (-(-image.shape[1] // p) * p, -(-image.shape[2] // p) * p)
+            resized = F.interpolate(image[None], size=size, mode="bicubic", align_corners=False)
+            feats = F.normalize(model.encode_image(resized).patches[0], dim=-1)
+            cos = torch.einsum("cd,hwd->chw", text, feats)
+            expected = F.interpolate(cos[None], size=label, mode="bilinear", align_corners=False)[0].argmax(0)
+            assert np.array_equal(argmax_labels(upsample(ours, label)), expected.numpy())

@@ -4,6 +4,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from eval_stubs import COLOURS, ColourModel
 from PIL import Image
 
@@ -25,35 +26,88 @@ def student_dirs(tmp_path_factory, tiny_tokenizer):
     return root
 
 
-def test_cli_teacher_vs_student_zeroshot_seg_on_micro(tmp_path, tiny_tipsv2_dir, student_dirs, capsys):
+def test_cli_teacher_vs_student_zeroshot_seg_on_scenes(tmp_path, tiny_tipsv2_dir, student_dirs, capsys):
     code = main(["eval", "--model", f"teacher={tiny_tipsv2_dir}", "--model", f"student={student_dirs / 'nano'}",
-                 "--task", "zeroshot-seg", "--dataset", "micro:length=4", "--out", str(tmp_path / "out"),
+                 "--task", "zeroshot-seg", "--dataset", "scenes:length=4", "--out", str(tmp_path / "out"),
                  "--short-side", "64", "--window", "32", "--stride", "24", "--batch-size", "4",
                  "--save-predictions", str(tmp_path / "pred")])
     assert code == 0
     report = json.loads((tmp_path / "out/report.json").read_text())
-    assert report["task"] == "zeroshot-seg" and report["dataset"].startswith("micro:length=4")
+    assert report["task"] == "zeroshot-seg" and report["dataset"].startswith("scenes:length=4")
     assert set(report["models"]) == {"teacher", "student"}
     for scores in report["models"].values():
-        assert {"miou", "pixel_acc", "object_pixel_acc", "per_class_iou"} <= set(scores)
+        assert {"miou", "pixel_acc", "things_miou", "things_pixel_acc", "per_class_iou"} <= set(scores)
         assert 0 <= scores["miou"] <= 100
-    assert {"all_background_miou", "chance_object_pixel_acc"} <= set(report["baselines"])
+    assert {"majority_class_miou", "per_image_majority_miou", "chance_things_pixel_acc"} <= set(report["baselines"])
     assert report["sources"]["student"]["spec"] == str(student_dirs / "nano")
     assert report["sources"]["teacher"]["fingerprint"] != report["sources"]["student"]["fingerprint"]
-    assert report["baselines"]["chance_object_pixel_acc"] == pytest.approx(20.0)  # five colours
+    assert report["baselines"]["chance_things_pixel_acc"] == pytest.approx(20.0)  # five colours
     assert "| metric | teacher | student |" in capsys.readouterr().out
     assert len(list((tmp_path / "pred/student").glob("*.png"))) == 4
     assert (tmp_path / "out/pca/teacher.png").is_file()
 
 
-def test_retrieval_on_captioned_micro_scenes(tmp_path, tiny_tipsv2_dir):
-    report = evaluate({"teacher": str(tiny_tipsv2_dir)}, "retrieval", "micro:length=12", tmp_path, quiet=True,
+def test_retrieval_on_captioned_scenes(tmp_path, tiny_tipsv2_dir):
+    report = evaluate({"teacher": str(tiny_tipsv2_dir)}, "retrieval", "scenes:length=12", tmp_path, quiet=True,
                       batch_size=5, image_token="register")
     scores = report["models"]["teacher"]
     assert set(scores) == {f"{d}_r{k}" for d in ("i2t", "t2i") for k in (1, 5, 10)}
     for d in ("i2t", "t2i"):
         assert 0 <= scores[f"{d}_r1"] <= scores[f"{d}_r5"] <= scores[f"{d}_r10"] <= 100
     assert set(report["baselines"]) == {f"random_{k}" for k in scores}
+
+
+def _colour_folder(root, per_colour: int = 3):
+    """Solid colour images with sidecar captions naming their colour (several images share a caption)."""
+    root.mkdir()
+    for c, (name, rgb) in enumerate(COLOURS.items()):
+        for j in range(per_colour):
+            noisy = np.clip(np.array(rgb) + np.random.default_rng(c * 10 + j).integers(-20, 20, (16, 16, 3)), 0, 255)
+            Image.fromarray(noisy.astype(np.uint8)).save(root / f"{name}{j}.png")
+            (root / f"{name}{j}.txt").write_text(f"a {name} thing")
+    return root
+
+
+def test_retrieval_with_an_oracle_model_recalls_everything(tmp_path):
+    """ColourModel embeds an image by its colour and a caption by the colour it names: retrieval must be perfect,
+    and would not be if image and text embeddings were paired in the wrong order."""
+    data = _colour_folder(tmp_path / "data")
+    report = evaluate({"oracle": ColourModel(image_size=16)}, "retrieval", f"folder:{data}", tmp_path / "out",
+                      quiet=True, batch_size=5, caption_keys=("short",))
+    assert report["models"]["oracle"] == {f"{d}_r{k}": 100.0 for d in ("i2t", "t2i") for k in (1, 5, 10)}
+    assert report["baselines"]["random_t2i_r1"] < 100
+
+
+def test_fidelity_equals_a_hand_computation(tmp_path):
+    from eval_stubs import RandomFeatureModel
+
+    from distill.eval.inputs import open_image_set, square_crop
+
+    teacher, student = RandomFeatureModel(seed=0), RandomFeatureModel(seed=1)
+    report = evaluate({"t": teacher, "s": student}, "fidelity", "scenes:length=5", tmp_path, quiet=True,
+                      batch_size=2, resolution=32)
+    images = open_image_set("scenes:length=5")
+    pixels = torch.stack([square_crop(images[i].image, 32) for i in range(5)])
+    with torch.no_grad():
+        a, b = student.encode_image(pixels), teacher.encode_image(pixels)
+    x, y = a.patches.reshape(-1, 16).double(), b.patches.reshape(-1, 16).double()
+    xc, yc = x - x.mean(0), y - y.mean(0)
+    cka = (torch.linalg.norm(xc.T @ yc) ** 2 / (torch.linalg.norm(xc.T @ xc) * torch.linalg.norm(yc.T @ yc))).item()
+    expected = {"cls_cosine": F.cosine_similarity(a.cls, b.cls, dim=-1).mean().item(),
+                "register_cosine": F.cosine_similarity(a.registers, b.registers, dim=-1).mean().item(),
+                "patch_cosine": F.cosine_similarity(a.patches, b.patches, dim=-1).mean().item(), "patch_cka": cka}
+    assert report["models"]["s"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_cli_numbers_equal_the_python_api(tmp_path, tiny_tipsv2_dir, capsys):
+    options = dict(short_side=64, window=32, stride=24, batch_size=4, overlays=0)
+    assert main(["eval", "--model", f"t={tiny_tipsv2_dir}", "--task", "zeroshot-seg", "--dataset", "scenes:length=4",
+                 "--out", str(tmp_path / "cli"), "--short-side", "64", "--window", "32", "--stride", "24",
+                 "--batch-size", "4", "--overlays", "0"]) == 0
+    cli = json.loads((tmp_path / "cli" / "report.json").read_text())
+    api = evaluate({"t": str(tiny_tipsv2_dir)}, "zeroshot-seg", "scenes:length=4", tmp_path / "api", quiet=True,
+                   **options)
+    assert cli["models"] == api["models"] and cli["baselines"] == api["baselines"]
 
 
 def test_zeroshot_cls_on_class_folders(tmp_path):
@@ -70,7 +124,7 @@ def test_zeroshot_cls_on_class_folders(tmp_path):
 
 def test_fidelity_identical_models_and_resized_grids(tmp_path):
     report = evaluate({"ref": ColourModel(patch_size=2, image_size=16), "same": ColourModel(patch_size=2),
-                       "coarse": ColourModel(patch_size=4)}, "fidelity", "micro:length=6", tmp_path, quiet=True,
+                       "coarse": ColourModel(patch_size=4)}, "fidelity", "scenes:length=6", tmp_path, quiet=True,
                       batch_size=4)
     same, coarse = report["models"]["same"], report["models"]["coarse"]
     assert same["cls_cosine"] == pytest.approx(1.0) and same["patch_cosine"] == pytest.approx(1.0)
@@ -81,7 +135,7 @@ def test_fidelity_identical_models_and_resized_grids(tmp_path):
 
 def test_fidelity_projects_a_student_checkpoint_to_the_teacher_width(tmp_path, tiny_tipsv2_dir, student_dirs, capsys):
     code = main(["eval", "--model", f"student={student_dirs / 'micro'}", "--model", f"teacher={tiny_tipsv2_dir}",
-                 "--task", "fidelity", "--reference", "teacher", "--dataset", "micro:length=4",
+                 "--task", "fidelity", "--reference", "teacher", "--dataset", "scenes:length=4",
                  "--out", str(tmp_path / "out")])
     assert code == 0
     scores = json.loads((tmp_path / "out/report.json").read_text())["models"]["student"]
@@ -89,7 +143,7 @@ def test_fidelity_projects_a_student_checkpoint_to_the_teacher_width(tmp_path, t
     assert all(-1 <= scores[k] <= 1 for k in ("cls_cosine", "register_cosine", "patch_cosine"))
     capsys.readouterr()
     code = main(["eval", "--model", f"teacher={tiny_tipsv2_dir}", "--model", f"s={student_dirs / 'headless'}",
-                 "--task", "fidelity", "--dataset", "micro:length=2", "--out", str(tmp_path / "out2")])
+                 "--task", "fidelity", "--dataset", "scenes:length=2", "--out", str(tmp_path / "out2")])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith("error: student tipsv2-micro has no projection heads")
@@ -103,7 +157,7 @@ def test_fidelity_projects_a_student_checkpoint_to_the_teacher_width(tmp_path, t
     (["--task", "zeroshot-seg", "--device", "tpu:x"], "device 'tpu:x' is not understood"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
-    code = main(["eval", "--model", "a=unused", "--model", "b=unused", "--dataset", "micro:length=2",
+    code = main(["eval", "--model", "a=unused", "--model", "b=unused", "--dataset", "scenes:length=2",
                  "--out", str(tmp_path), *args])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err == f"error: {err[7:]}" and message in err and len(err.splitlines()) == 1
@@ -113,7 +167,7 @@ def test_unknown_option_for_a_task(tmp_path):
     from teachers.errors import UserError
 
     with pytest.raises(UserError, match="option 'window' does not apply to task retrieval"):
-        evaluate({"m": ColourModel()}, "retrieval", "micro:length=2", tmp_path, window=32)
+        evaluate({"m": ColourModel()}, "retrieval", "scenes:length=2", tmp_path, window=32)
 
 
 def test_model_arguments():

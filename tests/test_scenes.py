@@ -1,10 +1,11 @@
-"""The built-in scene dataset: deterministic, disjoint splits, masks that match the painted objects."""
+"""The built-in scene dataset: deterministic, disjoint splits, exact classes and depth, captions that name every class."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from distill.data.scenes import COLOURS, SCENE_CLASSES, SceneDataset, caption_corpus, make_scene
+from distill.data.scenes import (CAMERA_HEIGHT, COLOURS, SCENE_CLASSES, STUFF_CLASSES, THING_CLASSES, SceneDataset,
+                                 caption_corpus, floor_row, make_scene)
 from teachers.errors import UserError
 
 
@@ -13,6 +14,7 @@ def test_same_seed_same_scene_and_other_seed_differs():
     for i in range(4):
         assert np.array_equal(np.asarray(a[i].image), np.asarray(b[i].image))
         assert a[i].captions == b[i].captions
+        assert np.array_equal(a.scene(i).depth, b.scene(i).depth) and np.array_equal(a.scene(i).mask, b.scene(i).mask)
     other = SceneDataset("train", length=4, seed=4)
     assert not np.array_equal(np.asarray(a[0].image), np.asarray(other[0].image))
 
@@ -24,37 +26,72 @@ def test_heldout_split_is_disjoint_from_train():
     assert not train & heldout
 
 
-def test_masks_match_the_painted_objects():
+def test_every_pixel_has_a_class_named_in_the_captions():
+    for i in range(60):
+        scene = make_scene(0, "heldout", i, size=64)
+        words = set(" ".join(scene.captions.values()).replace(",", " ").replace(":", " ").split())
+        present = {SCENE_CLASSES[k] for k in np.unique(scene.mask)}
+        assert present <= words, (present - words, scene.captions)
+        # Both surfaces are stuff classes and every object is a thing: no catch-all class.
+        assert {scene.wall[1], scene.floor[1]} <= present and scene.wall[1] != scene.floor[1]
+        assert {o.colour for o in scene.objects} <= present  # objects overlap only slightly: none is hidden
+    assert set(STUFF_CLASSES) | set(THING_CLASSES) == set(SCENE_CLASSES) and "background" not in SCENE_CLASSES
+
+
+def test_masks_match_the_painted_pixels():
     for i in range(30):
         scene = make_scene(0, "heldout", i, size=64)
         pixels = np.asarray(scene.image, dtype=np.float32)
         assert scene.mask.dtype == np.uint8 and scene.mask.shape == (64, 64)
-        assert set(np.unique(scene.mask)) <= set(range(len(SCENE_CLASSES)))
-        background = pixels[scene.mask == 0]
+        surfaces = np.isin(scene.mask, [SCENE_CLASSES.index(t) for t in STUFF_CLASSES])
         for obj in scene.objects:
             region = scene.mask == obj.class_id
-            assert region.sum() > 100  # large relative to an 8-px patch
             mean = pixels[region].mean(0)
-            # The masked pixels carry the object's colour, closer to it than to any other colour.
-            nearest = min(COLOURS, key=lambda c: np.linalg.norm(mean - np.asarray(COLOURS[c])))
-            assert nearest == obj.colour
-            assert np.linalg.norm(background.mean(0) - mean) > 60
-        assert (scene.mask == 0).mean() > 0.2
+            # The labelled pixels carry the object's colour, closer to it than to any other colour.
+            assert min(COLOURS, key=lambda c: np.linalg.norm(mean - np.asarray(COLOURS[c]))) == obj.colour
+            assert np.linalg.norm(pixels[surfaces].mean(0) - mean) > 60
 
 
-def test_sample_captions_and_segmentation_item():
+def test_depth_is_exact_geometry():
+    """Floor rows recede upward as f * h / (row - horizon); the wall is one plane; objects are upright
+    billboards whose base lies on the floor row of their own depth; nearer objects are painted over farther."""
+    size = 64
+    for i in range(30):
+        scene = make_scene(1, "train", i, size=size)
+        assert scene.depth.dtype == np.float32 and scene.depth.shape == (size, size)
+        wall_depth = scene.depth[0, 0]
+        floor_id = SCENE_CLASSES.index(scene.floor[1])
+        rows = np.nonzero((scene.mask == floor_id).any(1))[0]
+        for row in rows:
+            values = scene.depth[row][scene.mask[row] == floor_id]
+            assert np.allclose(values, values[0])  # one depth per floor row
+            assert values[0] < wall_depth
+        # Recovering the horizon from two floor rows gives the same camera height for every row.
+        if len(rows) >= 2:
+            d = scene.depth[rows, :][np.arange(len(rows)), np.argmax(scene.mask[rows] == floor_id, axis=1)]
+            horizon = rows[-1] + 0.5 - size * CAMERA_HEIGHT / d[-1]
+            assert np.allclose(size * CAMERA_HEIGHT / (rows + 0.5 - horizon), d, rtol=1e-5)
+            for obj in scene.objects:
+                assert floor_row(obj.depth, horizon, size) == pytest.approx(
+                    obj.cy + {"circle": 1.0, "square": 0.85, "triangle": 0.55}[obj.shape] * obj.radius, abs=1e-3)
+                visible = scene.mask == obj.class_id
+                assert np.all(scene.depth[visible] == np.float32(obj.depth))
+        for obj in scene.objects:  # pixel size = focal * metric size / depth: nearer objects are larger
+            assert 0.45 <= obj.radius * obj.depth / size <= 0.65
+        assert [o.depth for o in scene.objects] == sorted((o.depth for o in scene.objects), reverse=True)
+
+
+def test_sample_captions_and_items():
     ds = SceneDataset("heldout", size=48, length=5, seed=1)
     sample = ds[2]
     assert sample.image.mode == "RGB" and sample.image.size == (48, 48) and sample.index == 2
     assert set(sample.captions) == {"short", "medium", "long"}
     scene = ds.scene(2)
-    assert sample.captions["short"] in sample.captions["medium"]
     for obj in scene.objects:
         assert f"{obj.colour} {obj.shape}" in sample.captions["medium"]
         assert f"{obj.colour} {obj.shape}" in sample.captions["long"]
-    name, image, mask = ds.segmentation_item(2)
-    assert name.startswith("heldout") and image.size == (48, 48) and mask.shape == (48, 48)
-    assert SCENE_CLASSES[0] == "background"
+    assert scene.mask.shape == scene.depth.shape == (48, 48)
+    assert ds.item_name(2).startswith("heldout")
     with pytest.raises(IndexError):
         ds[5]
 
@@ -69,5 +106,5 @@ def test_caption_corpus_builds_a_tokenizer():
 
     corpus = caption_corpus(length=50)
     tokenizer = build_tokenizer(corpus, vocab_size=128)
-    ids = tokenizer(["a red circle"])["input_ids"][0]
+    ids = tokenizer(["a red circle on a dotted floor"])["input_ids"][0]
     assert tokenizer.unk_token_id not in ids

@@ -20,9 +20,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="a model: anything the teacher layer loads (hub id, save_pretrained dir, .npz pair, "
                              "timm:NAME, student checkpoint, exported student); repeat for several")
     parser.add_argument("--task", required=True, choices=list(TASKS))
-    parser.add_argument("--dataset", required=True, metavar="KIND:PATH|micro",
-                        help=f"zeroshot-seg: {', '.join(READERS)} (KIND:PATH) or micro[:length=N,size=S,seed=K]; "
-                             "retrieval/fidelity: micro or a data spec of the distill engine; zeroshot-cls: folder:PATH")
+    parser.add_argument("--dataset", required=True, metavar="KIND:PATH|scenes",
+                        help=f"zeroshot-seg: {', '.join(READERS)} (KIND:PATH) or scenes[:length=N,size=S,seed=K]; "
+                             "retrieval/fidelity: scenes or a data spec of the distill engine; zeroshot-cls: folder:PATH")
     parser.add_argument("--out", required=True, metavar="DIR")
     parser.add_argument("--save-predictions", metavar="DIR", help="zeroshot-seg: one label PNG per image and model")
     window = parser.add_mutually_exclusive_group()
@@ -30,7 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     window.add_argument("--whole-image", action="store_true", help="zeroshot-seg: one pass over the whole image")
     parser.add_argument("--stride", type=int, default=336, help="zeroshot-seg window stride (default 336)")
     parser.add_argument("--short-side", type=int, help="zeroshot-seg resize of the shorter side "
-                                                       "(default 448; micro: the scene size)")
+                                                       "(default 448; scenes: the scene size)")
     parser.add_argument("--no-value-trick", action="store_true", help="zeroshot-seg: plain last-block patch features")
     parser.add_argument("--overlays", type=int, default=4, metavar="N",
                         help="zeroshot-seg: overlay PNGs for the first N images per model (default 4; 0: none)")

@@ -1,17 +1,26 @@
-"""Built-in procedural scenes: coloured shapes on muted textured backgrounds, with exact masks and captions.
+"""Built-in procedural scenes: coloured objects standing on a textured floor in front of a textured wall,
+with exact per-pixel classes, exact per-pixel depth and captions at three granularities.
 
 This is the data of the embedded default (no download): the micro teacher is pretrained on the train
-split and teacher and students are evaluated by zero-shot segmentation on the held-out split.
+split and teacher and students are evaluated on the held-out split.
 
-Classes are colours (`SCENE_CLASSES`: background + one class per colour), not colour-shape pairs.
-Why: a CPU prototype showed patch-text alignment for colour words emerging clearly and for shape words
-hardly at all, so with colour-shape classes zero-shot segmentation mostly measures a shape lottery among
-same-coloured classes. Colour classes keep the task measurable (object-pixel chance = 1/#colours) while
-shapes still vary in the pixels and in every caption. Two objects in one image never share a colour, so
-every object pixel has exactly one right class.
+Modelled on ADE20K, the paper's benchmark: every pixel belongs to a class that the captions name and
+that looks like something, and no class is a catch-all "background".
+- Stuff classes are surface textures (`TEXTURES`): the wall and the floor each get one, never the same.
+- Thing classes are object colours (`COLOURS`), not colour-shape pairs: at micro scale colour words align
+  with patches and shape words hardly at all, so colour-shape classes would make zero-shot segmentation a
+  shape lottery. Shapes still vary in the pixels and in every caption. Objects in one scene never share a
+  colour, so every object pixel has exactly one right class.
+
+Geometry (a pinhole camera `CAMERA_HEIGHT` metres above a flat floor, focal length = image size in
+pixels, horizon at row `horizon`): the floor at pixel row y is at depth f * h / (y + 0.5 - horizon), so it
+recedes upward until it meets the wall, a fronto-parallel plane at depth `wall_depth`. Objects are
+upright billboards standing on the floor: an object at depth Z has its base on the floor row of depth Z
+and a pixel size of f * (metric size) / Z, so nearer objects are larger and lower. They are painted far
+to near, so the depth map is that of the visible surface, exactly.
 
 Every scene is a pure function of (seed, split, index): the train and held-out splits draw from disjoint
-seed sequences, and the mask is the very array the objects are painted through, so it is exact.
+seed sequences, and the class and depth maps are the very arrays the image is painted through.
 """
 from __future__ import annotations
 
@@ -32,33 +41,39 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "purple": (150, 50, 200),
 }
 SHAPES = ("circle", "square", "triangle")
-TEXTURES = ("striped", "checkered", "noisy")
-# Muted, low-saturation background tones: far from every object colour in hue and saturation.
-BACKGROUND_TONES: dict[str, tuple[int, int, int]] = {
+TEXTURES = ("striped", "checkered", "dotted", "noisy")
+# Muted, low-saturation surface tones: far from every object colour in hue and saturation.
+SURFACE_TONES: dict[str, tuple[int, int, int]] = {
     "grey": (128, 128, 128),
     "beige": (170, 160, 140),
     "brown": (120, 105, 90),
     "slate": (105, 115, 125),
 }
-SCENE_CLASSES: tuple[str, ...] = ("background", *COLOURS)
+STUFF_CLASSES: tuple[str, ...] = TEXTURES
+THING_CLASSES: tuple[str, ...] = tuple(COLOURS)
+SCENE_CLASSES: tuple[str, ...] = (*STUFF_CLASSES, *THING_CLASSES)
 SPLITS = {"train": 0, "heldout": 1}
 
-# Radius range at 64 px (scaled with the image size): objects span several 8-px patches.
-_RADIUS_64 = (14, 24)
-_SIZE_WORDS = ((17, "small"), (20, "medium"), (24, "large"))
-# P(0, 1, 2 objects). Empty scenes are what gives the word "background" a meaning of its own: every
-# caption mentions the background, so without them the text tower never ties "background" to pixels
-# and zero-shot segmentation cannot name the background class.
-_OBJECT_COUNT_P = (0.15, 0.45, 0.4)
+CAMERA_HEIGHT = 1.5  # metres
+_HORIZON = (0.05, 0.2)  # horizon row as a fraction of the image height
+_WALL_DEPTH = (6.0, 10.0)  # metres
+_OBJECT_DEPTH = (1.8, 3.6)  # metres: near enough that objects span several 8-px patches at 64 px
+_OBJECT_RADIUS = (0.45, 0.65)  # metres
+# Base of each shape below its centre, in radii (the shapes drawn by `_shape_polygon`).
+_BASE_BELOW_CENTRE = {"circle": 1.0, "square": 0.85, "triangle": 0.55}
+_SIZE_WORDS = ((13.0, "small"), (18.0, "medium"), (float("inf"), "large"))  # pixel radius at 64 px
+# P(0, 1, 2, 3 objects): some empty rooms, so the surfaces are also seen alone.
+_OBJECT_COUNT_P = (0.1, 0.35, 0.35, 0.2)
 
 
 @dataclass(frozen=True)
 class SceneObject:
     colour: str
     shape: str
-    cx: float
+    cx: float  # pixels
     cy: float
-    radius: float
+    radius: float  # pixels
+    depth: float  # metres
 
     @property
     def class_id(self) -> int:
@@ -68,10 +83,11 @@ class SceneObject:
 @dataclass(frozen=True)
 class Scene:
     image: Image.Image
-    mask: np.ndarray  # (H, W) uint8, 0 = background, k = SCENE_CLASSES[k]
-    objects: tuple[SceneObject, ...]
-    tone: str
-    texture: str
+    mask: np.ndarray  # (H, W) uint8, k = SCENE_CLASSES[k]
+    depth: np.ndarray  # (H, W) float32, metres along the optical axis
+    objects: tuple[SceneObject, ...]  # far to near (paint order)
+    wall: tuple[str, str]  # (tone, texture)
+    floor: tuple[str, str]
     captions: dict[str, str]
 
 
@@ -80,18 +96,25 @@ def _rng(seed: int, split: str, index: int) -> np.random.Generator:
 
 
 def _texture(rng: np.random.Generator, size: int, texture: str, tone: tuple[int, int, int]) -> np.ndarray:
+    """(size, size, 3) float32 surface; pattern scales follow the image size."""
     base = np.asarray(tone, dtype=np.float32)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    scale = size / 64
     if texture == "striped":
         angle = rng.uniform(0, np.pi)
-        period = rng.uniform(6, 14) * size / 64
+        period = rng.uniform(6, 14) * scale
         pattern = np.sign(np.sin((xx * np.cos(angle) + yy * np.sin(angle)) * 2 * np.pi / period))
     elif texture == "checkered":
-        cell = max(2, int(rng.integers(5, 11) * size / 64))
+        cell = max(2, int(rng.integers(5, 11) * scale))
         pattern = (((xx // cell) + (yy // cell)) % 2) * 2 - 1
+    elif texture == "dotted":
+        spacing = rng.uniform(6, 10) * scale
+        radius = rng.uniform(0.18, 0.28) * spacing
+        dy, dx = (yy % spacing) - spacing / 2, (xx % spacing) - spacing / 2
+        pattern = np.where(dx * dx + dy * dy <= radius * radius, 1.0, -0.4)
     else:
         pattern = rng.uniform(-1, 1, (size, size)).astype(np.float32)
-    contrast = rng.uniform(12, 25)
+    contrast = rng.uniform(14, 25)
     image = base[None, None, :] + contrast * pattern[..., None]
     return np.clip(image + rng.normal(0, 3, image.shape), 0, 255)
 
@@ -107,39 +130,49 @@ def _shape_polygon(obj: SceneObject) -> list[tuple[float, float]] | None:
     return None
 
 
-def _paint(mask: Image.Image, obj: SceneObject) -> None:
-    draw = ImageDraw.Draw(mask)
+def _object_region(obj: SceneObject, size: int) -> np.ndarray:
+    """(size, size) bool: the pixels PIL paints for this object."""
+    layer = Image.new("1", (size, size), 0)
+    draw = ImageDraw.Draw(layer)
     polygon = _shape_polygon(obj)
     if polygon is None:
         r = obj.radius
-        draw.ellipse([obj.cx - r, obj.cy - r, obj.cx + r, obj.cy + r], fill=obj.class_id)
+        draw.ellipse([obj.cx - r, obj.cy - r, obj.cx + r, obj.cy + r], fill=1)
     else:
-        draw.polygon(polygon, fill=obj.class_id)
+        draw.polygon(polygon, fill=1)
+    return np.asarray(layer, dtype=bool)
 
 
-def _place_objects(rng: np.random.Generator, size: int) -> tuple[SceneObject, ...]:
-    scale = size / 64
-    count = int(rng.choice(3, p=_OBJECT_COUNT_P))
+def floor_row(depth: float, horizon: float, size: int) -> float:
+    """The image row (continuous, pixel centres at k + 0.5) where the floor is at `depth` metres."""
+    return horizon + size * CAMERA_HEIGHT / depth
+
+
+def _place_objects(rng: np.random.Generator, size: int, horizon: float) -> tuple[SceneObject, ...]:
+    count = int(rng.choice(len(_OBJECT_COUNT_P), p=_OBJECT_COUNT_P))
     colours = rng.choice(list(COLOURS), size=count, replace=False)
     objects: list[SceneObject] = []
     for colour in colours:
+        shape = str(rng.choice(SHAPES))
         for _ in range(30):  # rejection sampling: objects overlap at most slightly, may leave the frame a little
-            radius = rng.uniform(*_RADIUS_64) * scale
-            cx, cy = rng.uniform(0.75 * radius, size - 0.75 * radius, 2)
+            depth = rng.uniform(*_OBJECT_DEPTH)
+            radius = size * rng.uniform(*_OBJECT_RADIUS) / depth
+            cy = floor_row(depth, horizon, size) - _BASE_BELOW_CENTRE[shape] * radius
+            cx = rng.uniform(0.75 * radius, size - 0.75 * radius)
             if all(np.hypot(cx - o.cx, cy - o.cy) > 0.9 * (radius + o.radius) for o in objects):
-                objects.append(SceneObject(str(colour), str(rng.choice(SHAPES)), float(cx), float(cy), float(radius)))
+                objects.append(SceneObject(str(colour), shape, float(cx), float(cy), float(radius), float(depth)))
                 break
-    return tuple(objects)
+    return tuple(sorted(objects, key=lambda o: -o.depth))
 
 
 def _size_word(obj: SceneObject, size: int) -> str:
     r64 = obj.radius * 64 / size
-    return next(word for bound, word in _SIZE_WORDS if r64 <= bound + 1e-6)
+    return next(word for bound, word in _SIZE_WORDS if r64 <= bound)
 
 
 def _position_words(obj: SceneObject, size: int) -> str:
     def third(v: float) -> int:
-        return min(2, int(3 * v / size))
+        return min(2, max(0, int(3 * v / size)))
 
     vertical = ("top", "middle", "bottom")[third(obj.cy)]
     horizontal = ("left", "center", "right")[third(obj.cx)]
@@ -152,19 +185,29 @@ def _position_words(obj: SceneObject, size: int) -> str:
     return f"at the {vertical} {horizontal}"
 
 
-def _captions(objects: tuple[SceneObject, ...], tone: str, texture: str, size: int) -> dict[str, str]:
+def _captions(objects: tuple[SceneObject, ...], wall: tuple[str, str], floor: tuple[str, str],
+              size: int) -> dict[str, str]:
+    room = f"a {floor[1]} floor in front of a {wall[1]} wall"
+    room_long = f"a {floor[0]} {floor[1]} floor in front of a {wall[0]} {wall[1]} wall"
     if not objects:
-        return {"short": f"a {texture} background", "medium": f"nothing but a {texture} background",
-                "long": f"no objects, only a {tone} {texture} background"}
-    names = [f"a {o.colour} {o.shape}" for o in objects]
-    # Alt-text is terse and partial on the web: it names the largest object only.
+        # Alt-text is terse and partial on the web: it names the most prominent thing only.
+        return {"short": f"a {floor[1]} floor", "medium": f"an empty room: {room}",
+                "long": f"no objects, only {room_long}"}
+    near_first = objects[::-1]
+    names = [f"a {o.colour} {o.shape}" for o in near_first]
     largest = max(objects, key=lambda o: o.radius)
-    long_parts = [f"a {_size_word(o, size)} {o.colour} {o.shape} {_position_words(o, size)}" for o in objects]
+    long_parts = [f"a {_size_word(o, size)} {o.colour} {o.shape} {_position_words(o, size)}" for o in near_first]
     return {
         "short": f"a {largest.colour} {largest.shape}",
-        "medium": f"{' and '.join(names)} on a {texture} background",
-        "long": f"{' and '.join(long_parts)}, on a {tone} {texture} background",
+        "medium": f"{' and '.join(names)} on {room}",
+        "long": f"{' and '.join(long_parts)}, standing on {room_long}",
     }
+
+
+def _surfaces(rng: np.random.Generator) -> tuple[tuple[str, str], tuple[str, str]]:
+    wall_texture, floor_texture = (str(t) for t in rng.choice(TEXTURES, size=2, replace=False))
+    tones = list(SURFACE_TONES)
+    return (str(rng.choice(tones)), wall_texture), (str(rng.choice(tones)), floor_texture)
 
 
 def make_scene(seed: int, split: str, index: int, size: int = 64) -> Scene:
@@ -173,25 +216,31 @@ def make_scene(seed: int, split: str, index: int, size: int = 64) -> Scene:
     if size < 32:
         raise UserError(f"scene size {size} is too small; expected at least 32 px")
     rng = _rng(seed, split, index)
-    tone = str(rng.choice(list(BACKGROUND_TONES)))
-    texture = str(rng.choice(TEXTURES))
-    pixels = _texture(rng, size, texture, BACKGROUND_TONES[tone])
-    objects = _place_objects(rng, size)
-    mask_image = Image.new("L", (size, size), 0)
-    for obj in objects:
-        _paint(mask_image, obj)
-    mask = np.asarray(mask_image, dtype=np.uint8).copy()
-    for obj in objects:
+    horizon = rng.uniform(*_HORIZON) * size
+    wall_depth = rng.uniform(*_WALL_DEPTH)
+    wall, floor = _surfaces(rng)
+    rows = np.arange(size, dtype=np.float64) + 0.5
+    with np.errstate(divide="ignore"):
+        floor_depth = np.where(rows > horizon, size * CAMERA_HEIGHT / (rows - horizon), np.inf)
+    is_floor = np.broadcast_to((floor_depth < wall_depth)[:, None], (size, size))
+    depth = np.where(is_floor, floor_depth[:, None], wall_depth).astype(np.float32)
+    mask = np.where(is_floor, SCENE_CLASSES.index(floor[1]), SCENE_CLASSES.index(wall[1])).astype(np.uint8)
+    pixels = np.where(is_floor[..., None], _texture(rng, size, floor[1], SURFACE_TONES[floor[0]]),
+                      _texture(rng, size, wall[1], SURFACE_TONES[wall[0]]))
+    objects = _place_objects(rng, size, horizon)
+    for obj in objects:  # far to near: nearer objects occlude farther ones
+        region = _object_region(obj, size)
         # A little shading per object so colour, not one exact RGB value, is what identifies it.
         shade = np.asarray(COLOURS[obj.colour], np.float32) * rng.uniform(0.85, 1.1) + rng.normal(0, 6, (size, size, 3))
-        region = mask == obj.class_id
         pixels[region] = shade[region]
+        mask[region] = obj.class_id
+        depth[region] = obj.depth
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-    return Scene(image, mask, objects, tone, texture, _captions(objects, tone, texture, size))
+    return Scene(image, mask, depth, objects, wall, floor, _captions(objects, wall, floor, size))
 
 
 class SceneDataset(torch.utils.data.Dataset):
-    """`length` deterministic scenes of one split; item i is always the same image, captions and mask."""
+    """`length` deterministic scenes of one split; item i is always the same image, captions, classes and depth."""
 
     def __init__(self, split: str = "train", size: int = 64, length: int = 1000, seed: int = 0):
         if split not in SPLITS:
@@ -213,10 +262,8 @@ class SceneDataset(torch.utils.data.Dataset):
         scene = self.scene(index)
         return Sample(image=scene.image, captions=dict(scene.captions), index=index)
 
-    def segmentation_item(self, index: int) -> tuple[str, Image.Image, np.ndarray]:
-        """(name, RGB image, mask uint8 HxW with 0 = background and k = SCENE_CLASSES[k])."""
-        scene = self.scene(index)
-        return f"{self.split}_{self.seed}_{index:06d}", scene.image, scene.mask
+    def item_name(self, index: int) -> str:
+        return f"{self.split}_{self.seed}_{index:06d}"
 
 
 def caption_corpus(length: int = 2000, seed: int = 0, size: int = 64) -> list[str]:

@@ -1,6 +1,6 @@
 """Images to model inputs (RGB in [0,1], no normalisation: each model applies its own), and image sets.
 
-Image sets (retrieval, fidelity) are `micro[:length=N,size=S,seed=K]` (the held-out built-in scenes) or
+Image sets (retrieval, fidelity) are `scenes[:length=N,size=S,seed=K]` (the held-out built-in scenes) or
 any data spec of the distillation engine (`distill.data.build_dataset`): samples with `.image` and
 `.captions`.
 """
@@ -16,7 +16,7 @@ from torchvision.transforms import functional as TF
 
 from distill.data import build_dataset
 from distill.data.scenes import SceneDataset
-from distill.eval.readers.micro import parse_options
+from distill.eval.readers.scenes import parse_options
 
 
 def resize_short_side(image: Image.Image, short_side: int) -> Image.Image:
@@ -37,7 +37,7 @@ def patch_multiple(size: int, patch: int) -> int:
 
 def open_image_set(spec: str):
     kind, _, rest = str(spec).partition(":")
-    if kind == "micro":
+    if kind == "scenes":
         return SceneDataset("heldout", **parse_options(rest))
     return build_dataset(spec)
 

@@ -47,46 +47,74 @@ def _accuracy(matrix: np.ndarray, rows: np.ndarray) -> float:
     return float(100.0 * np.diag(matrix)[rows].sum() / total) if total else float("nan")
 
 
-def background_class(matrix: np.ndarray, background: int | None) -> int:
-    """The dataset's background class, or (datasets without one) the most frequent labelled class.
-
-    Background covers most pixels of typical scenes, so a model biased to it scores a deceptively high
-    mIoU; the baselines below quantify that. Datasets such as ADE20K have no background class; the
-    majority class (ADE20K: wall) plays the role there.
-    """
-    return int(background) if background is not None else int(np.argmax(matrix.sum(1)))
+def _all_rows(matrix: np.ndarray) -> np.ndarray:
+    return np.ones(matrix.shape[0], dtype=bool)
 
 
 def segmentation_scores(matrix: np.ndarray, class_names: list[str], background: int | None) -> dict:
-    bg = background_class(matrix, background)
-    objects = np.arange(matrix.shape[0]) != bg
+    """mIoU, pixel accuracy and per-class IoU; with a background class (VOC), also the accuracy on the
+    other pixels (`object_pixel_acc`), since a model biased to the background scores a deceptive mIoU."""
     iou = iou_per_class(matrix)
-    return {
+    scores = {
         "miou": mean_iou(matrix),
-        "pixel_acc": _accuracy(matrix, np.ones(matrix.shape[0], dtype=bool)),
-        "object_pixel_acc": _accuracy(matrix, objects),
+        "pixel_acc": _accuracy(matrix, _all_rows(matrix)),
         "per_class_iou": {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, iou)},
     }
+    if background is not None:
+        scores["object_pixel_acc"] = _accuracy(matrix, np.arange(matrix.shape[0]) != background)
+    return scores
 
 
-def segmentation_baselines(matrix: np.ndarray, class_names: list[str], background: int | None) -> dict:
-    """What trivial predictors reach on the same labels (depends on the data only, not on a model)."""
-    bg = background_class(matrix, background)
+def things_scores(matrix: np.ndarray) -> dict:
+    """The VOC20-style figure: on pixels labelled with a thing class, the argmax over thing classes only
+    (`matrix` is that things-only confusion), so the stuff classes neither help nor hurt."""
+    return {"things_miou": mean_iou(matrix), "things_pixel_acc": _accuracy(matrix, _all_rows(matrix))}
+
+
+def per_image_majority(label: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """The confusion of an oracle that labels the whole image with its most frequent labelled class."""
+    valid = label[label != ignore_index].astype(np.int64).reshape(-1)
+    counts = np.bincount(valid, minlength=num_classes)
+    matrix = np.zeros((num_classes, num_classes), dtype=np.int64)
+    if counts.sum():
+        matrix[:, int(np.argmax(counts))] = counts
+    return matrix
+
+
+def _constant(matrix: np.ndarray, column: int) -> np.ndarray:
     constant = np.zeros_like(matrix)
-    constant[:, bg] = matrix.sum(1)
-    object_rows = np.arange(matrix.shape[0]) != bg
-    object_counts = matrix.sum(1)[object_rows]
-    num_objects = int(object_rows.sum())
-    return {
-        "background_class": class_names[bg],
-        "background_is_majority_class": background is None,
-        "all_background_miou": mean_iou(constant),
-        "all_background_pixel_acc": _accuracy(constant, np.ones(matrix.shape[0], dtype=bool)),
-        # Uniform guessing among the object classes; the majority-object guess is the stronger baseline.
-        "chance_object_pixel_acc": 100.0 / num_objects if num_objects else float("nan"),
-        "majority_object_pixel_acc": (float(100.0 * object_counts.max() / object_counts.sum())
-                                      if object_counts.sum() else float("nan")),
+    constant[:, column] = matrix.sum(1)
+    return constant
+
+
+def segmentation_baselines(matrix: np.ndarray, class_names: list[str], background: int | None,
+                           per_image: np.ndarray | None = None, things: np.ndarray | None = None) -> dict:
+    """What trivial predictors reach on the same labels (they depend on the data only, not on a model).
+
+    matrix: any model's confusion (only its row sums, the label counts, are used); per_image: the
+    `per_image_majority` confusions summed over the images; things: a things-only confusion.
+    """
+    majority = int(np.argmax(matrix.sum(1)))
+    constant = _constant(matrix, majority)
+    out = {
+        "majority_class": class_names[majority],
+        "majority_class_miou": mean_iou(constant),
+        "majority_class_pixel_acc": _accuracy(constant, _all_rows(matrix)),
     }
+    if per_image is not None:
+        out["per_image_majority_miou"] = mean_iou(per_image)
+        out["per_image_majority_pixel_acc"] = _accuracy(per_image, _all_rows(per_image))
+    if background is not None:
+        object_counts = np.delete(matrix.sum(1), background)
+        out["chance_object_pixel_acc"] = 100.0 / len(object_counts) if len(object_counts) else float("nan")
+        out["majority_object_pixel_acc"] = (float(100.0 * object_counts.max() / object_counts.sum())
+                                            if object_counts.sum() else float("nan"))
+    if things is not None:
+        thing_majority = _constant(things, int(np.argmax(things.sum(1))))
+        out["chance_things_pixel_acc"] = 100.0 / things.shape[0]
+        out["majority_things_miou"] = mean_iou(thing_majority)
+        out["majority_things_pixel_acc"] = _accuracy(thing_majority, _all_rows(things))
+    return out
 
 
 def recall_at_k(similarity: torch.Tensor, positives: torch.Tensor, ks=(1, 5, 10)) -> dict[int, float]:

@@ -1,9 +1,10 @@
-"""Zero-shot semantic segmentation with the TIPSv2 protocol (see shared/REFERENCE.md).
+"""Zero-shot semantic segmentation with the TIPSv2 protocol (the official google-deepmind/tips zero-shot
+segmentation notebook).
 
 Short side -> `short_side` (bicubic), RGB in [0,1]; patch features with the MaskCLIP value trick;
-class embeddings from the 9 TCL templates; sliding windows (or the whole image) whose patch-text
-cosine maps are upsampled bilinearly to the window, softmaxed over classes, summed and divided by
-the overlap count; the result is upsampled to the label size and the argmax scored.
+class embeddings from the 9 TCL templates; sliding windows whose patch-text cosine maps are upsampled
+bilinearly to the window, softmaxed over classes, summed and divided by the overlap count, or the whole
+image's cosine maps as they are; the result is upsampled to the label size and the argmax scored.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
 from distill.eval.inputs import batches, resize_short_side
-from distill.eval.metrics import ConfusionMatrix, segmentation_baselines, segmentation_scores
+from distill.eval.metrics import (IGNORE_INDEX, ConfusionMatrix, per_image_majority, segmentation_baselines, segmentation_scores,
+                                  things_scores)
 from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
 from distill.eval.readers import SegDataset, SegSample, open_segmentation
 from distill.eval.report import label_png, overlay_panel, pca_panel, save_png
@@ -71,23 +73,34 @@ def window_boxes(height: int, width: int, window: int | None, stride: int) -> li
 
 
 def to_patch_multiple(pixels: torch.Tensor, patch: int) -> torch.Tensor:
-    """Bicubic resize up to the next multiple of the patch size, as the official notebook does (clamped:
-    bicubic overshoots [0,1] a little, and teachers refuse pixels outside it)."""
+    """Bicubic resize up to the next multiple of the patch size, as the official notebook does (not clamped,
+    as there: bicubic overshoots [0,1] a little, which teachers tolerate)."""
     h, w = pixels.shape[-2:]
     size = (math.ceil(h / patch) * patch, math.ceil(w / patch) * patch)
     if size == (h, w):
         return pixels
-    return F.interpolate(pixels[None], size=size, mode="bicubic", align_corners=False)[0].clamp(0, 1)
+    return F.interpolate(pixels[None], size=size, mode="bicubic", align_corners=False)[0]
 
 
-def class_probabilities(model, images: list[torch.Tensor], text: torch.Tensor, opts: SegOptions) -> list[torch.Tensor]:
-    """Per image (C, H, W): window-averaged softmax over classes of the patch-text cosine maps.
+def _cosine_maps(model, pixels: torch.Tensor, text: torch.Tensor, value_trick: bool) -> torch.Tensor:
+    """(B, 3, H, W) -> (B, C, h, w) patch-text cosines on the patch grid."""
+    patches = F.normalize(model.encode_image(pixels, value_trick=value_trick).patches.float(), dim=-1)
+    return torch.einsum("bhwd,cd->bchw", patches, text)
 
-    Windows whose size is not a multiple of the patch size are resized up to one; their cosine maps are
-    upsampled to the window's own size. Windows of equal model-input size share a forward pass, across images.
+
+def class_scores(model, images: list[torch.Tensor], text: torch.Tensor, opts: SegOptions) -> list[torch.Tensor]:
+    """Per image (C, h, w) class scores whose bilinear upsampling to the label size is argmaxed.
+
+    Whole image (`window=None`, the notebook's `predict_whole`): the raw cosine maps on the patch grid.
+    Sliding windows (`predict_slide`): per window, the cosine maps upsampled to the window's own size and
+    softmaxed over classes, summed and divided by the overlap count, at the image's resolution. Windows
+    whose size is not a multiple of the patch size are resized up to one; windows of equal model-input size
+    share a forward pass, across images.
     """
-    patch = model.patch_size
-    device = text.device
+    patch, device = model.patch_size, text.device
+    if opts.window is None:
+        return [_cosine_maps(model, to_patch_multiple(img, patch)[None].to(device), text, opts.value_trick)[0]
+                for img in images]
     sums = [torch.zeros(len(text), *img.shape[-2:], device=device) for img in images]
     counts = [torch.zeros(img.shape[-2:], device=device) for img in images]
     groups: dict[tuple[int, int], list[tuple[int, Box]]] = defaultdict(list)
@@ -100,8 +113,7 @@ def class_probabilities(model, images: list[torch.Tensor], text: torch.Tensor, o
             chunk = members[start : start + opts.batch_size]
             pixels = torch.stack([to_patch_multiple(images[i][:, y0:y1, x0:x1], patch)
                                   for i, (y0, x0, y1, x1) in chunk]).to(device)
-            patches = F.normalize(model.encode_image(pixels, value_trick=opts.value_trick).patches.float(), dim=-1)
-            cosine = torch.einsum("bhwd,cd->bchw", patches, text)
+            cosine = _cosine_maps(model, pixels, text, opts.value_trick)
             for (i, (y0, x0, y1, x1)), maps in zip(chunk, cosine):
                 maps = F.interpolate(maps[None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0]
                 sums[i][:, y0:y1, x0:x1] += maps.softmax(0)
@@ -109,10 +121,22 @@ def class_probabilities(model, images: list[torch.Tensor], text: torch.Tensor, o
     return [s / c for s, c in zip(sums, counts)]
 
 
-def upsample_argmax(probs: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+def upsample(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(probs.shape[-2:]) != tuple(size):
         probs = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
+    return probs
+
+
+def argmax_labels(probs: torch.Tensor) -> np.ndarray:
     return probs.argmax(0).to(torch.uint8 if probs.shape[0] <= 256 else torch.int64).cpu().numpy()
+
+
+def things_only(probs: torch.Tensor, label: np.ndarray, things: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(prediction, label) in thing-index space: the argmax over the thing classes only, and the label with
+    every non-thing pixel ignored (VOC20-style scoring of a dataset that also has stuff classes)."""
+    lookup = np.full(max(len(probs), int(label.max()) + 1), IGNORE_INDEX, dtype=np.int64)
+    lookup[list(things)] = np.arange(len(things))
+    return argmax_labels(probs[list(things)]), lookup[label]
 
 
 def _prepare(short_side: int, sample: SegSample) -> tuple[SegSample, torch.Tensor]:
@@ -123,6 +147,8 @@ def _prepare(short_side: int, sample: SegSample) -> tuple[SegSample, torch.Tenso
 class SegResult:
     metrics: dict
     confusion: np.ndarray
+    per_image: np.ndarray  # the per-image majority oracle's confusion (data only)
+    things: np.ndarray | None  # things-only confusion, when the dataset declares thing classes
 
 
 @torch.inference_mode()
@@ -130,26 +156,34 @@ def evaluate_model(model, name: str, dataset: SegDataset, opts: SegOptions, out_
                    device: torch.device) -> SegResult:
     if not getattr(model, "has_text", True):
         raise UserError(f"model {name} has no text tower; zero-shot segmentation needs one")
+    num_classes = len(dataset.class_names)
     text = class_embeddings(model, dataset.class_names, opts.templates).to(device)
-    confusion = ConfusionMatrix(len(dataset.class_names))
+    confusion, oracle = ConfusionMatrix(num_classes), ConfusionMatrix(num_classes)
+    things = ConfusionMatrix(len(dataset.things)) if dataset.things else None
     loader = batches(dataset, opts.batch_size, opts.limit, opts.workers, partial(_prepare, opts.short_side))
     seen = 0
     for batch in tqdm(loader, desc=f"zeroshot-seg {name}", unit="batch"):
-        probs = class_probabilities(model, [pixels for _, pixels in batch], text, opts)
+        probs = class_scores(model, [pixels for _, pixels in batch], text, opts)
         for (sample, pixels), p in zip(batch, probs):
-            pred = upsample_argmax(p, sample.label.shape)
+            p = upsample(p, sample.label.shape)
+            pred = argmax_labels(p)
             confusion.update(pred, sample.label)
+            oracle.matrix += per_image_majority(sample.label, num_classes)
+            if things is not None:
+                things.update(*things_only(p, sample.label, dataset.things))
             if opts.save_predictions is not None:
-                save_png(label_png(pred, len(dataset.class_names)), opts.save_predictions / name / f"{sample.name}.png")
+                save_png(label_png(pred, num_classes), opts.save_predictions / name / f"{sample.name}.png")
             if seen < opts.overlays:
-                panel = overlay_panel(sample.image, sample.label, pred, len(dataset.class_names))
+                panel = overlay_panel(sample.image, sample.label, pred, num_classes)
                 save_png(panel, out_dir / "overlays" / name / f"{sample.name}.png")
             if seen == 0:
                 save_png(pca_panel(TF.to_pil_image(pixels), _whole_image_patches(model, pixels, device)),
                          out_dir / "pca" / f"{name}.png")
             seen += 1
     metrics = segmentation_scores(confusion.matrix, dataset.class_names, dataset.background)
-    return SegResult(metrics, confusion.matrix)
+    if things is not None:
+        metrics.update(things_scores(things.matrix))
+    return SegResult(metrics, confusion.matrix, oracle.matrix, None if things is None else things.matrix)
 
 
 def _whole_image_patches(model, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -161,12 +195,12 @@ def run(models: dict, dataset: str, out_dir: Path, opts: SegOptions, load: Model
     data = open_segmentation(dataset)
     opts.short_side = opts.short_side or data.short_side
     result = TaskResult(data.name)
-    confusion = None
+    scored = None
     for name, spec in models.items():
         model, device = load(spec)
         scored = evaluate_model(model, name, data, opts, out_dir, device)
         result.models[name] = scored.metrics
-        confusion = scored.confusion
         del model  # free it before the next model loads
-    result.baselines = segmentation_baselines(confusion, data.class_names, data.background)
+    result.baselines = segmentation_baselines(scored.confusion, data.class_names, data.background,
+                                              scored.per_image, scored.things)
     return result

@@ -1,4 +1,4 @@
-"""Segmentation dataset readers, one per layout, chosen by a `KIND:PATH` spec (or `micro[:OPTIONS]`)."""
+"""Segmentation dataset readers, one per layout, chosen by a `KIND:PATH` spec (or `scenes[:OPTIONS]`)."""
 from __future__ import annotations
 
 from functools import partial
@@ -9,7 +9,7 @@ from distill.eval.readers.base import SegDataset, SegSample
 from distill.eval.readers.cocostuff import read_cocostuff
 from distill.eval.readers.context import read_context
 from distill.eval.readers.folder import read_folder
-from distill.eval.readers.micro import read_micro
+from distill.eval.readers.scenes import read_scenes
 from distill.eval.readers.voc import read_voc
 from teachers.errors import UserError
 
@@ -25,11 +25,11 @@ READERS = {
 
 def open_segmentation(spec: str) -> SegDataset:
     kind, _, rest = str(spec).partition(":")
-    if kind == "micro":
-        return read_micro(rest)
+    if kind == "scenes":
+        return read_scenes(rest)
     if kind not in READERS or not rest:
         raise UserError(f"segmentation dataset {spec!r} is not understood; expected KIND:PATH with KIND in "
-                        f"{', '.join(READERS)}, or micro")
+                        f"{', '.join(READERS)}, or scenes")
     path = Path(rest).expanduser()
     if not path.is_dir():
         raise UserError(f"dataset directory not found: {path}")

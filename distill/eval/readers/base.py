@@ -25,11 +25,13 @@ class SegSample:
 
 
 class SegDataset(torch.utils.data.Dataset):
-    """A labelled segmentation split. `background` is the index of a background class, if the data has one."""
+    """A labelled segmentation split. `background` is the index of a background class, if the data has one;
+    `things` the indices of its thing classes (countable objects), if it declares them."""
 
     name: str
     class_names: list[str]
     background: int | None
+    things: tuple[int, ...] | None = None
     short_side: int = 448  # the protocol's resize of the shorter image side for this data
 
     def __getitem__(self, index: int) -> SegSample:
