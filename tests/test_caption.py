@@ -19,6 +19,7 @@ from distill.data import build_dataset
 from conftest import CORPUS
 
 KEYS = ("short", "medium", "long")
+POSITIONS = 512  # room for the default --max-new-tokens 256 after the prompt
 FAST = ["--max-new-tokens", "5", "--num-workers", "0", "--batch-size", "2"]
 CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {% for c in m['content'] %}{% if c['type'] == 'image' %}"
                  "<image>{% else %}{{ c['text'] }}{% endif %}{% endfor %}\n{% endfor %}"
@@ -62,7 +63,7 @@ def build_florence2(out):
     images = CLIPImageProcessor(size={"height": 16, "width": 16}, do_center_crop=False, image_seq_length=17)
     text = dict(model_type="bart", vocab_size=len(tok), d_model=16, encoder_layers=1, decoder_layers=1,
                 encoder_attention_heads=1, decoder_attention_heads=1, encoder_ffn_dim=16, decoder_ffn_dim=16,
-                max_position_embeddings=64, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                max_position_embeddings=POSITIONS, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                 pad_token_id=tok.pad_token_id, decoder_start_token_id=tok.eos_token_id)
     vision = dict(depths=[1], patch_size=[7], patch_stride=[4], patch_padding=[3], patch_prenorm=[False],
                   embed_dim=[16], num_heads=[1], num_groups=[1], projection_dim=16, window_size=4, drop_path_rate=0.0)
@@ -79,7 +80,7 @@ def build_paligemma(out):
     vision = dict(model_type="siglip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                   num_attention_heads=2, image_size=16, patch_size=8, vision_use_head=False)
     text = dict(model_type="gemma", hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                num_key_value_heads=1, head_dim=8, vocab_size=len(tok), max_position_embeddings=64,
+                num_key_value_heads=1, head_dim=8, vocab_size=len(tok), max_position_embeddings=POSITIONS,
                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     config = PaliGemmaConfig(vision_config=vision, text_config=text, image_token_index=processor.image_token_id,
                              vocab_size=len(tok), projection_dim=16, hidden_size=16)
@@ -97,7 +98,7 @@ def build_llava(out):
     vision = dict(model_type="clip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                   num_attention_heads=2, image_size=16, patch_size=8, projection_dim=16)
     text = dict(model_type="llama", hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                num_key_value_heads=1, vocab_size=len(tok), max_position_embeddings=64, bos_token_id=tok.bos_token_id,
+                num_key_value_heads=1, vocab_size=len(tok), max_position_embeddings=POSITIONS, bos_token_id=tok.bos_token_id,
                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.image_token_id,
                          vision_feature_select_strategy="full", vision_feature_layer=-1)
@@ -269,6 +270,7 @@ def test_errors_are_one_line(captioners, photos, tiny_tipsv2_dir, tmp_path, caps
     assert "unknown granularity 'tiny'" in error("--prompts", "tiny=hello")
     assert "--batch-size 0" in error("--batch-size", "0")
     assert "--max-new-tokens 0" in error("--max-new-tokens", "0")
+    assert "has 512 positions" in error("--max-new-tokens", "600")
     assert "--shard '2/2'" in error("--shard", "2/2")
     assert "is a directory" in error(out=photos)
     assert "expected a .jsonl file" in error(out=photos / "captions.csv")

@@ -50,22 +50,32 @@ class Captioner:
         if not is_captioner(config.model_type):
             raise UserError(f"captioner {spec} is a {config.model_type} model, not a captioner: expected an "
                             f"image-text-to-text model (Florence-2, PaliGemma, a chat vision-language model)")
+        positions = getattr(config.get_text_config(), "max_position_embeddings", None)
+        if positions and generation.max_new_tokens >= positions:
+            raise UserError(f"--max-new-tokens {generation.max_new_tokens}: the captioner's text model has "
+                            f"{positions} positions")
         self.spec, self.model_type, self.generation = spec, config.model_type, generation
         self.processor = _load(AutoProcessor, spec, "processor")
         self.model = _load(AutoModelForImageTextToText, spec, "weights", dtype=dtype).to(device).eval()
         self.device, self.dtype = device, dtype
         # Instruction-tuned models take the prompt as a chat message; the others take it as raw text.
         self.chat = bool(getattr(self.processor, "chat_template", None))
+        if not self.model.config.is_encoder_decoder:
+            # A prompt's length can vary with the image (Qwen2-VL's image token count follows its size) and a
+            # decoder-only model continues from the right end, so shorter prompts are padded on the left.
+            self.processor.tokenizer.padding_side = "left"
 
     def caption(self, images: list[Image.Image], prompt: str) -> list[str]:
         text = self._prompt_text(prompt)
-        inputs = self.processor(images=images, text=[text] * len(images), return_tensors="pt")
+        # One list of images per prompt: the batched form of processors that take several images per prompt.
+        inputs = self.processor(images=[[image] for image in images], text=[text] * len(images), padding=True,
+                                return_tensors="pt")
         inputs = inputs.to(device=self.device, dtype=self.dtype)
         with torch.inference_mode():
             generated = self.model.generate(**inputs, do_sample=False, num_beams=self.generation.num_beams,
                                             max_new_tokens=self.generation.max_new_tokens)
         if not self.model.config.is_encoder_decoder:
-            # Decoder-only models return the prompt too; every row's prompt has the same length (same text).
+            # Decoder-only models return the (left-padded) prompt too.
             generated = generated[:, inputs["input_ids"].shape[1]:]
         texts = self.processor.post_process_image_text_to_text(generated, skip_special_tokens=True)
         return [text.strip() for text in texts]
