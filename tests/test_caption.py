@@ -208,12 +208,22 @@ def current_umask() -> int:
     return mask
 
 
+def test_unreadable_images_are_skipped_and_counted(captioners, photos, capsys):
+    (photos / "empty.png").write_bytes(b"")
+    (photos / "sub" / "text.png").write_bytes(b"not an image")
+    for written in (0, 8):  # a rerun tries them again
+        assert caption(photos, captioners["florence2"], "--granularities", "short") == 0
+        assert (f"{8 - written} images captioned (short), {written} already there, 2 unreadable images skipped "
+                f"(empty_file 1, unreadable 1)") in capsys.readouterr().out
+    assert len(lines(photos / "metadata.jsonl")) == 8
+
+
 def test_shards_cover_every_image_once(captioners, photos):
     model = captioners["florence2"]
     assert caption(photos, model, "--granularities", "short") == 0
     for i in range(3):
-        assert caption(photos, model, "--granularities", "short", "--shard", f"{i}/3",
-                       out=photos / f"captions-{i}.jsonl") == 0
+        assert caption(photos, model, "--granularities", "short", "--shard", f"{i}/3", "--num-workers", f"{i}",
+                       out=photos / f"captions-{i}.jsonl") == 0  # decoded in 0, 1 or 2 worker processes
     shards = [row for i in range(3) for row in lines(photos / f"captions-{i}.jsonl")]
     assert sorted(shards, key=lambda row: row["file_name"]) == lines(photos / "metadata.jsonl")
     assert [row["file_name"] for row in lines(photos / "captions-1.jsonl")] == ["img1.png", "img4.png", "sub/img7.png"]

@@ -54,7 +54,7 @@ class Captioner:
         if positions and generation.max_new_tokens >= positions:
             raise UserError(f"--max-new-tokens {generation.max_new_tokens}: the captioner's text model has "
                             f"{positions} positions")
-        self.spec, self.model_type, self.generation = spec, config.model_type, generation
+        self.model_type, self.generation = config.model_type, generation
         self.processor = _load(AutoProcessor, spec, "processor")
         self.model = _load(AutoModelForImageTextToText, spec, "weights", dtype=dtype).to(device).eval()
         self.device, self.dtype = device, dtype

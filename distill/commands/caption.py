@@ -69,7 +69,11 @@ def run(args: argparse.Namespace) -> int:
     prompts = resolve_prompts(captioner.model_type, captioner.chat, given, granularities)
     work = plan(dataset, out, written, tuple(prompts), settings)
     summary = caption_images(dataset, work, captioner, prompts, out, settings)
-    skipped = ", ".join(f"{reason} {n}" for reason, n in sorted(summary.skipped.items()))
-    print(f"caption {out}: {summary.captioned} images captioned ({', '.join(prompts)}), {work.written} already "
-          f"there" + (f", {sum(summary.skipped.values())} unreadable skipped ({skipped})" if skipped else ""))
+    notes = [f"{work.written} already there"]
+    if work.without_file:
+        notes.append(f"{work.without_file} rows without an image file skipped")
+    if summary.skipped:
+        reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(summary.skipped.items()))
+        notes.append(f"{sum(summary.skipped.values())} unreadable images skipped ({reasons})")
+    print(f"caption {out}: {summary.captioned} images captioned ({', '.join(prompts)}), {', '.join(notes)}")
     return 0
