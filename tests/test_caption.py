@@ -72,7 +72,8 @@ def build_florence2(out):
 
 
 def build_paligemma(out):
-    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, SiglipImageProcessor
+    from transformers import (PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor,
+                              SiglipImageProcessor)
 
     processor = PaliGemmaProcessor(SiglipImageProcessor(size={"height": 16, "width": 16}, image_seq_length=4),
                                    gemma_tokenizer())
@@ -98,8 +99,8 @@ def build_llava(out):
     vision = dict(model_type="clip_vision_model", hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                   num_attention_heads=2, image_size=16, patch_size=8, projection_dim=16)
     text = dict(model_type="llama", hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                num_key_value_heads=1, vocab_size=len(tok), max_position_embeddings=POSITIONS, bos_token_id=tok.bos_token_id,
-                eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                num_key_value_heads=1, vocab_size=len(tok), max_position_embeddings=POSITIONS,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=tok.image_token_id,
                          vision_feature_select_strategy="full", vision_feature_layer=-1)
     return save(LlavaForConditionalGeneration(config), processor, out)

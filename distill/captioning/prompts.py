@@ -27,7 +27,7 @@ PROMPTS_HELP = f"--prompts {INLINE_PROMPTS} or --prompts FILE.yaml"
 
 
 def parse_granularities(text: str | None) -> tuple[str, ...] | None:
-    """`short,long` -> ("short", "long") in CAPTION_KEYS order; None = every granularity the captioner has a prompt for."""
+    """`short,long` -> ("short", "long") in CAPTION_KEYS order; None = every granularity with a prompt."""
     if text is None:
         return None
     names = {name.strip() for name in text.split(",") if name.strip()}
