@@ -12,7 +12,7 @@ import sys
 
 from teachers.errors import UserError
 
-COMMANDS = ("distill", "pretrain", "eval", "export", "cache")
+COMMANDS = ("distill", "pretrain", "eval", "export", "cache", "caption")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,20 +16,6 @@ def _pair(text: str) -> tuple[float, float]:
     return low, high
 
 
-def _options(items: list[str]) -> dict:
-    import yaml
-
-    from teachers.errors import UserError
-
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--data-option {item!r} is not KEY=VALUE (e.g. length=512)")
-        options[key] = yaml.safe_load(value)
-    return options
-
-
 def add_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "cache", help="run the teacher once and store its targets for K crops per image",
@@ -68,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     import teachers
     from distill.cache.manifest import Preprocessing, dataset_identity
     from distill.cache.writer import CacheSettings, build_cache
+    from distill.commands import data_options
     from distill.config import DataConfig, Recipe, load_recipe
     from distill.data import build_dataset
     from distill.data.augment import check_crop_options
@@ -86,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     scale, ratio = tuple(args.crop_scale or d.crop_scale), tuple(args.crop_ratio or d.crop_ratio)
     flip_p = d.flip_p if args.flip_p is None else args.flip_p
     check_crop_options(scale, ratio, flip_p)
-    options = {**(d.options if args.data is None else {}), **_options(args.data_option)}
+    options = {**(d.options if args.data is None else {}), **data_options(args.data_option)}
     dataset = build_dataset(data, **options)
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")

@@ -4,7 +4,7 @@ Captions come either from sidecar files next to each image (`cat.jpg` + `cat.txt
 `cat.medium.txt`, `cat.long.txt`) or from an index file (`jsonl` or `csv`) with one row per image:
 an image-path column (relative to the index file) and one column per caption granularity. An index
 named `metadata.jsonl` / `metadata.csv` at the folder root is used automatically (the Hugging Face
-imagefolder convention); with an index, the samples are its rows, in order.
+imagefolder convention) unless `auto_index=False`; with an index, the samples are its rows, in order.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ SIDECAR_SUFFIXES = {"short": ".txt", "medium": ".medium.txt", "long": ".long.txt
 class FolderSource(MapSource):
     def __init__(self, path: str | os.PathLike, *, index: str | os.PathLike | None = None,
                  image_column: str = "file_name", caption_columns: dict[str, str] | None = None,
-                 max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS):
+                 auto_index: bool = True, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS):
         super().__init__(max_caption_chars)
         path = Path(path).expanduser()
         self.name = f"folder {path}"
@@ -42,9 +42,10 @@ class FolderSource(MapSource):
             root = path
             if index is not None:
                 index = root / index
-            else:
+            elif auto_index:
                 index = next((root / name for name in INDEX_NAMES if (root / name).is_file()), None)
         self.root = root
+        self.index = index  # the index file read, None when the folder was scanned
         if index is not None:
             self._records = read_index(Path(index), image_column, caption_columns)
         else:
@@ -53,6 +54,10 @@ class FolderSource(MapSource):
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def image_file(self, index: int) -> str | None:
+        # Without reading the sidecar captions that `raw` reads.
+        return os.fspath(self._records[index].image) or None
 
     def raw(self, index: int) -> RawRecord:
         record = self._records[index]
@@ -115,7 +120,7 @@ def read_index(index: Path, image_column: str, caption_columns: dict[str, str] |
 
 def read_jsonl(index: Path) -> tuple[list[dict], list[int]]:
     rows, malformed = [], []
-    with open(index, encoding="utf-8") as f:
+    with open(index, encoding="utf-8", errors="replace") as f:  # a bad byte spoils its line, not the file
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue

@@ -79,6 +79,13 @@ class MapSource(Dataset):
     def raw(self, index: int) -> RawRecord:
         raise NotImplementedError
 
+    def image_file(self, index: int) -> str | None:
+        """The file item `index` is read from; None when the source holds encoded bytes (or no image)."""
+        image = self.raw(index).image
+        if isinstance(image, (str, os.PathLike)):
+            return os.fspath(image) or None
+        return None
+
     def load(self, index: int) -> Sample:
         """Item `index` itself; raises BadSample."""
         if index in self._bad:
