@@ -141,23 +141,22 @@ def bare_step(student, optimizer, pixels: torch.Tensor, target) -> None:
 
 
 class ToolkitStep:
-    """The toolkit's step math without the loop around it: `teacher_targets` (or cached targets) ->
-    `DistillObjective` -> backward, clipping, AdamW."""
+    """The toolkit's step math without the loop around it: teacher targets (online or cached) ->
+    `DistillTask` -> backward, clipping, AdamW."""
 
     def __init__(self, student):
-        from distill.objective import DistillObjective
+        from distill.tasks.distill_task import DistillTask
 
-        self.objective = DistillObjective(student, image_only_loss(), teacher_width=student.heads.teacher_width)
-        self.optimizer = torch.optim.AdamW(self.objective.parameters(), lr=1e-4)
+        self.task = DistillTask(student, image_only_loss(), teacher_width=student.heads.teacher_width,
+                                contrastive=False)
+        self.optimizer = torch.optim.AdamW(self.task.parameters(), lr=1e-4)
         self.student = student
 
-    def __call__(self, batch: dict, tokens) -> None:
-        from distill.objective import Targets
-
+    def __call__(self, batch: dict, targets) -> None:
         grid = (batch["pixels"].shape[-1] // self.student.patch_size,) * 2
-        mask = torch.zeros(batch["pixels"].shape[0], grid[0] * grid[1], dtype=torch.bool)
-        self.objective(batch["pixels"], mask, Targets(tokens)).loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.objective.parameters(), 1.0)
+        batch = {**batch, "mask": torch.zeros(batch["pixels"].shape[0], grid[0] * grid[1], dtype=torch.bool)}
+        self.task(batch, targets).loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.task.parameters(), 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -181,11 +180,11 @@ def median(xs: list[float]) -> float:
 
 
 def step_overhead(setup: Setup, workdir: Path) -> dict:
-    """`run_distill` (Accelerate loop, masks/caption hooks, logging, scheduler) vs a bare loop: same
+    """`run_training` (Accelerate loop, data draws, logging, scheduler) vs a bare loop: same
     teacher, same student architecture, same batches, same loss; fastest step after the first."""
     from distill.config import DataConfig, OptimConfig, Recipe, StudentConfig, TeacherConfig, TrainConfig
     from distill.data import build_dataset, make_dataloader
-    from distill.train import run_distill
+    from distill.run import run_training
 
     teacher = tipsv2_teacher(setup.overhead_teacher)
     size, steps = setup.resolution, setup.overhead_steps
@@ -198,8 +197,7 @@ def step_overhead(setup: Setup, workdir: Path) -> dict:
     student = build_student(setup, teacher.width)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
     loader = make_dataloader(build_dataset("scenes", **recipe.data.options), batch_size=setup.batch,
-                             student_size=size, teacher_size=size, seed=setup.seed,
-                             scale=tuple(recipe.data.crop_scale), ratio=tuple(recipe.data.crop_ratio))
+                             student_size=size, teacher_size=size, seed=setup.seed, crop=recipe.data.crop)
 
     def bare_epoch() -> list[float]:
         loader.set_epoch(0)
@@ -218,7 +216,7 @@ def step_overhead(setup: Setup, workdir: Path) -> dict:
     train_module.time = SimpleNamespace(perf_counter=clock)
     try:
         torch.manual_seed(1)
-        run_distill(recipe, workdir / "run", teacher=teacher)
+        run_training(recipe, workdir / "run", teacher=teacher)
     finally:
         train_module.time = time
     lines = (workdir / "run" / "metrics.jsonl").read_text().splitlines()
@@ -234,11 +232,11 @@ def cache_vs_online(setup: Setup, workdir: Path) -> dict:
     """Epoch-2 images/s online vs from the cache with a g/14-shaped teacher, the build cost, and the peak
     memory of an online step."""
     from distill.cache.manifest import Preprocessing
-    from distill.cache.replay import make_replay_dataloader
-    from distill.cache.targets import CachedTargets, open_cache
+    from distill.cache.replay import open_cache, replay_dataloader
     from distill.cache.writer import CacheSettings, build_cache
-    from distill.data import make_dataloader
-    from distill.objective import teacher_targets
+    from distill.data import CropConfig, make_dataloader
+    from distill.data.loader import Augment
+    from distill.targets import CachedTeacher, OnlineTeacher
 
     baseline = rss_bytes()
     teacher = tipsv2_teacher("g14", setup.teacher_depth)
@@ -246,7 +244,7 @@ def cache_vs_online(setup: Setup, workdir: Path) -> dict:
     step = ToolkitStep(student)
     dataset, size = scenes(setup), setup.resolution
     online = make_dataloader(dataset, batch_size=setup.batch, student_size=size, teacher_size=size, seed=setup.seed)
-    online_targets = lambda batch: teacher_targets(teacher, batch["teacher_pixels"]).tokens  # noqa: E731
+    online_targets = OnlineTeacher(teacher, "bench")
 
     # Memory: the second online step (AdamW allocates its moments on the first).
     online.set_epoch(0)
@@ -261,18 +259,18 @@ def cache_vs_online(setup: Setup, workdir: Path) -> dict:
         memory["teacher_weights_gib"] + memory["student_train_state_gib"])
 
     pre = Preprocessing(dataset="scenes:bench", data_options={}, dataset_length=len(dataset),
-                        teacher_image_size=size, crop_scale=(0.4, 1.0), crop_ratio=(3 / 4, 4 / 3), flip_p=0.5,
-                        seed=setup.seed)
+                        teacher_image_size=size, crop=CropConfig(), seed=setup.seed)
     start = clock()
     build_cache(teacher, dataset, workdir / "cache", pre,
                 CacheSettings(augmentations=setup.augmentations, dtype="bf16", shard_size=setup.images,
                               batch_size=setup.batch))
     build_s = clock() - start
-    cached = make_replay_dataloader(dataset, open_cache(workdir / "cache", teacher.fingerprint, pre),
-                                    batch_size=setup.batch, student_size=size, seed=setup.seed)
-    cached_epoch1 = run_epoch(cached, 0, CachedTargets(), step)
+    cached = replay_dataloader(dataset, open_cache(workdir / "cache", pre), Augment(size, size, setup.seed),
+                               batch_size=setup.batch, seed=setup.seed)
+    cached_targets = CachedTeacher(workdir / "cache")
+    cached_epoch1 = run_epoch(cached, 0, cached_targets, step)
     online_times = run_epoch(online, 1, online_targets, step)  # epoch 2 (index 1)
-    cached_times = run_epoch(cached, 1, CachedTargets(), step)
+    cached_times = run_epoch(cached, 1, cached_targets, step)
     rate = lambda times: len(times) * setup.batch / sum(times)  # noqa: E731
     return {
         "teacher": f"g14 shapes, {setup.teacher_depth} of 40 blocks, random weights, fp32",

@@ -8,6 +8,7 @@ bare leaf name (`max_steps=40`) is accepted when it names exactly one key.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -17,17 +18,24 @@ from typing import Any, Literal
 
 import yaml
 
+from distill.data.augment import CropConfig
+from distill.data.masks import MASK_SHAPES
+from distill.data.sample import CAPTION_KEYS
+from distill.ema import EMA_MODES
+from distill.losses.patch_distill_loss import PATCH_TOKENS
+from distill.losses.prototype_targets import CENTERINGS
+from distill.losses.target_norm import KINDS as TARGET_NORMS
+from distill.losses.token_distance import DISTANCES
+from students.zoo import STUDENTS
 from teachers.atomic import write_atomic
 from teachers.errors import UserError
 
-CAPTION_KEYS = ("short", "medium", "long")
-DISTANCES = ("cosine", "smooth_l1", "mse")
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 @dataclass
 class TeacherConfig:
-    spec: str = ""  # anything `teachers.load_teacher` reads: hub id, directory, .npz pair, timm:<name>, ...; required to run
+    spec: str = ""  # anything `teachers.load_teacher` reads: hub id, directory, .npz pair, timm:<name>, micro
     image_size: int | None = None  # teacher input resolution; None: the student's image size
 
 
@@ -47,9 +55,7 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)  # source options, e.g. {index: captions.jsonl}
     num_workers: int = 0
     shuffle: bool = True
-    crop_scale: list[float] = field(default_factory=lambda: [0.4, 1.0])  # random resized crop, shared by both sides
-    crop_ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
-    flip_p: float = 0.5
+    crop: CropConfig = field(default_factory=CropConfig)  # random resized crop + flip, shared by both sides
 
 
 @dataclass
@@ -67,17 +73,17 @@ class ContrastiveConfig:
 
 @dataclass
 class LossConfig:
-    distance: Literal["cosine", "smooth_l1", "mse", "mix"] = "cosine"
+    distance: Literal[(*DISTANCES, "mix")] = "cosine"
     mix: dict[str, float] = field(default_factory=lambda: {"cosine": 0.9, "smooth_l1": 0.1})  # RADIO's patch mix
     cls_weight: float = 1.0
     register_weight: float = 1.0
     patch_weight: float = 1.0
-    patch_tokens: Literal["all", "masked"] = "all"  # all = iBOT++ (TIPSv2); masked = iBOT ablation
-    target_norm: Literal["none", "channel", "phi-s"] = "none"
+    patch_tokens: Literal[PATCH_TOKENS] = "all"  # all = iBOT++ (TIPSv2); masked = iBOT ablation
+    target_norm: Literal[("none", *TARGET_NORMS)] = "none"
     calibration_batches: int = 8  # teacher batches for the target statistics
     mask_ratio: float = 0.0  # fraction of patches hidden from the student; 0 disables masking
     mask_probability: float = 1.0  # fraction of images in a batch that are masked
-    mask_shape: Literal["block", "random"] = "block"
+    mask_shape: Literal[MASK_SHAPES] = "block"
     contrastive: ContrastiveConfig = field(default_factory=ContrastiveConfig)
 
 
@@ -118,10 +124,34 @@ class ComputeConfig:
 
 
 @dataclass
+class PretrainConfig:
+    """TIPSv2 stage-1 pretraining (the `pretrain:` section). Masking (`loss.mask_ratio`, ...), the iBOT++/iBOT
+    switch (`loss.patch_tokens: all|masked`) and caption weights (`loss.contrastive`) are the distill keys."""
+
+    alpha: float = 1.0  # DINO CLS loss weight
+    beta: float = 1.0  # iBOT(++) patch loss weight
+    ema: Literal[EMA_MODES] = "heads"  # heads = TIPSv2 head-only EMA, full = EMA backbone too
+    ema_momentum: float = 0.99  # cosine-ramped to 1.0 over training
+    num_prototypes: int = 128
+    head_hidden: int = 128
+    head_bottleneck: int = 64
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    centering: Literal[CENTERINGS] = "center"
+    local_crops: int = 1
+    local_size: int = 32
+    global_crop: CropConfig = field(default_factory=lambda: CropConfig(scale=(0.4, 1.0)))  # the teacher's second view
+    local_crop: CropConfig = field(default_factory=lambda: CropConfig(scale=(0.1, 0.4)))
+
+
+@dataclass
 class Recipe:
+    """One run. Distillation has a `teacher:` section (or a `cache:` that stands in for the teacher);
+    pretraining has a `pretrain:` section and no teacher (the model is its own teacher)."""
+
     name: str = "unnamed"
     seed: int = 0
-    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    teacher: TeacherConfig | None = None
     student: StudentConfig = field(default_factory=StudentConfig)
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -131,6 +161,11 @@ class Recipe:
     cache: str | None = None  # a `tipsdistill cache` directory: replay its crops and teacher targets
     # Several students trained on one teacher forward (each entry as `student:`; they share its image_size).
     students: list[StudentConfig] = field(default_factory=list)
+    pretrain: PretrainConfig | None = None
+
+    @property
+    def is_pretraining(self) -> bool:
+        return self.pretrain is not None
 
 
 # ---------------------------------------------------------------- typed construction
@@ -177,6 +212,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise bad
         return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        item_tps = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)) or len(value) != len(item_tps):
+            raise bad
+        return tuple(_coerce(v, t, f"{key}[{i}]") for i, (v, t) in enumerate(zip(value, item_tps)))
     if tp is Any:
         return value
     if tp is bool:
@@ -216,7 +256,10 @@ def build_section(cls, data: dict, prefix: str = ""):
         if name not in known:
             raise UserError(f"unknown recipe key {key!r}; expected one of: {', '.join(known)}")
         kwargs[name] = _coerce(value, known[name], key)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except UserError as exc:  # a section that checks itself (e.g. the crop) names its recipe key
+        raise UserError(f"recipe key {prefix!r}: {exc}") from None
 
 
 # ---------------------------------------------------------------- semantic checks
@@ -227,11 +270,59 @@ def _check(ok: bool, key: str, expected: str, value: Any) -> None:
         raise UserError(f"recipe key {key!r} is {value!r}; expected {expected}")
 
 
+def _check_finite(node: Any, prefix: str = "") -> None:
+    """No inf or NaN anywhere: `optim.lr=inf` would only fail steps later, as a NaN loss."""
+    if dataclasses.is_dataclass(node):
+        for f in dataclasses.fields(node):
+            _check_finite(getattr(node, f.name), f"{prefix}{f.name}.")
+    elif isinstance(node, dict):
+        for k, v in node.items():
+            _check_finite(v, f"{prefix}{k}.")
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            _check_finite(v, f"{prefix.rstrip('.')}[{i}].")
+    elif isinstance(node, float) and not math.isfinite(node):
+        _check(False, prefix.rstrip("."), "a finite number", node)
+
+
+def _validate_pretrain(recipe: Recipe) -> None:
+    p, loss, c = recipe.pretrain, recipe.loss, recipe.loss.contrastive
+    _check(recipe.teacher is None, "teacher", "no teacher section in a pretraining recipe (the model is its own "
+           "teacher)", recipe.teacher)
+    _check(recipe.cache is None and not recipe.students, "cache/students", "neither in a pretraining recipe",
+           recipe.cache or recipe.students)
+    _check(loss.target_norm == "none", "loss.target_norm", "none when pretraining (there are no teacher targets)",
+           loss.target_norm)
+    _check(c.kind != "none" and c.text_tower == "student", "loss.contrastive",
+           "a contrastive kind other than none with text_tower=student: pretraining trains its own text tower "
+           "against captions", f"{c.kind}/{c.text_tower}")
+    for name in ("alpha", "beta"):
+        _check(getattr(p, name) >= 0, f"pretrain.{name}", "a weight >= 0", getattr(p, name))
+    _check(0 <= p.ema_momentum < 1, "pretrain.ema_momentum", "a value in [0, 1)", p.ema_momentum)
+    for name in ("num_prototypes", "head_hidden", "head_bottleneck"):
+        _check(getattr(p, name) >= 1, f"pretrain.{name}", "an int >= 1", getattr(p, name))
+    _check(p.student_temp > 0 and p.teacher_temp > 0, "pretrain.student_temp/teacher_temp", "positive temperatures",
+           (p.student_temp, p.teacher_temp))
+    _check(p.local_crops >= 0, "pretrain.local_crops", "an int >= 0", p.local_crops)
+    _check(p.local_size >= 8, "pretrain.local_size", "at least 8 px", p.local_size)
+
+
 def validate(recipe: Recipe) -> Recipe:
     loss, c, train, optim = recipe.loss, recipe.loss.contrastive, recipe.train, recipe.optim
-    _check(recipe.teacher.image_size is None or recipe.teacher.image_size > 0, "teacher.image_size",
-           "a positive int or null", recipe.teacher.image_size)
-    _check(recipe.student.image_size > 0, "student.image_size", "a positive int", recipe.student.image_size)
+    _check_finite(recipe)
+    _check(recipe.seed >= 0, "seed", "an int >= 0", recipe.seed)
+    if recipe.teacher is not None:
+        _check(recipe.teacher.image_size is None or recipe.teacher.image_size > 0, "teacher.image_size",
+               "a positive int or null", recipe.teacher.image_size)
+    if recipe.pretrain is not None:
+        _validate_pretrain(recipe)
+    for i, s in enumerate([recipe.student, *recipe.students]):
+        key = "student" if i == 0 else f"students[{i - 1}]"
+        _check(s.image_size > 0, f"{key}.image_size", "a positive int", s.image_size)
+        _check(s.name in STUDENTS, f"{key}.name", f"one of {', '.join(STUDENTS)}", s.name)
+        patch = STUDENTS[s.name].config.vision_config.patch_size
+        _check(s.image_size % patch == 0, f"{key}.image_size", f"a multiple of {s.name}'s patch size {patch}",
+               s.image_size)
     for i, s in enumerate(recipe.students):
         _check(s.image_size == recipe.student.image_size, f"students[{i}].image_size",
                f"student.image_size ({recipe.student.image_size}): the students share one crop", s.image_size)
@@ -306,8 +397,17 @@ def load_recipe(name_or_path: str | os.PathLike, overrides: list[str] = ()) -> R
     return apply_overrides(recipe_from_dict(data, str(path)), overrides)
 
 
+def _plain(value: Any) -> Any:
+    """Tuples as lists, so the dict dumps as plain YAML and compares equal to a reloaded one."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def recipe_to_dict(recipe: Recipe) -> dict:
-    return dataclasses.asdict(recipe)
+    return _plain(dataclasses.asdict(recipe))
 
 
 def _leaf_paths(tp: Any, prefix: str = "") -> list[str]:

@@ -1,8 +1,8 @@
 """The embedded default job: distil a micro student from the packaged micro teacher on the built-in
 scenes, then evaluate teacher and student side by side (zero-shot segmentation, held-out scenes).
 
-The teacher under `distill/assets/micro_teacher/` is a real `Tipsv2Model` + tokenizer (fp16 weights to
-keep the package small), pretrained by this toolkit. Regenerate it with:
+The teacher (`micro`, under `teachers/assets/micro_teacher/`) is a real `Tipsv2Model` + tokenizer (fp16
+weights to keep the package small), pretrained by this toolkit. Regenerate it with:
 
     tipsdistill pretrain --recipe micro-teacher --out runs/micro-teacher
     python -m distill.default_job --package runs/micro-teacher/model
@@ -13,40 +13,32 @@ import argparse
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer, Tipsv2Model
 
+from distill.config import load_recipe
+from distill.eval import evaluate
+from distill.run import run_training
 from teachers.atomic import atomic_directory
+from teachers.load import PACKAGED
 
-TEACHER_DIR = Path(__file__).resolve().parent / "assets" / "micro_teacher"
+TEACHER = "micro"
 RECIPE = "micro"
-EVAL_DATASET = "scenes"  # held-out scenes: texture (stuff) and colour (thing) classes
-# Scene captions name positions ("on the left"): a flipped image would contradict its caption. The step
-# count keeps the job at a few minutes on 2 CPU cores.
-DEFAULT_OVERRIDES = ("data.flip_p=0.0", "train.max_steps=120", "train.checkpoint_every=0")
-
-
-def teacher_overrides(teacher=TEACHER_DIR) -> list[str]:
-    """What the default job adds to `recipes/micro.yaml`: the teacher, and its text tower as the student's
-    starting text tower (same width; the identity-initialised heads then start the student's tokens in
-    the space that text tower reads)."""
-    return [f"teacher.spec={teacher}", f"student.text_init={teacher}", *DEFAULT_OVERRIDES]
+EVAL_DATASET = "scenes"  # held-out scenes: material (stuff) and colour (thing) classes
+# The student starts from the teacher's text tower (same width; the identity-initialised heads then start its
+# tokens in the space that text tower reads). The step count keeps the job at a few minutes on 2 CPU cores.
+DEFAULT_OVERRIDES = (f"student.text_init={TEACHER}", "train.max_steps=120", "train.checkpoint_every=0")
 
 
 def run_default(out_dir, overrides: list[str] = ()) -> dict:
     """Distil into `out_dir/run`, evaluate into `out_dir` (report.json with models `teacher`, `student`)."""
-    from distill.config import load_recipe
-    from distill.eval import evaluate
-    from distill.train import run_distill
-
     out = Path(out_dir)
-    recipe = load_recipe(RECIPE, [*teacher_overrides(), *overrides])
-    student = run_distill(recipe, out / "run")
-    return evaluate({"teacher": str(TEACHER_DIR), "student": str(student)}, "zeroshot-seg", EVAL_DATASET, out)
+    recipe = load_recipe(RECIPE, [*DEFAULT_OVERRIDES, *overrides])
+    student = run_training(recipe, out / "run")
+    return evaluate({"teacher": recipe.teacher.spec, "student": str(student)}, "zeroshot-seg", EVAL_DATASET, out)
 
 
-def package_teacher(model_dir, target: Path = TEACHER_DIR) -> Path:
+def package_teacher(model_dir, target: Path = PACKAGED[TEACHER]) -> Path:
     """Copy a pretrained `Tipsv2Model` + tokenizer into the package, weights in fp16, atomically."""
-    from transformers import AutoTokenizer, Tipsv2Model
-
     model = Tipsv2Model.from_pretrained(model_dir, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     with atomic_directory(target, overwrite=True) as tmp:

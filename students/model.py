@@ -9,11 +9,13 @@ import os
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import Tipsv2Config, Tipsv2TextModel, Tipsv2VisionModel
 
 from students.heads import ProjectionHeads
 from teachers.errors import UserError
+from teachers.fingerprint import canonical_config, fingerprint
 from teachers.tipsv2_tokens import tipsv2_tokens
 from teachers.types import ImageTokens
 
@@ -21,8 +23,11 @@ from teachers.types import ImageTokens
 class Student(nn.Module):
     """State-dict layout: `vision.*`, `text.*`, `temperature`, `heads.{cls,registers,patches}.*`.
 
-    `forward` is `image_tokens`, so wrappers that hook `forward` (DDP via Accelerate) see the
-    vision pass; text goes through `encode_text`.
+    The same image/text encoder interface as teachers (`encode_image`, `encode_text`, `width`, `patch_size`,
+    `image_size`, `num_registers`, `has_text`, `temperature`, `tokenizer`, `fingerprint`), at the student's own
+    width; `teacher_space()` is the same interface through the projection heads. For training, `forward` is
+    `image_tokens` (with gradients and a mask), so wrappers that hook `forward` (DDP via Accelerate) see the
+    vision pass; text features go through `text_features`.
     """
 
     def __init__(
@@ -70,6 +75,21 @@ class Student(nn.Module):
         return self.vision.config.num_register_tokens
 
     @property
+    def has_text(self) -> bool:
+        return self.text is not None and self.tokenizer is not None
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 of architecture + weights, as the teacher layer computes it for any TIPSv2 encoder."""
+        architecture = {"family": "tipsv2", "vision": canonical_config(self.vision.config),
+                        "temperature": None if self.temperature is None else float(self.temperature.detach())}
+        tensors = {f"vision.{k}": v for k, v in self.vision.state_dict().items()}
+        if self.text is not None:
+            architecture["text"] = canonical_config(self.text.config)
+            tensors.update({f"text.{k}": v for k, v in self.text.state_dict().items()})
+        return fingerprint(architecture, tensors)
+
+    @property
     def teacher_width(self) -> int | None:
         return None if self.heads is None else self.heads.teacher_width
 
@@ -90,11 +110,35 @@ class Student(nn.Module):
             raise UserError(f"student {self.name} has no projection heads; build it with teacher_width=...")
         return self.heads(tokens)
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Masked-mean pooled text embedding (B, D), unnormalised, as Tipsv2TextModel's pooler_output."""
         if self.text is None:
             raise UserError(f"student {self.name} was built without a text tower (text=False)")
         return self.text(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+
+    # -- the encoder interface (evaluation): frozen use, no graph ---------------------------------------
+    @torch.inference_mode()
+    def encode_image(self, pixels: torch.Tensor, value_trick: bool = False) -> ImageTokens:
+        """pixels: RGB in [0,1] (B,3,H,W); the backbone's tokens at the student's width."""
+        return self.image_tokens(pixels.to(self.vision.embeddings.cls_token.dtype), value_trick=value_trick)
+
+    @torch.inference_mode()
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        """L2-normalised text embeddings (B, width), padded to the longest text (same embeddings as 64-token
+        padding under masked pooling)."""
+        if not self.has_text:
+            raise UserError(f"student {self.name} has no text tower (or no tokenizer); encode_text needs one")
+        batch = self.tokenizer(list(texts), padding="longest", truncation=True, return_tensors="pt",
+                               max_length=self.text.config.max_position_embeddings)
+        device = self.vision.embeddings.cls_token.device
+        return F.normalize(self.text_features(batch["input_ids"].to(device), batch["attention_mask"].to(device)),
+                           dim=-1)
+
+    def teacher_space(self) -> "TeacherSpace":
+        """This student's tokens through its projection heads: what fidelity compares with the teacher."""
+        if self.heads is None:
+            raise UserError(f"student {self.name} has no projection heads; build it with teacher_width=...")
+        return TeacherSpace(self)
 
     def tipsv2_config(self) -> Tipsv2Config:
         """The `Tipsv2Config` of this backbone; without a text tower its text config is a same-width placeholder."""
@@ -121,3 +165,18 @@ class Student(nn.Module):
         from students.checkpoint import save_student
 
         save_student(self, directory, metadata=metadata)
+
+
+class TeacherSpace(nn.Module):
+    """The encoder interface over a student's projected tokens, at the teacher's width."""
+
+    def __init__(self, student: Student):
+        super().__init__()
+        self.student = student
+        self.width, self.patch_size = student.teacher_width, student.patch_size
+        self.image_size, self.num_registers = student.image_size, student.num_registers
+        self.fingerprint = student.fingerprint
+
+    @torch.inference_mode()
+    def encode_image(self, pixels: torch.Tensor, value_trick: bool = False) -> ImageTokens:
+        return self.student.project(self.student.encode_image(pixels, value_trick))

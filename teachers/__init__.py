@@ -2,15 +2,15 @@
 from teachers.errors import UserError
 from teachers.types import ImageTokens
 
-__all__ = ["ImageTokens", "Teacher", "UserError", "load_teacher"]
+__all__ = ["ImageTokens", "Teacher", "UserError", "load_teacher", "teacher_dtype"]
 
 
 def __getattr__(name: str):
     # Lazy: `teachers.errors` / `teachers.types` are imported everywhere and must not pull in timm/transformers.
-    if name == "load_teacher":
-        from teachers.load import load_teacher
+    if name in ("load_teacher", "teacher_dtype"):
+        import teachers.load
 
-        return load_teacher
+        return getattr(teachers.load, name)
     if name == "Teacher":
         from teachers.base import Teacher
 

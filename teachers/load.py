@@ -6,6 +6,8 @@ Spec forms:
   DIR with *_vision.npz [*_text.npz tokenizer.model]   the same, found in a directory
   timm:NAME[,checkpoint=PATH][,KEY=VALUE...]    timm ViT, vision only
   DIR with student.json                         a tipsdistill student checkpoint
+  micro                                         the packaged micro TIPSv2 teacher (a local directory named
+                                                `micro` is `./micro`)
 `KEY=VALUE` items in a spec and keyword options are the same thing (options win).
 """
 from __future__ import annotations
@@ -22,10 +24,21 @@ from teachers.errors import UserError
 from teachers.sources import hf_encoder, hf_tipsv2, official, student, timm_source
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+# Teachers shipped inside the package, by name: the embedded default's micro TIPSv2 teacher (pretrained by
+# this toolkit on the built-in scenes; `python -m distill.default_job --package` regenerates it).
+PACKAGED = {"micro": Path(__file__).resolve().parent / "assets" / "micro_teacher"}
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
-_FORMS = ("a save_pretrained directory or hub id, npz:VISION.npz[,TEXT.npz], a directory with *_vision.npz, "
+_FORMS = ("micro, a save_pretrained directory or hub id, npz:VISION.npz[,TEXT.npz], a directory with *_vision.npz, "
           "timm:NAME[,checkpoint=PATH] or a student checkpoint directory")
+
+
+def teacher_dtype(device: str | torch.device, precision: str | None) -> torch.dtype:
+    """The dtype a frozen teacher runs in: float32 on CPU (no fast bf16 matmuls there), otherwise the run's
+    precision (`bf16` or `fp16`; float32 without mixed precision)."""
+    if torch.device(device).type == "cpu":
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision or "no", torch.float32)
 
 
 def load_teacher(spec: str | Path, *, dtype: torch.dtype | str = torch.float32, device: str | torch.device = "cpu",
@@ -39,6 +52,7 @@ def load_teacher(spec: str | Path, *, dtype: torch.dtype | str = torch.float32, 
 
 
 def _build(spec: str, options: dict) -> Teacher:
+    spec = str(PACKAGED.get(spec, spec))
     if spec.startswith("timm:"):
         (name,), items = _split(spec[len("timm:"):], 1, 1, spec)
         return _call(timm_source.load, name, options={**items, **options})

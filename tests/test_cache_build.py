@@ -8,7 +8,7 @@ from transformers import Tipsv2VisionConfig, Tipsv2VisionModel
 from distill.cache.manifest import MANIFEST, Preprocessing, check_cache_matches, read_manifest
 from distill.cache.reader import CacheReader
 from distill.cache.writer import CacheSettings, build_cache, teacher_augment
-from distill.data.augment import apply_crop
+from distill.data.augment import CropConfig, apply_crop
 from distill.data.scenes import SceneDataset
 from teachers.errors import UserError
 from teachers.tipsv2_teacher import Tipsv2Teacher
@@ -26,7 +26,7 @@ def tiny_teacher(seed: int = 0) -> Tipsv2Teacher:
 
 def preprocessing(data, **changes) -> Preprocessing:
     base = dict(dataset="scenes:test", data_options={"length": len(data)}, dataset_length=len(data), teacher_image_size=32,
-                crop_scale=(0.4, 1.0), crop_ratio=(0.75, 4 / 3), flip_p=0.5, seed=3)
+                crop=CropConfig((0.4, 1.0), (0.75, 4 / 3), 0.5), seed=3)
     return Preprocessing(**{**base, **changes})
 
 
@@ -70,7 +70,7 @@ def test_killed_build_resumes_to_the_same_shards(tmp_path, teacher, dataset, com
     assert len(read_manifest(out).shards) == 2 and not read_manifest(out).complete
     (out / ".tmp-shard-00002.safetensors.x").write_bytes(b"torn")  # what SIGKILL mid-write leaves
     with pytest.raises(UserError, match="incomplete"):
-        check_cache_matches(out, read_manifest(out), teacher.fingerprint, pre)
+        check_cache_matches(out, read_manifest(out), pre)
     done = []
     resumed = build_cache(teacher, dataset, out, pre, settings, on_shard=lambda d, t: done.append(d))
     assert done == [3]  # only the missing shard was computed
@@ -106,17 +106,18 @@ def test_resuming_with_other_settings_is_refused(tmp_path, teacher, other_teache
     assert (tmp_path / MANIFEST).read_text() == before
 
 
-def test_stale_cache_is_refused_in_one_line(tmp_path, teacher, other_teacher, dataset):
+def test_stale_cache_is_refused_in_one_line(tmp_path, teacher, dataset):
     pre = preprocessing(dataset)
-    build_cache(teacher, dataset, tmp_path, pre, CacheSettings(augmentations=1, shard_size=8))
+    build_cache(teacher, dataset, tmp_path, pre, CacheSettings(augmentations=1, shard_size=8), teacher_spec="tiny")
     manifest = read_manifest(tmp_path)
-    check_cache_matches(tmp_path, manifest, teacher.fingerprint, preprocessing(dataset, seed=9))  # seed is free
-    cases = [(other_teacher.fingerprint, pre, "built by teacher"),
-             (teacher.fingerprint, preprocessing(dataset, crop_scale=(0.2, 1.0)), "crop_scale"),
-             (teacher.fingerprint, preprocessing(dataset, teacher_image_size=48), "teacher_image_size"),
-             (teacher.fingerprint, preprocessing(dataset, dataset="scenes:other"), "dataset"),
-             (teacher.fingerprint, preprocessing(dataset, data_options={"length": 9}), "data_options")]
-    for fingerprint, pre_now, words in cases:
+    assert manifest.teacher_spec == "tiny" and manifest.patch_size == 8
+    check_cache_matches(tmp_path, manifest, preprocessing(dataset, seed=9))  # the seed is free
+    check_cache_matches(tmp_path, manifest, preprocessing(dataset, teacher_image_size=None))  # the cache decides
+    cases = [(preprocessing(dataset, crop=CropConfig((0.2, 1.0))), "crop"),
+             (preprocessing(dataset, teacher_image_size=48), "teacher_image_size"),
+             (preprocessing(dataset, dataset="scenes:other"), "dataset"),
+             (preprocessing(dataset, data_options={"length": 9}), "data_options")]
+    for pre_now, words in cases:
         with pytest.raises(UserError, match=words) as err:
-            check_cache_matches(tmp_path, manifest, fingerprint, pre_now)
+            check_cache_matches(tmp_path, manifest, pre_now)
         assert "\n" not in str(err.value)

@@ -67,7 +67,7 @@ def test_cache_command_and_a_sigkilled_build_resumed_to_the_same_bytes(tmp_path,
 
 def test_cache_from_a_recipe_is_accepted_by_that_recipe(tmp_path, tiny_tipsv2_dir):
     from distill.cache.manifest import check_cache_matches
-    from distill.cache.targets import recipe_preprocessing
+    from distill.cache.replay import recipe_preprocessing
     from distill.config import load_recipe
     from distill.data import build_dataset
 
@@ -76,7 +76,7 @@ def test_cache_from_a_recipe_is_accepted_by_that_recipe(tmp_path, tiny_tipsv2_di
     assert main(["cache", "--recipe", "micro", *overrides, "--out", str(out), "--augmentations", "1"]) == 0
     manifest = read_manifest(out)
     recipe = load_recipe("micro", overrides)
-    assert manifest.preprocessing.crop_scale == tuple(recipe.data.crop_scale) and manifest.preprocessing.seed == 7
+    assert manifest.preprocessing.crop == recipe.data.crop and manifest.preprocessing.seed == 7
     assert manifest.preprocessing.teacher_image_size == recipe.student.image_size
     dataset = build_dataset(recipe.data.source, **recipe.data.options)
-    check_cache_matches(out, manifest, manifest.teacher_fingerprint, recipe_preprocessing(recipe, dataset))
+    check_cache_matches(out, manifest, recipe_preprocessing(recipe, dataset))

@@ -34,7 +34,7 @@ def test_cached_run_matches_the_online_run(tmp_path, tiny_tipsv2_dir, cache_dir)
         assert abs(a - b) <= 2 ** -8 * abs(a) + 1e-4
 
 
-@pytest.mark.parametrize("override, words", [("data.flip_p=0.0", "flip_p=0.0"),
+@pytest.mark.parametrize("override, words", [("data.crop.flip_p=0.5", "flip_p"),
                                              ("student.image_size=40", "teacher_image_size=40"),
                                              ("data.options={size: 48, length: 9}", "data_options")])
 def test_distill_refuses_a_stale_cache(tmp_path, tiny_tipsv2_dir, cache_dir, capsys, override, words):
@@ -42,6 +42,25 @@ def test_distill_refuses_a_stale_cache(tmp_path, tiny_tipsv2_dir, cache_dir, cap
     assert main(["distill", *args, "--out", str(tmp_path / "run")]) == 2
     last = capsys.readouterr().err.splitlines()[-1]
     assert last.startswith("error: cache ") and words in last
+
+
+def test_a_cached_run_never_loads_the_teacher(tmp_path, tiny_tipsv2_dir, cache_dir, monkeypatch):
+    """Width, registers, fingerprint and tokenizer come from the cache: the teacher spec may point nowhere."""
+    import teachers.load
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cached run loaded the teacher")
+
+    monkeypatch.setattr(teachers.load, "_build", refuse)  # every spec goes through it
+    args = recipe_args(tiny_tipsv2_dir, f"cache={cache_dir}", "teacher.spec=/nowhere/teacher",
+                       "loss.contrastive.kind=infonce", "loss.target_norm=phi-s", "loss.calibration_batches=1")
+    assert main(["distill", *args, "--out", str(tmp_path / "run")]) == 0
+    from students import load_student
+
+    student = load_student(tmp_path / "run" / "student")
+    assert student.tokenizer is not None  # the cache's copy of the teacher's tokenizer
+    assert student.metadata["teacher"]["fingerprint"] == json.loads((cache_dir / "manifest.json").read_text())[
+        "teacher_fingerprint"]
 
 
 def test_two_students_from_one_teacher_forward(tmp_path, tiny_tipsv2_dir, cache_dir):

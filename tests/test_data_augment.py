@@ -8,7 +8,7 @@ import torch.nn.functional as nnf
 from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
-from distill.data import CropParams, apply_crop, build_dataset, crop_generator, make_dataloader, sample_crop
+from distill.data import CropConfig, CropParams, apply_crop, build_dataset, crop_generator, make_dataloader, sample_crop
 from teachers.errors import UserError
 
 
@@ -54,7 +54,7 @@ def test_crop_params_round_trip_and_bounds():
     with pytest.raises(ValueError, match="outside the 40x60"):
         apply_crop(quadrants(), CropParams(0, 0, 60, 40, False), 16)  # (width, height) mixed up
     with pytest.raises(UserError, match="crop scale"):
-        sample_crop((40, 60), torch.Generator(), scale=(0.5, 0.2))
+        CropConfig(scale=(0.5, 0.2))
 
 
 def test_apply_crop_geometry():

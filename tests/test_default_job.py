@@ -20,7 +20,7 @@ def test_default_job_distils_and_reports_teacher_and_student(tmp_path, capsys):
     assert (out / "run" / "student" / "student.json").is_file()
     teacher, base = report["models"]["teacher"], report["baselines"]
     # The packaged teacher is fixed: its patch-text alignment must beat the trivial predictions.
-    assert teacher["miou"] > base["per_image_majority_miou"] + 3
+    assert teacher["miou"] > base["majority_class_miou"] + 5
     assert teacher["things_pixel_acc"] > 2 * base["chance_things_pixel_acc"]
 
 

@@ -9,7 +9,7 @@ import torch
 from transformers import Tipsv2VisionModel
 
 from distill.config import load_recipe
-from distill.train import run_distill
+from distill.run import run_training
 from teachers.tipsv2_sizes import tipsv2_config
 from teachers.tipsv2_teacher import Tipsv2Teacher
 
@@ -43,7 +43,7 @@ def test_b14_recipe_one_step_from_g14_teacher(tiny_tipsv2_dir, tmp_path):
         "data.options={size: 224, length: 2}", "data.num_workers=0", "loss.target_norm=none",
         f"student.tokenizer={tiny_tipsv2_dir}", "optim.warmup_steps=0",
     ])
-    final = run_distill(recipe, tmp_path / "run", teacher=teacher)
+    final = run_training(recipe, tmp_path / "run", teacher=teacher)
     [line] = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     metrics = json.loads(line)
     print(f"g/14 teacher built in {built:.1f}s; one b14 step in {time.perf_counter() - start - built:.1f}s")

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 from distill.cli import main
 from distill.config import load_recipe
-from distill.train import run_distill
+from distill.run import run_training
 
 TINY = [
     "student.name=tipsv2-nano", "student.image_size=32", "data.options.size=32", "data.options.length=24",
@@ -34,7 +34,7 @@ def metrics(run: Path) -> list[dict]:
 
 def test_micro_recipe_loss_falls(tiny_tipsv2_dir, tmp_path):
     recipe = tiny_recipe(tiny_tipsv2_dir, "max_steps=20", "batch_size=8", "optim.lr=3e-3")
-    final = run_distill(recipe, tmp_path / "run")
+    final = run_training(recipe, tmp_path / "run")
     losses = [m["loss"] for m in metrics(tmp_path / "run")]
     assert len(losses) == 20 and all(torch.isfinite(torch.tensor(losses)))
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
@@ -53,8 +53,8 @@ def test_resume_is_bitwise_identical(tiny_tipsv2_dir, tmp_path):
     args = ("max_steps=5", "batch_size=8", "grad_accum_steps=2", "loss.target_norm=phi-s",
             "loss.calibration_batches=2", "loss.contrastive.kind=sigmoid")
     recipe = tiny_recipe(tiny_tipsv2_dir, *args)
-    straight = run_distill(recipe, tmp_path / "straight")
-    stopped = run_distill(recipe, tmp_path / "split", stop_at=2)
+    straight = run_training(recipe, tmp_path / "straight")
+    stopped = run_training(recipe, tmp_path / "split", stop_at=2)
     assert stopped.parent.name == "step_00000002"
     assert main(["distill", "--out", str(tmp_path / "split"), "--resume"]) == 0  # the recorded recipe
     resumed = tmp_path / "split" / "student"
@@ -137,8 +137,8 @@ def test_images_without_captions_train_image_only(tiny_tipsv2_dir, tmp_path, cap
         Image.fromarray(pixels).save(folder / f"{i}.png")
     recipe = tiny_recipe(tiny_tipsv2_dir, f"data.source=folder:{folder}", "data.options={}", "max_steps=2",
                          "batch_size=4")
-    with caplog.at_level(logging.INFO, logger="distill.train"):
-        final = run_distill(recipe, tmp_path / "run")
+    with caplog.at_level(logging.INFO, logger="distill.run"):
+        final = run_training(recipe, tmp_path / "run")
     assert "image-only distillation" in caplog.text
     assert not any(k.startswith("contrastive/") for k in metrics(tmp_path / "run")[0])
     from students import load_student
@@ -151,8 +151,8 @@ def test_other_options_frozen_teacher_text_and_grid_resize(tiny_tipsv2_dir, tmp_
     recipe = tiny_recipe(tiny_tipsv2_dir, "teacher.image_size=48", "max_steps=2", "batch_size=4",
                          "loss.contrastive.text_tower=teacher", "loss.target_norm=channel", "loss.distance=smooth_l1",
                          "loss.patch_tokens=masked", "train.gradient_checkpointing=true", "student.head=mlp")
-    with caplog.at_level(logging.INFO, logger="distill.objective"):
-        final = run_distill(recipe, tmp_path / "run")
+    with caplog.at_level(logging.INFO, logger="distill.tasks.distill_task"):
+        final = run_training(recipe, tmp_path / "run")
     assert caplog.text.count("differs from the teacher grid") == 1
     rows = metrics(tmp_path / "run")
     assert all(torch.isfinite(torch.tensor(r["contrastive/cls2"])) for r in rows)
@@ -161,7 +161,7 @@ def test_other_options_frozen_teacher_text_and_grid_resize(tiny_tipsv2_dir, tmp_
     student = load_student(final)  # no text tower: captions went through the frozen teacher tower + projection
     assert student.text is None and student.head_kind == "mlp"
     state = load_file(tmp_path / "run" / "checkpoints" / "step_00000002" / "model.safetensors")
-    assert "text_projection.weight" in state and "norm.patches_std" in state
+    assert "contrastive.text_projection.weight" in state and "norm.patches_std" in state
 
 
 def test_cli_errors(tiny_tipsv2_dir, tmp_path, capsys):
@@ -172,7 +172,7 @@ def test_cli_errors(tiny_tipsv2_dir, tmp_path, capsys):
     assert "'loss.mask_ratoi'" in capsys.readouterr().err
     assert main([*base, "max_steps=two", "--out", str(tmp_path / "a")]) == 2
     assert "'train.max_steps' must be int" in capsys.readouterr().err
-    assert main(["distill", "--recipe", "micro", "--out", str(tmp_path / "b")]) == 2
+    assert main(["distill", "--recipe", "micro", "teacher.spec=", "--out", str(tmp_path / "b")]) == 2
     assert "teacher.spec" in capsys.readouterr().err
     (tmp_path / "c" / "student").mkdir(parents=True)
     assert main([*base, "--out", str(tmp_path / "c")]) == 2

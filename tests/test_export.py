@@ -38,7 +38,7 @@ def reference(checkpoint):
     with torch.no_grad():
         tokens = student.image_tokens(pixels)
         sequence = torch.cat([tokens.cls[:, None], tokens.registers, tokens.patches.flatten(1, 2)], dim=1)
-        text = student.encode_text(batch["input_ids"], batch["attention_mask"])
+        text = student.text_features(batch["input_ids"], batch["attention_mask"])
     return student, pixels, sequence, text
 
 

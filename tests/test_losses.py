@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.captions import sample_captions
+from distill.data.captions import caption_pair
+from distill.data.draws import Draws, MaskConfig
 from distill.losses.contrastive_loss import info_nce_loss
 from distill.losses.global_batch import caption_ids, global_batch
 from distill.losses.hadamard import hadamard
@@ -14,7 +15,6 @@ from distill.losses.patch_distill_loss import PatchDistillWeights, patch_distill
 from distill.losses.sigmoid_loss import sigmoid_loss
 from distill.losses.target_norm import TargetNorm
 from distill.losses.token_distance import token_distance
-from distill.masking import sample_masks
 from teachers.errors import UserError
 from teachers.types import ImageTokens
 
@@ -162,26 +162,35 @@ def test_phi_s_without_hadamard_is_a_user_error():
         TargetNorm("phi-s", 10)
 
 
+def _masks(indices, epoch, ratio, probability=1.0, shape="block", grid=(8, 8)):
+    draws = Draws(mask=MaskConfig(grid, ratio, probability, shape))
+    return torch.stack([draws({}, 64, 0, epoch, int(i))["mask"] for i in indices])
+
+
 def test_masks_exact_count_and_per_sample_determinism():
     indices = torch.tensor([3, 7, 11, 19])
-    masks = sample_masks(indices, step=5, seed=0, grid=(8, 8), ratio=0.4, probability=1.0, shape="block")
+    masks = _masks(indices, 5, 0.4)
     assert masks.shape == (4, 64) and (masks.sum(1) == round(0.4 * 64)).all()
-    alone = sample_masks(indices[2:3], step=5, seed=0, grid=(8, 8), ratio=0.4, probability=1.0, shape="block")
-    assert torch.equal(alone[0], masks[2])  # independent of the rest of the batch
-    assert not torch.equal(masks, sample_masks(indices, 6, 0, (8, 8), 0.4, 1.0, "block"))
-    random = sample_masks(indices, 5, 0, (8, 8), 0.25, 1.0, "random")
-    assert (random.sum(1) == 16).all()
-    assert sample_masks(indices, 5, 0, (8, 8), 0.0) is None
-    some = sample_masks(torch.arange(200), 0, 0, (4, 4), 0.5, probability=0.5)
+    assert torch.equal(_masks(indices[2:3], 5, 0.4)[0], masks[2])  # independent of the rest of the batch
+    assert not torch.equal(masks, _masks(indices, 6, 0.4))  # a new draw each epoch
+    assert (_masks(indices, 5, 0.25, shape="random").sum(1) == 16).all()
+    assert not _masks(indices, 5, 0.0).any()
+    some = _masks(torch.arange(200), 0, 0.5, probability=0.5, grid=(4, 4))
     assert 60 < int((some.sum(1) > 0).sum()) < 140
+
+
+def _pairs(captions, indices, epoch, weights):
+    draws = Draws(caption_weights=weights)
+    rows = [{k: v[r] for k, v in captions.items() if v[r] is not None} for r in range(len(indices))]
+    return caption_pair([draws(row, 64, 0, epoch, int(i))["caption"] for row, i in zip(rows, indices)])
 
 
 def test_caption_sampling():
     captions = {"short": ["alt a", None, "alt c"], "medium": ["med a", "med b", None], "long": [None, None, None]}
-    pair = sample_captions(captions, torch.tensor([0, 1, 2]), step=0, seed=0, weights={"short": 0.0, "medium": 1.0})
+    pair = _pairs(captions, [0, 1, 2], 0, {"short": 0.0, "medium": 1.0})
     assert pair.cls1 == ["alt a", "", "alt c"] and pair.cls1_valid.tolist() == [True, False, True]
     assert pair.cls2 == ["med a", "med b", ""] and pair.cls2_valid.tolist() == [True, True, False]
     many = {"short": ["s"] * 400, "medium": ["m"] * 400, "long": ["l"] * 400}
-    drawn = sample_captions(many, torch.arange(400), 0, 0, {"short": 0.2, "medium": 0.4, "long": 0.4}).cls2
+    drawn = _pairs(many, range(400), 0, {"short": 0.2, "medium": 0.4, "long": 0.4}).cls2
     assert abs(drawn.count("s") / 400 - 0.2) < 0.07 and abs(drawn.count("l") / 400 - 0.4) < 0.08
     assert abs(drawn.count("m") / 400 - 0.4) < 0.08 and len(drawn) == 400

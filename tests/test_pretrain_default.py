@@ -4,7 +4,10 @@ from __future__ import annotations
 import torch
 
 from distill.config import load_recipe
-from distill.default_job import TEACHER_DIR, package_teacher, teacher_overrides
+from distill.default_job import DEFAULT_OVERRIDES, package_teacher
+from teachers.load import PACKAGED
+
+TEACHER_DIR = PACKAGED["micro"]
 
 
 def test_packaged_teacher_is_small_and_loads_as_a_tipsv2_teacher():
@@ -16,14 +19,17 @@ def test_packaged_teacher_is_small_and_loads_as_a_tipsv2_teacher():
     assert teacher.has_text and teacher.patch_size == 8 and teacher.image_size == 64
     tokens = teacher.encode_image(torch.rand(2, 3, 64, 64), value_trick=True)
     assert tokens.patches.shape == (2, 8, 8, teacher.width) and tokens.patches.dtype == torch.float32
-    text = teacher.encode_text(["a red circle", "a photo of a blue."])
+    text = teacher.encode_text(["a red circle on a sand floor", "a photo of a snow."])
     assert torch.allclose(text.norm(dim=-1), torch.ones(2), atol=1e-4)
 
 
 def test_default_recipe_points_at_the_packaged_teacher():
-    recipe = load_recipe("micro", teacher_overrides())
-    assert recipe.teacher.spec == str(TEACHER_DIR) and recipe.data.source == "scenes"
-    assert recipe.data.flip_p == 0.0
+    from teachers import load_teacher
+
+    recipe = load_recipe("micro", list(DEFAULT_OVERRIDES))
+    assert recipe.teacher.spec == "micro" and recipe.student.text_init == "micro" and recipe.data.source == "scenes"
+    assert recipe.data.crop.flip_p == 0.0
+    assert load_teacher("micro").fingerprint == load_teacher(str(TEACHER_DIR)).fingerprint
 
 
 def test_packaging_round_trip_keeps_the_weights(tmp_path):

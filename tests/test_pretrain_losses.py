@@ -8,7 +8,8 @@ from distill.ema import ema_momentum
 from distill.losses.dino_cls_loss import DinoClsLoss
 from distill.losses.ibot_patch_loss import IbotPatchLoss
 from distill.losses.prototype_targets import sinkhorn_knopp
-from distill.pretrain import PretrainConfig, TipsPretrainer
+from distill.config import PretrainConfig
+from distill.tasks.pretrain_task import PretrainTask
 from students import build_student
 
 
@@ -67,12 +68,12 @@ def test_centre_moves_in_training_and_sinkhorn_balances_prototypes():
     assert q.sum(0).std() / q.sum(0).mean() < 0.05  # every prototype used about equally
 
 
-def _pretrainer(tokenizer, ema: str) -> TipsPretrainer:
+def _pretrainer(tokenizer, ema: str) -> PretrainTask:
     torch.manual_seed(0)
     student = build_student("tipsv2-nano", text=True, tokenizer=tokenizer, image_size=32)
     config = PretrainConfig(ema=ema, num_prototypes=32, head_hidden=32, head_bottleneck=16, local_crops=1,
                             local_size=16)
-    return TipsPretrainer(student, config, LossConfig())
+    return PretrainTask(student, config, LossConfig())
 
 
 def _count(params) -> int:
@@ -99,7 +100,7 @@ def test_ema_update_changes_only_the_heads(tiny_tokenizer):
             p.add_(1.0)
     frozen_before = {n: p.clone() for n, p in pretrainer.named_parameters() if not n.startswith("ema_heads")}
     ema_before = [p.clone() for p in pretrainer.ema_heads.parameters()]
-    pretrainer.after_optimizer_step(step=0, total_steps=10)
+    pretrainer.after_optimizer_step(0, 10)
     assert all(not torch.equal(a, b) for a, b in zip(ema_before, pretrainer.ema_heads.parameters()))
     assert all(torch.equal(frozen_before[n], p) for n, p in pretrainer.named_parameters() if n in frozen_before)
 
@@ -114,7 +115,9 @@ def test_self_distillation_backpropagates_into_backbone_and_heads_only(tiny_toke
     pixels = torch.rand(3, 3, 32, 32)
     mask = torch.zeros(3, 16, dtype=torch.bool)
     mask[1, :6] = True
-    losses = pretrainer.self_distillation(pixels, pretrainer.student.image_tokens(pixels), mask)
+    # A second global view (the whole image, flipped) and one local crop, as the data pipeline draws them.
+    views = torch.tensor([[[0, 0, 32, 32, 1], [8, 4, 16, 20, 0]]] * 3)
+    losses = pretrainer.self_distillation(pixels, pretrainer.student.image_tokens(pixels), mask, views)
     (losses["dino"] + losses["ibot"]).backward()
     assert pretrainer.student.vision.embeddings.mask_token.grad.abs().sum() > 0
     assert pretrainer.heads["ibot"].prototypes.grad is not None

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from distill.cli import main
-from distill.pretrain_run import load_pretrain_recipe, run_pretrain
+from distill.config import load_recipe
+from distill.run import run_training
 
 # nano backbone at 32 px; 8 scenes = one batch, seen every step, so a working objective must fit it.
 # On one repeated batch the DINO/iBOT terms oscillate (collapse onto a prototype, then centering pushes
@@ -50,10 +51,23 @@ def test_output_is_a_tipsv2_model_the_teacher_layer_loads(pretrained):
     assert teacher.encode_text(["a red circle"]).shape == (1, 32)
 
 
-def test_switches_build_the_ablation_variants():
-    run = load_pretrain_recipe("micro-teacher", ["pretrain.ema=full", "patch_tokens=masked", "pretrain.alpha=0"])
-    assert run.pretrain.ema == "full" and run.pretrain.alpha == 0.0
-    assert run.recipe.loss.patch_tokens == "masked"
+def test_pretraining_resumes_bitwise_and_checkpoints_hold_a_student(tmp_path):
+    """Stopped at step 2 and resumed, a run ends with the weights and losses of an uninterrupted one: the EMA
+    heads, prototype centres, masks, caption draws and extra views are all part of the state or keyed."""
+    from safetensors.torch import load_file
+
+    args = [*TINY, "max_steps=4", "batch_size=4", "pretrain.local_crops=1", "loss.mask_ratio=0.3"]
+    assert main(["pretrain", "--out", str(tmp_path / "straight"), *args]) == 0
+    assert main(["pretrain", "--out", str(tmp_path / "split"), *args, "--stop-at", "2"]) == 0
+    assert (tmp_path / "split" / "checkpoints" / "step_00000002" / "student" / "student.json").is_file()
+    assert not (tmp_path / "split" / "model").exists()
+    assert main(["pretrain", "--out", str(tmp_path / "split"), "--resume"]) == 0  # the recorded recipe
+    a = load_file(tmp_path / "straight" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    rows = lambda run: [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]  # noqa: E731
+    assert rows(tmp_path / "straight") == [
+        {**r, "images_per_s": x["images_per_s"]} for r, x in zip(rows(tmp_path / "split"), rows(tmp_path / "straight"))]
 
 
 @pytest.mark.parametrize("override, message", [
@@ -68,13 +82,18 @@ def test_bad_recipe_values_are_one_line_errors(override, message, capsys, tmp_pa
     assert err.startswith("error: ") and message in err and len(err.strip().splitlines()) == 1
 
 
-def test_a_teacher_section_is_refused(tmp_path, capsys):
+def test_a_teacher_section_or_a_distill_recipe_is_refused(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("teacher: {spec: google/tipsv2-g14}\n")
+    recipe.write_text("teacher: {spec: google/tipsv2-g14}\npretrain: {alpha: 1.0}\n")
     assert main(["pretrain", "--recipe", str(recipe), "--out", str(tmp_path / "x")]) == 2
-    assert "no 'teacher' section" in capsys.readouterr().err
+    assert "no teacher section in a pretraining recipe" in capsys.readouterr().err
+    assert main(["pretrain", "--recipe", "micro", "--out", str(tmp_path / "x")]) == 2
+    assert "has no pretrain: section" in capsys.readouterr().err
+    assert main(["distill", "--recipe", "micro-teacher", "--out", str(tmp_path / "x")]) == 2
+    assert "run it with `tipsdistill pretrain`" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_existing_model_is_not_overwritten(pretrained):
     with pytest.raises(Exception, match="already holds"):
-        run_pretrain(load_pretrain_recipe("micro-teacher", TINY), pretrained)
+        run_training(load_recipe("micro-teacher", TINY), pretrained)

@@ -9,11 +9,10 @@ from distill.config import RECIPES_DIR, apply_overrides, load_recipe
 from teachers.errors import UserError
 
 REAL = ("b14", "l14", "so400m14")
-# `pretrain:` recipes belong to `tipsdistill pretrain` (tests/test_pretrain*.py).
-DISTILL_RECIPES = [p.stem for p in sorted(RECIPES_DIR.glob("*.yaml")) if "pretrain" not in yaml.safe_load(p.read_text())]
+RECIPES = [p.stem for p in sorted(RECIPES_DIR.glob("*.yaml"))]
 
 
-@pytest.mark.parametrize("name", DISTILL_RECIPES)
+@pytest.mark.parametrize("name", RECIPES)
 def test_packaged_recipes_load(name):
     recipe = load_recipe(name)
     assert recipe.name == name

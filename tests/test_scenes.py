@@ -33,7 +33,7 @@ def test_every_pixel_has_a_class_named_in_the_captions():
         present = {SCENE_CLASSES[k] for k in np.unique(scene.mask)}
         assert present <= words, (present - words, scene.captions)
         # Both surfaces are stuff classes and every object is a thing: no catch-all class.
-        assert {scene.wall[1], scene.floor[1]} <= present and scene.wall[1] != scene.floor[1]
+        assert {scene.wall, scene.floor} <= present and scene.wall != scene.floor
         assert {o.colour for o in scene.objects} <= present  # objects overlap only slightly: none is hidden
     assert set(STUFF_CLASSES) | set(THING_CLASSES) == set(SCENE_CLASSES) and "background" not in SCENE_CLASSES
 
@@ -60,7 +60,7 @@ def test_depth_is_exact_geometry():
         scene = make_scene(1, "train", i, size=size)
         assert scene.depth.dtype == np.float32 and scene.depth.shape == (size, size)
         wall_depth = scene.depth[0, 0]
-        floor_id = SCENE_CLASSES.index(scene.floor[1])
+        floor_id = SCENE_CLASSES.index(scene.floor)
         rows = np.nonzero((scene.mask == floor_id).any(1))[0]
         for row in rows:
             values = scene.depth[row][scene.mask[row] == floor_id]
@@ -106,5 +106,5 @@ def test_caption_corpus_builds_a_tokenizer():
 
     corpus = caption_corpus(length=50)
     tokenizer = build_tokenizer(corpus, vocab_size=128)
-    ids = tokenizer(["a red circle on a dotted floor"])["input_ids"][0]
+    ids = tokenizer(["a red circle on a sand floor"])["input_ids"][0]
     assert tokenizer.unk_token_id not in ids

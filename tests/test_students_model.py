@@ -31,7 +31,7 @@ def test_tokens_heads_and_text(micro, tiny_tokenizer):
     projected.patches.sum().backward()
     assert micro.vision.embeddings.patch_embeddings.projection.weight.grad is not None
     batch = _text(tiny_tokenizer)
-    assert micro.encode_text(batch["input_ids"], batch["attention_mask"]).shape == (2, 96)
+    assert micro.text_features(batch["input_ids"], batch["attention_mask"]).shape == (2, 96)
     assert micro.text.config.vocab_size == len(tiny_tokenizer)
     assert isinstance(micro.temperature, torch.nn.Parameter) and micro.temperature.requires_grad
     masked = torch.zeros(2, 64, dtype=torch.bool)
@@ -52,7 +52,7 @@ def test_heads_kinds_and_missing_heads():
     with pytest.raises(UserError, match="no projection heads"):
         bare.project(tokens)
     with pytest.raises(UserError, match="without a text tower"):
-        bare.encode_text(torch.zeros(1, 4, dtype=torch.long))
+        bare.text_features(torch.zeros(1, 4, dtype=torch.long))
 
 
 def test_gradient_checkpointing_trains():
@@ -73,8 +73,8 @@ def test_save_load_round_trip(micro, tiny_tokenizer, tmp_path):
     with torch.no_grad():
         a, b = micro.project(micro.image_tokens(pixels)), loaded.project(loaded.image_tokens(pixels))
         assert torch.equal(a.patches, b.patches) and torch.equal(a.cls, b.cls)
-        assert torch.equal(micro.encode_text(batch["input_ids"], batch["attention_mask"]),
-                           loaded.encode_text(batch["input_ids"], batch["attention_mask"]))
+        assert torch.equal(micro.text_features(batch["input_ids"], batch["attention_mask"]),
+                           loaded.text_features(batch["input_ids"], batch["attention_mask"]))
     assert loaded.name == "tipsv2-micro" and loaded.teacher_width == 48 and loaded.head_kind == "linear"
     assert loaded.metadata["teacher_fingerprint"] == "f00d"
     assert loaded.tokenizer("a red circle")["input_ids"] == tiny_tokenizer("a red circle")["input_ids"]
@@ -122,7 +122,7 @@ def test_init_from_a_tipsv2_checkpoint(tiny_tipsv2_dir, tiny_tokenizer):
     with torch.no_grad():
         assert torch.equal(student.image_tokens(pixels).patches, teacher.encode_image(pixels).patches)
         batch = _text(tiny_tokenizer)
-        ours = torch.nn.functional.normalize(student.encode_text(batch["input_ids"], batch["attention_mask"]), dim=-1)
+        ours = torch.nn.functional.normalize(student.text_features(batch["input_ids"], batch["attention_mask"]), dim=-1)
     assert torch.allclose(ours, teacher.encode_text(["a red circle", "a photo of many dogs"]), atol=1e-6)
     assert student.tokenizer is not None and float(student.temperature.detach()) == pytest.approx(teacher.temperature)
     assert student.metadata["init"]["fingerprint"] == teacher.fingerprint

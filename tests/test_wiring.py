@@ -190,16 +190,38 @@ def test_caption_ids_are_the_same_in_every_interpreter():
     assert len(outputs) == 1 and outputs.pop().strip().startswith("[")
 
 
-def test_caption_draws_of_a_subset_equal_those_rows_of_the_full_batch():
-    """A process holding rows 1 and 3 of a global batch draws what one process holding all rows draws there."""
-    from distill.captions import sample_captions
+def test_caption_draws_are_keyed_by_sample_not_by_batch_row(tiny_tipsv2_dir):
+    """A process holding images 11 and 13 of a global batch draws for them what one process holding the whole
+    batch draws: the loader's draws depend on (seed, epoch, index), whatever the batch composition."""
+    from distill.data import Draws, make_dataloader
 
-    captions = {"short": ["s0", "s1", "s2", "s3"], "medium": ["m0", "m1", None, "m3"], "long": ["l0", "l1", "l2", "l3"]}
-    indices = torch.tensor([10, 11, 12, 13])
-    weights = {"short": 0.2, "medium": 0.4, "long": 0.4}
-    full = sample_captions(captions, indices, 5, 0, weights)
-    rows = [1, 3]
-    part = sample_captions({k: [v[r] for r in rows] for k, v in captions.items()}, indices[rows], 5, 0, weights)
-    assert part.cls1 == [full.cls1[r] for r in rows] and part.cls2 == [full.cls2[r] for r in rows]
-    draws = {sample_captions(captions, indices, step, 0, weights).cls2[0] for step in range(40)}
-    assert draws == {"s0", "m0", "l0"}  # every granularity gets drawn across steps
+    dataset = SubsetScenes()
+    draws = Draws(caption_weights={"short": 0.2, "medium": 0.4, "long": 0.4})
+    full = make_dataloader(dataset, batch_size=4, student_size=32, draws=draws, shuffle=False)
+    half = make_dataloader(torch.utils.data.Subset(dataset, [1, 3]), batch_size=2, student_size=32, draws=draws,
+                           shuffle=False)
+    for epoch in range(3):
+        full.set_epoch(epoch), half.set_epoch(epoch)
+        (a,), (b,) = list(full), list(half)
+        assert b["caption_pair"].cls2 == [a["caption_pair"].cls2[r] for r in (1, 3)]
+        assert torch.equal(b["index"], a["index"][[1, 3]])
+    epochs = set()
+    for epoch in range(40):
+        full.set_epoch(epoch)
+        epochs.add(next(iter(full))["caption_pair"].cls2[0])
+    assert len(epochs) == 3  # every granularity of image 0 gets drawn across epochs
+
+
+class SubsetScenes(torch.utils.data.Dataset):
+    """Four built-in scenes keeping their own index when sub-set (as a sharded process sees them)."""
+
+    def __init__(self):
+        from distill.data.scenes import SceneDataset
+
+        self.scenes = SceneDataset("train", size=32, length=4)
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        return self.scenes[i]

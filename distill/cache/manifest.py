@@ -11,12 +11,15 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from distill.data.augment import CropConfig
+from distill.data.build import parse_spec
 from teachers.atomic import write_atomic
 from teachers.errors import UserError
 
-FORMAT = "tipsdistill-cache/1"
+FORMAT = "tipsdistill-cache/2"
 MANIFEST = "manifest.json"
 PCA_BASIS = "pca_basis.safetensors"
+TOKENIZER_DIR = "tokenizer"  # the teacher's tokenizer, so a cached run can train a text tower without the teacher
 
 
 @dataclass(frozen=True)
@@ -26,18 +29,19 @@ class Preprocessing:
     dataset: str
     data_options: dict  # the source's options (`build_dataset(spec, **options)`)
     dataset_length: int
-    teacher_image_size: int
-    crop_scale: tuple[float, float]
-    crop_ratio: tuple[float, float]
-    flip_p: float
+    teacher_image_size: int | None
+    crop: CropConfig
     seed: int
 
     def mismatch(self, other: "Preprocessing") -> str | None:
-        """First field (other than the crop seed, which only the cache needs) that differs."""
+        """First field (other than the crop seed, which only the cache needs) that differs; a field `other`
+        leaves None (unknown to it) is the cache's to decide."""
         for f in fields(self):
             if f.name == "seed":
                 continue
             mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if theirs is None:
+                continue
             if _normalise(mine) != _normalise(theirs):
                 return f"{f.name}={theirs!r} but the cache was built with {mine!r}"
         return None
@@ -45,8 +49,6 @@ class Preprocessing:
 
 def dataset_identity(spec: str) -> str:
     """The data spec as recorded: local paths made absolute, so `./data` and `/abs/data` agree."""
-    from distill.data.build import parse_spec
-
     kind, argument = parse_spec(str(spec))
     if kind == "scenes":
         return f"scenes:{argument or 'train'}"
@@ -54,14 +56,17 @@ def dataset_identity(spec: str) -> str:
 
 
 def _normalise(value):
+    if isinstance(value, CropConfig):
+        value = asdict(value)
     if isinstance(value, dict):
         return json.dumps(value, sort_keys=True, default=str)
-    return [float(v) for v in value] if isinstance(value, (tuple, list)) else value
+    return value
 
 
 @dataclass
 class CacheManifest:
     teacher_fingerprint: str
+    teacher_spec: str  # as the build named it, for the students' model cards
     teacher_width: int
     num_registers: int
     grid: tuple[int, int]
@@ -74,6 +79,10 @@ class CacheManifest:
     shards: list[str] = field(default_factory=list)
     pca_explained: float | None = None  # variance kept by the PCA basis stored in PCA_BASIS
     format: str = FORMAT
+
+    @property
+    def patch_size(self) -> int:
+        return self.preprocessing.teacher_image_size // self.grid[0]
 
     @property
     def complete(self) -> bool:
@@ -96,7 +105,7 @@ class CacheManifest:
     def from_dict(cls, data: dict) -> "CacheManifest":
         data = dict(data)
         pre = data.pop("preprocessing")
-        pre["crop_scale"], pre["crop_ratio"] = tuple(pre["crop_scale"]), tuple(pre["crop_ratio"])
+        pre["crop"] = CropConfig(**pre["crop"])
         return cls(preprocessing=Preprocessing(**pre), grid=tuple(data.pop("grid")), **data)
 
 
@@ -117,12 +126,8 @@ def read_manifest(directory: Path) -> CacheManifest:
         raise UserError(f"cache {directory} has an unreadable {MANIFEST} ({exc}); rebuild it with `tipsdistill cache`")
 
 
-def check_cache_matches(directory: Path, manifest: CacheManifest, fingerprint: str, pre: Preprocessing) -> None:
-    """Refuse, in one line, targets that are not what this run's teacher would compute on these pixels."""
-    if manifest.teacher_fingerprint != fingerprint:
-        raise UserError(
-            f"cache {directory} was built by teacher {manifest.teacher_fingerprint}, not this run's teacher "
-            f"{fingerprint}; rebuild it with `tipsdistill cache`")
+def check_cache_matches(directory: Path, manifest: CacheManifest, pre: Preprocessing) -> None:
+    """Refuse, in one line, targets that are not what the teacher computed on this run's pixels."""
     problem = manifest.preprocessing.mismatch(pre)
     if problem:
         raise UserError(f"cache {directory} has other preprocessing: this run has {problem}; rebuild it")

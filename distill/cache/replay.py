@@ -3,19 +3,21 @@
 Epoch e uses augmentation e mod K of every image. Augmentation k was built with the online
 pipeline's crop for epoch k, so for the first K epochs a cached run sees exactly the pixels and
 targets (up to the storage precision) of an online run with the same seed; later epochs cycle
-through the K stored crops, each equally often.
+through the K stored crops, each equally often. Masks, caption choices and extra views are drawn as
+online, keyed by the epoch.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from distill.cache.manifest import Preprocessing, check_cache_matches, dataset_identity, read_manifest
 from distill.cache.reader import CacheReader
 from distill.cache.writer import require_indexed
-from distill.data.augment import apply_crop
-from distill.data.loader import AugmentedDataset, EpochDataLoader, EpochSampler, collate
+from distill.data.loader import Augment, EpochDataLoader, collate, epoch_loader
 from distill.data.sample import Sample
 
 TARGET_KEYS = ("cls", "registers", "patches")
@@ -23,16 +25,15 @@ TARGET_KEYS = ("cls", "registers", "patches")
 
 @dataclass(frozen=True)
 class ReplayAugment:
-    """Stands in for `distill.data.loader.Augment`: same item layout plus `teacher_targets`."""
+    """Stands in for `distill.data.loader.Augment`: the stored crop instead of a drawn one, plus
+    `teacher_targets`."""
 
     reader: CacheReader
-    student_size: int
+    augment: Augment  # the student side: size, seed and draws
 
     def __call__(self, sample: Sample, epoch: int) -> dict[str, Any]:
         k = epoch % self.reader.manifest.augmentations
-        params = self.reader.crop(sample.index, k)
-        return {"pixels": apply_crop(sample.image, params, self.student_size), "captions": sample.captions,
-                "index": sample.index, "crop": params.as_tensor(), "events": sample.events,
+        return {**self.augment.item(sample, self.reader.crop(sample.index, k), epoch),
                 "teacher_targets": self.reader.targets(sample.index, k)}
 
 
@@ -44,10 +45,24 @@ def replay_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return batch
 
 
-def make_replay_dataloader(dataset, reader: CacheReader, *, batch_size: int, student_size: int, seed: int = 0,
-                           num_workers: int = 0, drop_last: bool = True, shuffle: bool = True) -> EpochDataLoader:
-    """`make_dataloader`'s counterpart for a cached run (same sampler, so the same image order)."""
+def recipe_preprocessing(recipe, dataset) -> Preprocessing:
+    """What a distill recipe feeds its teacher, in the terms the cache records."""
+    d = recipe.data
+    # Without a teacher section the cache alone says at which resolution its teacher ran.
+    teacher_size = (recipe.teacher.image_size or recipe.student.image_size) if recipe.teacher is not None else None
+    return Preprocessing(dataset=dataset_identity(d.source), data_options=dict(d.options), dataset_length=len(dataset),
+                         teacher_image_size=teacher_size, crop=d.crop, seed=recipe.seed)
+
+
+def open_cache(directory: str | Path, preprocessing: Preprocessing) -> CacheReader:
+    """A reader for a complete cache built with this preprocessing, else a one-line UserError."""
+    check_cache_matches(Path(directory), read_manifest(directory), preprocessing)
+    return CacheReader(directory)
+
+
+def replay_dataloader(dataset, reader: CacheReader, augment: Augment, *, batch_size: int, seed: int = 0,
+                      num_workers: int = 0, shuffle: bool = True, pin_memory: bool = False) -> EpochDataLoader:
+    """`make_dataloader`'s counterpart for a cached run: the same sampler, so the same image order."""
     require_indexed(dataset)
-    return EpochDataLoader(AugmentedDataset(dataset, ReplayAugment(reader, student_size)), batch_size=batch_size,
-                           sampler=EpochSampler(len(dataset), seed, shuffle), num_workers=num_workers,
-                           collate_fn=replay_collate, drop_last=drop_last)
+    return epoch_loader(dataset, ReplayAugment(reader, augment), replay_collate, batch_size=batch_size, seed=seed,
+                        num_workers=num_workers, drop_last=True, shuffle=shuffle, pin_memory=pin_memory)

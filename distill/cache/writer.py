@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import IterableDataset
 
-from teachers.atomic import remove_stale_temps, write_atomic
+from teachers.atomic import atomic_directory, remove_stale_temps, write_atomic
 from distill.cache.compression import Compression, PatchCodec, PcaBasis, storage_dtype
 from distill.cache.manifest import (
-    MANIFEST, PCA_BASIS, CacheManifest, Preprocessing, read_manifest, write_manifest,
+    MANIFEST, PCA_BASIS, TOKENIZER_DIR, CacheManifest, Preprocessing, read_manifest, write_manifest,
 )
 from distill.data.loader import Augment
 from teachers.errors import UserError
@@ -53,7 +53,7 @@ def teacher_augment(pre: Preprocessing) -> Augment:
     """The online pipeline's own crop, at the teacher's size: augmentation k of an image is exactly
     the crop an online run with the same seed draws for it in epoch k."""
     size = pre.teacher_image_size
-    return Augment(size, size, pre.seed, tuple(pre.crop_scale), tuple(pre.crop_ratio), pre.flip_p)
+    return Augment(size, size, pre.seed, pre.crop)
 
 
 def _run_teacher(teacher, dataset, images: range, pre: Preprocessing, k: int, batch_size: int,
@@ -103,8 +103,10 @@ def build_cache(
     settings: CacheSettings,
     device: str | torch.device = "cpu",
     on_shard: Callable[[int, int], None] | None = None,
+    teacher_spec: str = "",
 ) -> CacheManifest:
-    """Write (or finish) the cache in `out`. `on_shard(done, total)` is called after each shard."""
+    """Write (or finish) the cache in `out`. `on_shard(done, total)` is called after each shard.
+    `teacher_spec` names the teacher for the model cards of students trained from the cache."""
     settings.validate()
     require_indexed(dataset)
     out = Path(out)
@@ -113,11 +115,14 @@ def build_cache(
     grid = (pre.teacher_image_size // teacher.patch_size,) * 2
     num_shards = -(-len(dataset) // settings.shard_size)
     manifest = _start_or_resume(out, CacheManifest(
-        teacher_fingerprint=teacher.fingerprint, teacher_width=teacher.width,
+        teacher_fingerprint=teacher.fingerprint, teacher_spec=teacher_spec, teacher_width=teacher.width,
         num_registers=teacher.num_registers, grid=grid, preprocessing=pre,
         augmentations=settings.augmentations, dtype=settings.dtype, compression=settings.compression,
         shard_size=settings.shard_size, num_shards=num_shards))
     remove_stale_temps(out)
+    if teacher.tokenizer is not None and not (out / TOKENIZER_DIR).is_dir():
+        with atomic_directory(out / TOKENIZER_DIR) as tmp:
+            teacher.tokenizer.save_pretrained(tmp)
     compression = Compression.parse(settings.compression)
     codec = PatchCodec(compression, storage_dtype(settings.dtype))
     if compression.kind == "pca" and manifest.pca_explained is not None:

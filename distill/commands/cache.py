@@ -51,43 +51,40 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    import teachers
     from distill.cache.manifest import Preprocessing, dataset_identity
     from distill.cache.writer import CacheSettings, build_cache
     from distill.commands import data_options
     from distill.config import DataConfig, Recipe, load_recipe
-    from distill.data import build_dataset
-    from distill.data.augment import check_crop_options
+    from distill.data import CropConfig, build_dataset
+    from teachers import load_teacher, teacher_dtype
     from teachers.errors import UserError
 
     if args.overrides and not args.recipe:
         raise UserError(f"recipe overrides {' '.join(args.overrides)} need --recipe")
     recipe = load_recipe(args.recipe, args.overrides) if args.recipe else Recipe(data=DataConfig(source=""))
-    teacher_spec, data = args.teacher or recipe.teacher.spec, args.data or recipe.data.source
+    recipe_teacher = recipe.teacher.spec if recipe.teacher is not None else ""
+    teacher_spec, data = args.teacher or recipe_teacher, args.data or recipe.data.source
     if not teacher_spec or not data:
         raise UserError("cache needs a teacher and data: --teacher SPEC --data DATA, or --recipe with "
                         "teacher.spec and data.source")
     settings = CacheSettings(args.augmentations, args.dtype, args.compress, args.shard_size, args.batch_size)
     settings.validate()
     d = recipe.data
-    scale, ratio = tuple(args.crop_scale or d.crop_scale), tuple(args.crop_ratio or d.crop_ratio)
-    flip_p = d.flip_p if args.flip_p is None else args.flip_p
-    check_crop_options(scale, ratio, flip_p)
+    crop = CropConfig(args.crop_scale or d.crop.scale, args.crop_ratio or d.crop.ratio,
+                      d.crop.flip_p if args.flip_p is None else args.flip_p)
     options = {**(d.options if args.data is None else {}), **data_options(args.data_option)}
     dataset = build_dataset(data, **options)
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    # On an accelerator the teacher runs in the training precision; CPUs here lack fast bf16 matmuls.
-    teacher_dtype = torch.float32 if str(device).startswith("cpu") else torch.bfloat16
-    teacher = teachers.load_teacher(teacher_spec, dtype=teacher_dtype, device=device)
-    recipe_size = (recipe.teacher.image_size or recipe.student.image_size) if args.recipe else None
+    teacher = load_teacher(teacher_spec, dtype=teacher_dtype(device, "bf16"), device=device)
+    recipe_size = ((recipe.teacher.image_size if recipe.teacher else None) or recipe.student.image_size
+                   if args.recipe else None)
     size = args.image_size or recipe_size or teacher.image_size
     if size % teacher.patch_size:
         raise UserError(f"--image-size {size} is not a multiple of the teacher's patch size {teacher.patch_size}")
     pre = Preprocessing(dataset=dataset_identity(data), data_options=options, dataset_length=len(dataset),
-                        teacher_image_size=size, crop_scale=scale, crop_ratio=ratio, flip_p=flip_p,
-                        seed=recipe.seed if args.seed is None else args.seed)
-    manifest = build_cache(teacher, dataset, args.out, pre, settings, device=device,
+                        teacher_image_size=size, crop=crop, seed=recipe.seed if args.seed is None else args.seed)
+    manifest = build_cache(teacher, dataset, args.out, pre, settings, device=device, teacher_spec=teacher_spec,
                            on_shard=lambda done, total: print(f"shard {done}/{total}", flush=True))
     rows = pre.dataset_length * settings.augmentations
     print(f"cache {args.out}: {rows} targets ({pre.dataset_length} images x {settings.augmentations} crops) "

@@ -30,7 +30,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from distill.train import run_distill
+    from distill.run import run_training
     from teachers.errors import UserError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -47,6 +47,8 @@ def run(args) -> int:
         raise UserError("distill needs --out DIR, e.g. tipsdistill distill --recipe micro teacher.spec=DIR --out runs/x")
     # `--resume` alone continues with the recipe the run recorded.
     recipe = load_recipe(args.recipe or Path(args.out) / "recipe.yaml", args.overrides)
-    final = run_distill(recipe, args.out, resume=args.resume, stop_at=args.stop_at)
+    if recipe.is_pretraining:
+        raise UserError(f"recipe {args.recipe} has a pretrain: section; run it with `tipsdistill pretrain`")
+    final = run_training(recipe, args.out, resume=args.resume, stop_at=args.stop_at)
     print(f"student checkpoint: {final}")
     return 0

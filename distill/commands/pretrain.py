@@ -1,8 +1,12 @@
-"""`tipsdistill pretrain --recipe RECIPE [key=value ...] --out DIR`: TIPSv2 stage-1 pretraining."""
+"""`tipsdistill pretrain --recipe RECIPE [key=value ...] --out DIR [--resume] [--stop-at N]`: TIPSv2 stage-1
+pretraining."""
 from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
+
+DEFAULT_RECIPE = "micro-teacher"
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -10,19 +14,30 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "pretrain", help="pretrain a TIPSv2 model (contrastive + DINO + iBOT++, head-only EMA)",
         description="TIPSv2 stage-1 pretraining: caption contrastive on both CLS tokens + alpha * DINO CLS loss + "
                     "beta * iBOT++ patch loss, head-only EMA. Writes a Tipsv2Model + tokenizer to DIR/model.")
-    parser.add_argument("--recipe", default="micro-teacher",
-                        help="recipe YAML file or packaged recipe name (default: micro-teacher)")
+    parser.add_argument("--recipe", help=f"recipe YAML file or packaged recipe name with a pretrain: section "
+                                         f"(default: {DEFAULT_RECIPE}; with --resume, the run's recipe.yaml)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="recipe overrides, e.g. max_steps=40 patch_tokens=masked pretrain.ema=full")
     parser.add_argument("--out", default="runs/micro-teacher", help="run directory (default: runs/micro-teacher)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                        help="stop after this step with a checkpoint (continue later with --resume)")
     parser.set_defaults(func=run)
     return parser
 
 
 def run(args) -> int:
-    from distill.pretrain_run import load_pretrain_recipe, run_pretrain
+    from distill.config import load_recipe
+    from distill.run import run_training
+    from teachers.errors import UserError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    model = run_pretrain(load_pretrain_recipe(args.recipe, args.overrides), args.out)
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    name = args.recipe or (Path(args.out) / "recipe.yaml" if args.resume else DEFAULT_RECIPE)
+    recipe = load_recipe(name, args.overrides)
+    if not recipe.is_pretraining:
+        raise UserError(f"recipe {name} has no pretrain: section; expected a pretraining recipe such as "
+                        f"{DEFAULT_RECIPE} (distillation recipes run with `tipsdistill distill`)")
+    model = run_training(recipe, args.out, resume=args.resume, stop_at=args.stop_at)
     print(f"pretrained model (Tipsv2Model + tokenizer): {model}")
     return 0

@@ -13,8 +13,28 @@ import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
 
-from distill.sample_rng import hashed_generator
+from distill.data.rng import keyed_generator
 from teachers.errors import UserError
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """The random resized crop + flip, one object for the recipe (`data.crop`), the loaders, the cache and
+    the CLI. `scale` is the crop's fraction of the image area, `ratio` its aspect range (w / h)."""
+
+    scale: tuple[float, float] = (0.4, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+
+    def __post_init__(self):
+        object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
+        object.__setattr__(self, "ratio", tuple(float(v) for v in self.ratio))
+        if not (len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1):
+            raise UserError(f"crop scale={self.scale}: expected (min, max) with 0 < min <= max <= 1")
+        if not (len(self.ratio) == 2 and 0 < self.ratio[0] <= self.ratio[1]):
+            raise UserError(f"crop ratio={self.ratio}: expected (min, max) aspect ratios with 0 < min <= max")
+        if not 0 <= self.flip_p <= 1:
+            raise UserError(f"flip_p={self.flip_p}: expected a probability in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -36,20 +56,14 @@ class CropParams:
         return cls(top, left, height, width, bool(flip))
 
 
-def keyed_generator(purpose: str, *key: int) -> torch.Generator:
-    """A generator that depends only on (purpose, key)."""
-    return hashed_generator(purpose, *(int(k) for k in key))
-
-
 def crop_generator(seed: int, epoch: int, index: int) -> torch.Generator:
     return keyed_generator("crop", seed, epoch, index)
 
 
-def sample_crop(image_size: tuple[int, int], rng: torch.Generator, scale: tuple[float, float] = (0.4, 1.0),
-                ratio: tuple[float, float] = (3 / 4, 4 / 3), flip_p: float = 0.5) -> CropParams:
+def sample_crop(image_size: tuple[int, int], rng: torch.Generator, crop: CropConfig = CropConfig()) -> CropParams:
     """`image_size` is (height, width). Same draws as torchvision's RandomResizedCrop.get_params,
     which only reads the global RNG; this takes a generator instead."""
-    check_crop_options(scale, ratio, flip_p)
+    scale, ratio = crop.scale, crop.ratio
     height, width = image_size
     area = height * width
     log_ratio = torch.log(torch.tensor(ratio))
@@ -73,17 +87,8 @@ def sample_crop(image_size: tuple[int, int], rng: torch.Generator, scale: tuple[
         else:
             w, h = width, height
         box = ((height - h) // 2, (width - w) // 2, h, w)
-    flip = bool(torch.rand(1, generator=rng).item() < flip_p)
+    flip = bool(torch.rand(1, generator=rng).item() < crop.flip_p)
     return CropParams(*box, flip=flip)
-
-
-def check_crop_options(scale: tuple[float, float], ratio: tuple[float, float], flip_p: float) -> None:
-    if not (len(scale) == 2 and 0 < scale[0] <= scale[1] <= 1):
-        raise UserError(f"crop scale={tuple(scale)}: expected (min, max) with 0 < min <= max <= 1")
-    if not (len(ratio) == 2 and 0 < ratio[0] <= ratio[1]):
-        raise UserError(f"crop ratio={tuple(ratio)}: expected (min, max) aspect ratios with 0 < min <= max")
-    if not 0 <= flip_p <= 1:
-        raise UserError(f"flip_p={flip_p}: expected a probability in [0, 1]")
 
 
 def apply_crop(image: Image.Image | torch.Tensor, params: CropParams, size: int) -> torch.Tensor:

@@ -1,7 +1,8 @@
-"""Batches for the training loop: one crop per image, shared by teacher and student, and the data stats.
+"""Batches for the training loop: one crop per image, shared by teacher and student, the per-sample draws
+(masks, caption choices, extra views) and the data stats.
 
 The epoch reaches the workers inside every key (`EpochKey`) or through `set_epoch` on the stream, so
-crops depend on (seed, epoch, index) only, whatever the worker count, process count or resume point.
+crops and draws depend on (seed, epoch, index) only, whatever the worker count, process count or resume point.
 Call `loader.set_epoch(epoch)` before each epoch (Accelerate's prepared loaders do it themselves,
 counting completed passes; after a resume set it explicitly).
 """
@@ -15,7 +16,9 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from teachers.errors import UserError
 
-from distill.data.augment import apply_crop, check_crop_options, crop_generator, keyed_generator, sample_crop
+from distill.data.augment import CropConfig, CropParams, apply_crop, crop_generator, sample_crop
+from distill.data.draws import Draws, collate_draws
+from distill.data.rng import keyed_generator
 from distill.data.sample import CAPTION_KEYS, DataStats, Sample
 
 
@@ -24,19 +27,23 @@ class Augment:
     student_size: int
     teacher_size: int
     seed: int = 0
-    scale: tuple[float, float] = (0.4, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
+    crop: CropConfig = CropConfig()
+    draws: Draws = Draws()
 
     def __call__(self, sample: Sample, epoch: int) -> dict[str, Any]:
-        rng = crop_generator(self.seed, epoch, sample.index)
-        params = sample_crop((sample.image.height, sample.image.width), rng, self.scale, self.ratio, self.flip_p)
-        item = {"pixels": apply_crop(sample.image, params, self.student_size), "captions": sample.captions,
-                "index": sample.index, "crop": params.as_tensor(), "events": sample.events}
+        params = sample_crop((sample.image.height, sample.image.width), crop_generator(self.seed, epoch, sample.index),
+                             self.crop)
+        item = self.item(sample, params, epoch)
         if self.teacher_size != self.student_size:
             # From the source image, not from the student pixels: each side gets its full resolution.
             item["teacher_pixels"] = apply_crop(sample.image, params, self.teacher_size)
         return item
+
+    def item(self, sample: Sample, params: CropParams, epoch: int) -> dict[str, Any]:
+        """The student's view of `sample` under the crop `params`, with this epoch's draws."""
+        return {"pixels": apply_crop(sample.image, params, self.student_size), "captions": sample.captions,
+                "index": sample.index, "crop": params.as_tensor(), "events": sample.events,
+                **self.draws(sample.captions, self.student_size, self.seed, epoch, sample.index)}
 
 
 class EpochKey(NamedTuple):
@@ -102,13 +109,13 @@ class EpochDataLoader(DataLoader):
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     """`pixels` (B,3,S,S) and `teacher_pixels` (B,3,T,T) in [0,1] (the same tensor when S == T),
     `captions` {short|medium|long: list[str | None]}, `index` (B,), `crop` (B,5) = CropParams rows,
-    `stats` DataStats of this batch."""
+    `stats` DataStats of this batch, and the draws (`mask`, `caption_pair`, `views`) asked for."""
     pixels = torch.stack([item["pixels"] for item in items])
     teacher = torch.stack([item["teacher_pixels"] for item in items]) if "teacher_pixels" in items[0] else pixels
     stats = DataStats()
     for item in items:
         stats.add(item["events"], samples=1)
-    return {
+    batch = {
         "pixels": pixels,
         "teacher_pixels": teacher,
         "captions": {key: [item["captions"].get(key) for item in items] for key in CAPTION_KEYS},
@@ -116,12 +123,13 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         "crop": torch.stack([item["crop"] for item in items]),
         "stats": stats,
     }
+    collate_draws(items, batch)
+    return batch
 
 
 def make_dataloader(dataset, *, batch_size: int, student_size: int, teacher_size: int | None = None,
-                    seed: int = 0, num_workers: int = 0, drop_last: bool = True, shuffle: bool = True,
-                    scale: tuple[float, float] = (0.4, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
-                    flip_p: float = 0.5) -> EpochDataLoader:
+                    seed: int = 0, crop: CropConfig = CropConfig(), draws: Draws = Draws(), num_workers: int = 0,
+                    drop_last: bool = True, shuffle: bool = True, pin_memory: bool = False) -> EpochDataLoader:
     """A loader over any `build_dataset` result (or any map-style dataset of `Sample`s).
     `teacher_size` None means the student's size; `shuffle` applies to map-style datasets (a `wds:`
     source shuffles shards and a sample buffer itself)."""
@@ -130,11 +138,19 @@ def make_dataloader(dataset, *, batch_size: int, student_size: int, teacher_size
                         "expected positive integers")
     if num_workers < 0:
         raise UserError(f"num_workers={num_workers}: expected 0 or more")
-    check_crop_options(scale, ratio, flip_p)
-    augment = Augment(student_size, teacher_size or student_size, seed, tuple(scale), tuple(ratio), flip_p)
+    augment = Augment(student_size, teacher_size or student_size, seed, crop, draws)
+    return epoch_loader(dataset, augment, collate, batch_size=batch_size, seed=seed, num_workers=num_workers,
+                        drop_last=drop_last, shuffle=shuffle, pin_memory=pin_memory)
+
+
+def epoch_loader(dataset, augment, collate_fn, *, batch_size: int, seed: int, num_workers: int, drop_last: bool,
+                 shuffle: bool, pin_memory: bool) -> EpochDataLoader:
+    """The loader around an augment (online: `Augment`; cached runs: the cache's replay)."""
+    common = dict(batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn, drop_last=drop_last,
+                  pin_memory=pin_memory)
     if isinstance(dataset, IterableDataset):
-        return EpochDataLoader(AugmentedStream(dataset, augment), batch_size=batch_size, num_workers=num_workers,
-                          collate_fn=collate, drop_last=drop_last)
-    return EpochDataLoader(AugmentedDataset(dataset, augment), batch_size=batch_size,
-                      sampler=EpochSampler(len(dataset), seed, shuffle), num_workers=num_workers,
-                      collate_fn=collate, drop_last=drop_last)
+        return EpochDataLoader(AugmentedStream(dataset, augment), **common)
+    # The epoch travels inside each key, so map-style workers can live across epochs (no restart cost);
+    # a stream's workers must restart to see `set_epoch`.
+    return EpochDataLoader(AugmentedDataset(dataset, augment), sampler=EpochSampler(len(dataset), seed, shuffle),
+                           persistent_workers=num_workers > 0, **common)

@@ -1,7 +1,7 @@
 """How close a student's teacher-space tokens are to the teacher's, on any image set.
 
 Each non-reference model gives tokens in the reference's width: a student checkpoint through its
-projection heads (`students.load_student(...).project`), anything else as it encodes. Per token type:
+projection heads (`Student.teacher_space()`), anything else as it encodes. Per token type:
 mean cosine (CLS1, registers, patches); on patch tokens also linear CKA over the whole set. When the
 patch grids differ (patch size or resolution) the student's grid is resized bilinearly to the teacher's.
 Baselines: the reference against itself on *other* images (batch rolled by one), i.e. what unrelated
@@ -43,8 +43,6 @@ def teacher_space_tokens(model, pixels: torch.Tensor) -> ImageTokens:
     size = patch_multiple(pixels.shape[-1], patch)
     if size != pixels.shape[-1]:
         pixels = F.interpolate(pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    if hasattr(model, "project"):  # a student checkpoint: its heads map its tokens to the teacher's width
-        return model.project(model.image_tokens(pixels))
     return model.encode_image(pixels)
 
 

@@ -44,9 +44,10 @@ class ModelLoader:
         return model, model_device(model)
 
     def student(self, spec):
-        """A student checkpoint dir keeps its projection heads (`project`); other specs load as teachers."""
+        """A student checkpoint dir through its projection heads (teacher space); other specs load as teachers."""
         if isinstance(spec, (str, os.PathLike)) and is_student_dir(spec):
-            return self._remember(spec, load_student(spec).to(device=self.device, dtype=self.dtype).eval())
+            student = load_student(spec).to(device=self.device, dtype=self.dtype).eval()
+            return self._remember(spec, student.teacher_space())
         return self._remember(spec, load_model(spec, device=self.device, dtype=self.dtype))
 
     def _remember(self, spec, model):

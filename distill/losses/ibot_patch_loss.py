@@ -14,17 +14,16 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from distill.losses.patch_distill_loss import PATCH_TOKENS
 from distill.losses.prototype_targets import PrototypeTargets, cross_entropy_to_targets
-
-PATCH_LOSS_TOKENS = ("all", "masked")
 
 
 class IbotPatchLoss(nn.Module):
     def __init__(self, num_prototypes: int, tokens: str = "all", student_temp: float = 0.1,
                  teacher_temp: float = 0.04, centering: str = "center", center_momentum: float = 0.9):
         super().__init__()
-        if tokens not in PATCH_LOSS_TOKENS:
-            raise ValueError(f"patch_loss_tokens {tokens!r}; expected one of {PATCH_LOSS_TOKENS}")
+        if tokens not in PATCH_TOKENS:
+            raise ValueError(f"patch_loss_tokens {tokens!r}; expected one of {PATCH_TOKENS}")
         self.tokens, self.student_temp, self.teacher_temp = tokens, student_temp, teacher_temp
         self.targets = PrototypeTargets(num_prototypes, centering, center_momentum)
 

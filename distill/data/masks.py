@@ -7,10 +7,9 @@ Each masked image hides exactly round(ratio * patches); `probability` of the ima
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
-
-from distill.sample_rng import sample_generator
 
 
 def _uniform(g: torch.Generator, low: float, high: float) -> float:
@@ -42,20 +41,25 @@ def _block_mask(g: torch.Generator, h: int, w: int, count: int) -> torch.Tensor:
     return flat
 
 
-def sample_masks(indices: torch.Tensor, step: int, seed: int, grid: tuple[int, int], ratio: float,
-                 probability: float = 1.0, shape: str = "block") -> torch.Tensor | None:
-    """(B,) sample indices -> (B, h*w) bool, True = hidden from the student; None when masking is off."""
-    if ratio <= 0 or probability <= 0:
-        return None
-    h, w = grid
-    count = min(round(ratio * h * w), h * w - 1)
-    masks = torch.zeros(len(indices), h * w, dtype=torch.bool)
-    for row, index in enumerate(indices.tolist()):
-        g = sample_generator(seed, step, index, "mask")
-        if torch.rand((), generator=g).item() >= probability or count == 0:
-            continue
-        if shape == "block":
-            masks[row] = _block_mask(g, h, w, count)
-        else:
-            masks[row, torch.randperm(h * w, generator=g)[:count]] = True
-    return masks
+MASK_SHAPES = ("block", "random")
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    grid: tuple[int, int]  # the student's patch grid (h, w)
+    ratio: float  # fraction of patches hidden in a masked image
+    probability: float = 1.0  # fraction of images that are masked
+    shape: str = "block"  # block | random
+
+
+def sample_mask(g: torch.Generator, config: MaskConfig) -> torch.Tensor:
+    """(h*w,) bool, True = hidden from the student; all False for the images left unmasked."""
+    h, w = config.grid
+    count = min(round(config.ratio * h * w), h * w - 1)
+    if torch.rand((), generator=g).item() >= config.probability or count <= 0:
+        return torch.zeros(h * w, dtype=torch.bool)
+    if config.shape == "block":
+        return _block_mask(g, h, w, count)
+    mask = torch.zeros(h * w, dtype=torch.bool)
+    mask[torch.randperm(h * w, generator=g)[:count]] = True
+    return mask

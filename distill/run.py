@@ -1,0 +1,330 @@
+"""One way to build and run a training run from a recipe: distillation (a `teacher:` section or a teacher-target
+`cache:`) or TIPSv2 pretraining (a `pretrain:` section).
+
+`run_training(recipe, out)` checks the recipe and the run directory, builds the Accelerator, the data, the
+target source and the training task (`build_run`), calibrates target statistics, resumes from the last
+checkpoint when asked, trains (`distill.train.train_loop`) and saves the students: `out/student` (one
+student, or `out/student/<name>` for several); pretraining also writes `out/model`, a `Tipsv2Model` +
+tokenizer (`save_pretrained`) that the teacher layer, distillation and evaluation read.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, send_to_device, set_seed
+from torch.utils.data import IterableDataset
+from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
+
+from distill.cache.replay import open_cache, recipe_preprocessing, replay_dataloader
+from distill.config import Recipe, StudentConfig, flat_recipe, recipe_from_dict, recipe_to_dict, save_recipe
+from distill.data import CAPTION_KEYS, CropConfig, Draws, MaskConfig, build_dataset, make_dataloader
+from distill.data.loader import Augment
+from distill.data.scenes import SceneDataset, caption_corpus
+from distill.targets import CachedTeacher, OnlineTeacher, check_cached_text_tower
+from distill.tasks.distill_task import DistillTask
+from distill.tasks.multi_student import MultiStudentTask
+from distill.tasks.pretrain_task import PretrainTask
+from distill.train import METRICS, Progress, Run, checkpoints, load_checkpoint, save_exports, train_loop, truncate_metrics
+from students import build_student
+from students.zoo import STUDENTS
+from students.export import export_student
+from teachers import load_teacher, teacher_dtype
+from teachers.errors import UserError
+from teachers.tokenizer import build_tokenizer
+
+log = logging.getLogger(__name__)
+
+NO_DECAY = ("cls_token", "register_tokens", "mask_token", "position_embeddings", "temperature", "logit_bias")
+PRETRAINED_MODEL = "model"
+# A pretraining run on the built-in scenes without a tokenizer builds one from their captions.
+TOKENIZER_VOCAB = 256
+TOKENIZER_CORPUS_SCENES = 2000
+
+
+# ---------------------------------------------------------------- pieces
+
+
+def make_accelerator(recipe: Recipe, out: Path) -> Accelerator:
+    t = recipe.train
+    # Without a GPU, Accelerate joins a multi-process launch (torchrun, `accelerate launch --multi_gpu`) only when
+    # told to run on CPU; otherwise every process would train alone on the whole batch.
+    cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(
+        cpu=cpu_processes,
+        mixed_precision=None if t.mixed_precision == "auto" else t.mixed_precision,
+        # Steps are counted in micro-batches only: an epoch end must not force an early optimizer step.
+        gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=t.grad_accum_steps,
+                                                                sync_with_dataloader=False),
+        step_scheduler_with_optimizer=False,
+        log_with="tensorboard",
+        project_config=ProjectConfiguration(project_dir=str(out), logging_dir=str(out / "logs")),
+    )
+
+
+def per_process_batch(recipe: Recipe, processes: int) -> int:
+    t = recipe.train
+    per_step = t.grad_accum_steps * processes
+    if t.batch_size % per_step:
+        raise UserError(f"train.batch_size={t.batch_size} is not divisible by grad_accum_steps x processes "
+                        f"= {t.grad_accum_steps} x {processes}")
+    return t.batch_size // per_step
+
+
+def make_optimizer(recipe: Recipe, task: torch.nn.Module) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in task.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or name.rsplit(".", 1)[-1] in NO_DECAY else decay).append(p)
+    o = recipe.optim
+    # foreach: one fused kernel launch per parameter group instead of one per tensor.
+    return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas), foreach=True)
+
+
+def _caption_keys(dataset) -> tuple[str, ...]:
+    keys = getattr(dataset, "caption_keys", None)
+    if keys is None and hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__"):
+        keys = tuple(dataset[0].captions)
+    return tuple(keys) if keys is not None else CAPTION_KEYS
+
+
+def _contrastive_enabled(recipe: Recipe, dataset) -> bool:
+    c = recipe.loss.contrastive
+    if c.kind == "none":
+        log.info("contrastive loss off (loss.contrastive.kind=none): image-only distillation")
+        return False
+    keys = _caption_keys(dataset)
+    wanted = {"short"} | {k for k, w in c.caption_weights.items() if w > 0}
+    if not wanted & set(keys):
+        if recipe.is_pretraining:
+            raise UserError(f"pretraining needs captions ({', '.join(sorted(wanted))}): the data has none "
+                            "(the contrastive loss is the text anchor); caption it with `tipsdistill caption`")
+        log.info("the data has no captions (%s wanted): image-only distillation, no contrastive loss",
+                 ", ".join(sorted(wanted)))
+        return False
+    log.info("contrastive %s loss (text tower: %s): CLS1 <-> short, CLS2 <-> %s; data captions: %s", c.kind,
+             c.text_tower, ", ".join(f"{k} {w:g}" for k, w in c.caption_weights.items()), ", ".join(keys))
+    return True
+
+
+def _tokenizer(s: StudentConfig, fallback, dataset, pretraining: bool):
+    """The student text tower's tokenizer: `student.tokenizer`, else the teacher's (or the cache's copy);
+    a pretraining run on the built-in scenes builds one from their captions."""
+    if s.tokenizer:
+        return AutoTokenizer.from_pretrained(s.tokenizer)
+    if fallback is not None:
+        return fallback
+    if pretraining and isinstance(dataset, SceneDataset):
+        return build_tokenizer(caption_corpus(TOKENIZER_CORPUS_SCENES, seed=dataset.seed, size=dataset.size),
+                               vocab_size=TOKENIZER_VOCAB)
+    return None
+
+
+def _student(recipe: Recipe, s: StudentConfig, *, teacher_width: int | None, text: bool, tokenizer):
+    student = build_student(s.name, teacher_width=teacher_width, text=text, init=s.init, text_init=s.text_init,
+                            image_size=s.image_size, tokenizer=tokenizer if text else None, head=s.head,
+                            gradient_checkpointing=recipe.train.gradient_checkpointing)
+    if text and student.tokenizer is None:
+        raise UserError("the student's text tower needs a tokenizer: set student.tokenizer=DIR, student.init / "
+                        "student.text_init, or use a teacher (or cache) with a tokenizer")
+    return student
+
+
+def _teacher_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastive: bool):
+    """The online teacher, or the cache standing in for it (which never loads the teacher)."""
+    c = recipe.loss.contrastive
+    if recipe.cache:
+        if contrastive:
+            check_cached_text_tower(c.text_tower)
+        source = CachedTeacher(recipe.cache)
+        if recipe.teacher is not None and recipe.teacher.spec and recipe.teacher.spec != source.spec:
+            log.warning("teacher.spec %s differs from the cache's teacher %s; the cache's targets are used",
+                        recipe.teacher.spec, source.spec or source.fingerprint[:12])
+        return source
+    if recipe.teacher is None or not (recipe.teacher.spec or teacher is not None):
+        raise UserError("recipe key 'teacher.spec' is empty; expected a teacher (micro, a hub id, a directory, "
+                        "npz:..., timm:NAME) or cache=DIR")
+    dtype = teacher_dtype(accelerator.device, accelerator.mixed_precision)
+    if teacher is None:
+        teacher = load_teacher(recipe.teacher.spec, dtype=dtype, device=accelerator.device)
+    else:
+        teacher = teacher.to(device=accelerator.device, dtype=dtype)
+    size = recipe.teacher.image_size or recipe.student.image_size
+    if size % teacher.patch_size:
+        raise UserError(f"recipe key 'teacher.image_size' is {size}; expected a multiple of the teacher's patch "
+                        f"size {teacher.patch_size}")
+    text_tower = contrastive and c.text_tower == "teacher"
+    if text_tower and not teacher.has_text:
+        raise UserError("loss.contrastive.text_tower=teacher needs a teacher with a text tower; "
+                        "use text_tower=student or a TIPSv2/CLIP/SigLIP teacher")
+    return OnlineTeacher(teacher, recipe.teacher.spec or type(teacher).__name__, text=text_tower)
+
+
+def build_student_patch_size(recipe: Recipe) -> int:
+    """The students' patch size (one for all: they share the crop and the mask)."""
+    return STUDENTS[recipe.student.name].config.vision_config.patch_size
+
+
+def _draws(recipe: Recipe, patch_size: int, contrastive: bool) -> Draws:
+    loss, grid = recipe.loss, (recipe.student.image_size // patch_size,) * 2
+    views: tuple[CropConfig, ...] = ()
+    if recipe.is_pretraining:
+        p = recipe.pretrain
+        views = (p.global_crop, *[p.local_crop] * p.local_crops)
+    return Draws(MaskConfig(grid, loss.mask_ratio, loss.mask_probability, loss.mask_shape),
+                 dict(loss.contrastive.caption_weights) if contrastive else None, views)
+
+
+def _calibrate(task: DistillTask, source, loader, recipe: Recipe, accelerator: Accelerator) -> None:
+    """Target statistics over the first `calibration_batches` contrastive batches of epoch 0, sharded over
+    processes and summed, so every process layout sees the same images (online or cached targets alike)."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    wanted = recipe.loss.calibration_batches * world
+    loader.set_epoch(0)
+
+    def batches():
+        for i, batch in enumerate(loader):
+            if i >= wanted:
+                break
+            if i % world == rank:
+                yield source.tokens(send_to_device(batch, accelerator.device))
+
+    reduce_sum = (lambda t: accelerator.reduce(t, "sum")) if world > 1 else (lambda t: t)
+    task.calibrate(batches(), reduce_sum)
+    log.info("target normalisation (%s) calibrated on %d batches", task.norm.kind, wanted)
+
+
+def _check_run_dir(recipe: Recipe, out: Path, resume: bool) -> list[Path]:
+    existing = checkpoints(out)
+    if resume and not existing:
+        raise UserError(f"--resume: no checkpoint in {out / 'checkpoints'}; start the run without --resume")
+    final = PRETRAINED_MODEL if recipe.is_pretraining else "student"
+    if not resume and (existing or (out / final).exists()):
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    if resume:
+        _check_resumable(existing[-1], recipe)
+    return existing
+
+
+def _check_resumable(checkpoint: Path, recipe: Recipe) -> None:
+    saved = recipe_to_dict(recipe_from_dict(yaml.safe_load((checkpoint / "recipe.yaml").read_text()),
+                                            str(checkpoint / "recipe.yaml")))
+    current = recipe_to_dict(recipe)
+
+    def diff(a, b, prefix=""):
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(set(a) | set(b)) for d in diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+        return [] if a == b else [prefix.rstrip(".")]
+
+    changed = diff(saved, current)
+    if changed:
+        raise UserError(f"--resume needs the recipe the run started with; changed: {', '.join(changed)} "
+                        f"(see {checkpoint / 'recipe.yaml'})")
+
+
+# ---------------------------------------------------------------- building and running
+
+
+def build_run(recipe: Recipe, out: Path, *, calibrate: bool = True, teacher=None) -> Run:
+    """Everything but the training state: a fresh run, or the shell a checkpoint is loaded into."""
+    accelerator = make_accelerator(recipe, out)
+    batch = per_process_batch(recipe, accelerator.num_processes)
+    set_seed(recipe.seed)
+    dataset = build_dataset(recipe.data.source, **recipe.data.options)
+    if not isinstance(dataset, IterableDataset) and len(dataset) < batch * accelerator.num_processes:
+        raise UserError(f"data {recipe.data.source} has {len(dataset)} images, fewer than one global micro-batch "
+                        f"({batch} x {accelerator.num_processes} processes); lower train.batch_size or add images")
+    contrastive = _contrastive_enabled(recipe, dataset)
+    c = recipe.loss.contrastive
+    text = contrastive and c.text_tower == "student"
+    if recipe.is_pretraining:
+        source, teacher_info = None, {"spec": None, "fingerprint": None}
+        tokenizer = None if recipe.student.init else _tokenizer(recipe.student, None, dataset, pretraining=True)
+        student = _student(recipe, recipe.student, teacher_width=None, text=True, tokenizer=tokenizer)
+        task = PretrainTask(student, recipe.pretrain, recipe.loss)
+        desc = "pretrain"
+    else:
+        source = _teacher_source(recipe, accelerator, teacher, contrastive)
+        teacher_info = {"spec": source.spec, "fingerprint": source.fingerprint}
+        tokenizer = _tokenizer(recipe.student, source.tokenizer, dataset, pretraining=False) if text else None
+        teacher_text_width = source.teacher.text.config.hidden_size if source.text else None
+        tasks = {s.name: DistillTask(_student(recipe, s, teacher_width=source.width, text=text, tokenizer=tokenizer),
+                                     recipe.loss, teacher_width=source.width, contrastive=contrastive,
+                                     teacher_text_width=teacher_text_width)
+                 for s in recipe.students or [recipe.student]}
+        task = MultiStudentTask(tasks) if len(tasks) > 1 else next(iter(tasks.values()))
+        desc = "distill"
+    patch_size = build_student_patch_size(recipe)
+    draws = _draws(recipe, patch_size, contrastive)
+    task.to(accelerator.device)
+    teacher_size = (recipe.teacher.image_size if recipe.teacher is not None else None) or recipe.student.image_size
+    augment = Augment(recipe.student.image_size, teacher_size, recipe.seed, recipe.data.crop, draws)
+    pin = accelerator.device.type == "cuda"
+    if recipe.cache:
+        reader = open_cache(recipe.cache, recipe_preprocessing(recipe, dataset))
+        loader = replay_dataloader(dataset, reader, augment, batch_size=batch, seed=recipe.seed,
+                                   num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle, pin_memory=pin)
+    else:
+        loader = make_dataloader(dataset, batch_size=batch, student_size=recipe.student.image_size,
+                                 teacher_size=teacher_size, seed=recipe.seed, crop=recipe.data.crop, draws=draws,
+                                 num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle, pin_memory=pin)
+    if calibrate and getattr(task, "norm", None) is not None:
+        _calibrate(task, source, loader, recipe, accelerator)
+    optimizer = make_optimizer(recipe, task)
+    o = recipe.optim
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, o.warmup_steps, recipe.train.max_steps,
+                                                            min_lr_rate=o.min_lr_ratio)
+    if isinstance(dataset, IterableDataset):
+        # Streaming sources shard themselves over processes; Accelerate's batch dispatcher would read rank 0's
+        # shards only and cannot carry caption strings. The loop moves their batches to the device instead.
+        task, optimizer, scheduler = accelerator.prepare(task, optimizer, scheduler)
+    else:
+        task, optimizer, loader, scheduler = accelerator.prepare(task, optimizer, loader, scheduler)
+    return Run(recipe, out, accelerator, task, optimizer, scheduler, loader, source, teacher_info, desc)
+
+
+def run_training(recipe: Recipe, out_dir: str | os.PathLike, *, resume: bool = False, stop_at: int | None = None,
+                 teacher=None, show_progress: bool = True) -> Path:
+    """Train from `recipe` into `out_dir`; returns the final student checkpoint directory (pretraining: the
+    `Tipsv2Model` directory), or the last checkpoint's student when `stop_at` ends the run early.
+
+    resume: continue the run in `out_dir` from its last checkpoint (the recipe must be unchanged).
+    stop_at: stop (with a checkpoint) after this optimizer step, e.g. for a time-limited job.
+    teacher: an already-loaded `Teacher` instead of `recipe.teacher.spec`.
+    """
+    out = Path(out_dir)
+    if stop_at is not None and stop_at < 1:
+        raise UserError(f"--stop-at {stop_at}; expected a step >= 1")
+    existing = _check_run_dir(recipe, out, resume)
+    run = build_run(recipe, out, calibrate=not resume, teacher=teacher)
+    progress = load_checkpoint(run, existing[-1]) if resume else Progress()
+    accelerator = run.accelerator
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+        save_recipe(recipe, out / "recipe.yaml")
+        norm = getattr(run.unwrapped, "norm", None)
+        if norm is not None:
+            norm.save(out / "target_norm.safetensors")
+        truncate_metrics(out / METRICS, progress.step)
+    accelerator.init_trackers(run.desc, config=flat_recipe(recipe))
+    t = recipe.train
+    log.info("%s %s -> %s: %d steps, batch %d (%d per process x %d processes x %d accumulation)", run.desc,
+             run.teacher.get("spec") or "(self)", recipe.student.name, t.max_steps, t.batch_size,
+             per_process_batch(recipe, accelerator.num_processes), accelerator.num_processes, t.grad_accum_steps)
+    train_loop(run, progress, stop_at=stop_at, show_progress=show_progress)
+    finished = progress.step >= t.max_steps
+    final = out / "student"
+    if accelerator.is_main_process and finished:
+        save_exports(run, final, progress.step)
+        if recipe.is_pretraining:
+            export_student(final, "hf", out / PRETRAINED_MODEL)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if not finished:
+        return checkpoints(out)[-1] / "student"
+    return out / PRETRAINED_MODEL if recipe.is_pretraining else final

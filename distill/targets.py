@@ -1,0 +1,72 @@
+"""Where a distillation step's targets come from: the frozen teacher online, or a teacher-target cache.
+
+Both give the loop a `TeacherOutput` per batch (float32 teacher tokens, as the teacher computed them; the
+task standardises them) and describe the teacher the same way (width, registers, fingerprint, spec,
+tokenizer). A cached run never loads the teacher: everything comes from the cache's manifest, so a g/14
+teacher occupies no memory while its cache trains a student.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+from distill.cache.manifest import TOKENIZER_DIR, CacheManifest, read_manifest
+from distill.cache.replay import TARGET_KEYS
+from distill.tasks import TeacherOutput
+from teachers.errors import UserError
+from teachers.types import ImageTokens
+
+log = logging.getLogger(__name__)
+
+
+class OnlineTeacher:
+    """The frozen teacher, outside `accelerator.prepare` (never wrapped, no optimizer state), under
+    inference mode: its outputs carry no graph."""
+
+    def __init__(self, teacher, spec: str, text: bool = False):
+        self.teacher, self.spec, self.text = teacher, spec, text
+        self.width, self.num_registers = teacher.width, teacher.num_registers
+        self.fingerprint, self.tokenizer = teacher.fingerprint, teacher.tokenizer
+        self.patch_size = teacher.patch_size
+
+    def tokens(self, batch: dict) -> ImageTokens:
+        return self.teacher.encode_image(batch["teacher_pixels"]).map(lambda t: t.float())
+
+    @torch.no_grad()
+    def __call__(self, batch: dict) -> TeacherOutput:
+        text = None
+        if self.text:
+            pair = batch["caption_pair"]
+            text = (self.teacher.encode_text(pair.cls1).float(), self.teacher.encode_text(pair.cls2).float())
+        return TeacherOutput(self.tokens(batch), text)
+
+
+class CachedTeacher:
+    """Targets stored by `tipsdistill cache`, carried by the replay loader's batches (`teacher_targets`)."""
+
+    def __init__(self, directory: str | Path, manifest: CacheManifest | None = None):
+        self.directory = Path(directory)
+        self.manifest = manifest or read_manifest(self.directory)
+        m = self.manifest
+        self.spec, self.width, self.num_registers, self.fingerprint = (m.teacher_spec, m.teacher_width,
+                                                                         m.num_registers, m.teacher_fingerprint)
+        self.patch_size = m.patch_size
+        tokenizer_dir = self.directory / TOKENIZER_DIR
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir.is_dir() else None
+        self.text = False
+
+    def tokens(self, batch: dict) -> ImageTokens:
+        t = batch["teacher_targets"]
+        return ImageTokens(*(t[key].float() for key in TARGET_KEYS))
+
+    def __call__(self, batch: dict) -> TeacherOutput:
+        return TeacherOutput(self.tokens(batch))
+
+
+def check_cached_text_tower(text_tower: str) -> None:
+    if text_tower == "teacher":
+        raise UserError("loss.contrastive.text_tower=teacher needs the teacher's text tower, which a cache does "
+                        "not hold; use text_tower=student with cache=DIR")
