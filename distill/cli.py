@@ -1,7 +1,7 @@
 """`tipsdistill` command line: one sub-command per module in `distill.commands`.
 
 Each command module exposes `add_parser(subparsers)` (which sets `func=run` on its parser) and
-`run(args) -> int`. User mistakes raise `teachers.errors.UserError`; they are printed as one line
+`run(args) -> int`. User mistakes raise `tipscore.errors.UserError`; they are printed as one line
 with a non-zero exit status and no traceback.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from teachers.errors import UserError
+from tipscore.errors import UserError
 
 COMMANDS = ("distill", "pretrain", "eval", "export", "cache", "caption")
 

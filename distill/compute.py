@@ -14,6 +14,8 @@ import dataclasses
 from transformers import Tipsv2TextConfig, Tipsv2VisionConfig
 
 from distill.config import ComputeConfig, Recipe
+from students import get_arch
+from teachers.tipsv2_sizes import tipsv2_config
 
 TEXT_TOKENS = 64  # TIPSv2 pads captions to 64 tokens
 CAPTIONS_PER_IMAGE = 2  # CLS1 <-> alt-text, CLS2 <-> a synthetic caption
@@ -41,14 +43,11 @@ def text_flops(config: Tipsv2TextConfig, tokens: int = TEXT_TOKENS) -> float:
 
 def estimate_compute(recipe: Recipe) -> ComputeConfig:
     """The recipe's `compute` section recomputed (its teacher_arch, gpu, peak and MFU are kept)."""
-    from students import get_arch
-    from teachers.tipsv2_sizes import tipsv2_config
-
     assumed = recipe.compute or ComputeConfig()
     teacher = tipsv2_config(assumed.teacher_arch)
     student = get_arch(recipe.student.name).config
     s_size = recipe.student.image_size
-    t_size = recipe.teacher.image_size or s_size
+    t_size = (recipe.teacher.image_size if recipe.teacher else None) or s_size
     teacher_f = vision_flops(teacher.vision_config, t_size)
     s_tokens = 1 + student.vision_config.num_register_tokens + (s_size // student.vision_config.patch_size) ** 2
     student_f = (vision_flops(student.vision_config, s_size)

@@ -16,7 +16,7 @@ from distill.data.captions import CaptionPair
 from distill.losses.contrastive_loss import info_nce_loss
 from distill.losses.global_batch import caption_ids, global_batch
 from distill.losses.sigmoid_loss import sigmoid_loss
-from teachers.types import ImageTokens
+from tipscore.types import ImageTokens
 
 DEFAULT_TEMPERATURE = 0.07  # CLIP's initial temperature for a new text tower
 

@@ -18,7 +18,7 @@ from transformers import AutoTokenizer, Tipsv2Model
 from distill.config import load_recipe
 from distill.eval import evaluate
 from distill.run import run_training
-from teachers.atomic import atomic_directory
+from tipscore.atomic import atomic_directory
 from teachers.load import PACKAGED
 
 TEACHER = "micro"

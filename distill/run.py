@@ -34,7 +34,7 @@ from students import build_student
 from students.zoo import STUDENTS
 from students.export import export_student
 from teachers import load_teacher, teacher_dtype
-from teachers.errors import UserError
+from tipscore.errors import UserError
 from teachers.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from transformers import AutoTokenizer
 from distill.cache.manifest import TOKENIZER_DIR, CacheManifest, read_manifest
 from distill.cache.replay import TARGET_KEYS
 from distill.tasks import TeacherOutput
-from teachers.errors import UserError
-from teachers.types import ImageTokens
+from tipscore.errors import UserError
+from tipscore.types import ImageTokens
 
 log = logging.getLogger(__name__)
 

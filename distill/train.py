@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from distill.config import Recipe, dump_recipe, recipe_to_dict
 from distill.data import DataStats
 from distill.tasks import TrainingTask
-from teachers.atomic import write_atomic
+from tipscore.atomic import write_atomic
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,9 @@ from transformers.initialization import no_init_weights
 from students.heads import ProjectionHeads
 from students.model import Student
 from students.zoo import get_arch
-from teachers.errors import UserError
+from teachers import load_teacher
+from teachers.student_checkpoint import check_state_dict
+from tipscore.errors import UserError
 
 
 def build_student(
@@ -98,8 +100,6 @@ def build_student(
 
 def _tipsv2_teacher(spec: str, option: str, sources: dict):
     """A TIPSv2 teacher (transformers towers) loaded by the teacher layer from any spec it reads."""
-    from teachers import load_teacher
-
     if spec not in sources:
         teacher = load_teacher(spec)
         if not isinstance(getattr(teacher, "vision", None), Tipsv2VisionModel):
@@ -110,8 +110,6 @@ def _tipsv2_teacher(spec: str, option: str, sources: dict):
 
 
 def _copy_tower(target, source, what: str, spec: str) -> None:
-    from students.checkpoint import check_state_dict
-
     if target.config.num_attention_heads != source.config.num_attention_heads:
         raise UserError(f"init checkpoint {spec!r} has {source.config.num_attention_heads} attention heads, "
                         f"{what} has {target.config.num_attention_heads}")

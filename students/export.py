@@ -19,13 +19,13 @@ from safetensors.torch import load_file, save_file
 from transformers import Tipsv2ImageProcessor, Tipsv2Model, Tipsv2Processor, Tipsv2VisionModel
 from transformers.initialization import no_init_weights
 
-from teachers.atomic import atomic_directory
+from tipscore.atomic import atomic_directory
 from students.checkpoint import load_student
 from students.heads import ProjectionHeads
 from students.model import Student
-from students.model_card import find_reports, model_card
+from students.model_card import model_card
 from students.zoo import get_arch
-from teachers.errors import UserError
+from tipscore.errors import UserError
 from teachers.official_npz import HEADS_FILE, official_from_tipsv2, write_npz
 
 FORMATS = ("hf", "timm", "npz")
@@ -52,8 +52,9 @@ def export_student(
     *,
     with_heads: bool = False,
     overwrite: bool = False,
-    reports: list[str | os.PathLike] = (),
+    evaluation: list[str] = (),
 ) -> ExportResult:
+    """`evaluation`: markdown sections for the model card (`distill.eval.report.card_sections`)."""
     if fmt not in FORMATS:
         raise UserError(f"export format {fmt!r} is unknown; expected one of {', '.join(FORMATS)}")
     if Path(out).resolve() == Path(checkpoint).resolve():
@@ -61,17 +62,16 @@ def export_student(
     student = load_student(checkpoint)
     if with_heads and student.heads is None:
         raise UserError(f"--with-heads: {checkpoint} has no projection heads (built without teacher_width)")
-    cards = find_reports(Path(checkpoint), student.metadata, [Path(r) for r in reports])
     student.eval()
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        notes = _EXPORTERS[fmt](student, tmp, cards)
+        notes = _EXPORTERS[fmt](student, tmp, list(evaluation))
         if with_heads:
             _write_heads(student.heads, tmp)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     return ExportResult(Path(out), fmt, files, notes)
 
 
-def _export_hf(student: Student, out: Path, reports: list[dict]) -> list[str]:
+def _export_hf(student: Student, out: Path, evaluation: list[str]) -> list[str]:
     config = student.tipsv2_config()
     notes = []
     if student.text is not None:
@@ -96,7 +96,7 @@ def _export_hf(student: Student, out: Path, reports: list[dict]) -> list[str]:
         usage += "\nimage_processor = AutoImageProcessor.from_pretrained('DIR')"
         notes.append("the student has no tokenizer: exported the image processor only")
     usage = "from transformers import AutoModel, AutoProcessor, AutoImageProcessor\n" + usage
-    _write_card(student, out, reports, "transformers", usage)
+    _write_card(student, out, evaluation, "transformers", usage)
     return notes
 
 
@@ -107,7 +107,7 @@ def timm_kwargs(student: Student) -> dict[str, Any]:
                 mlp_ratio=vision.mlp_ratio, patch_size=vision.patch_size, img_size=vision.image_size)
 
 
-def _export_timm(student: Student, out: Path, reports: list[dict]) -> list[str]:
+def _export_timm(student: Student, out: Path, evaluation: list[str]) -> list[str]:
     import timm
     from timm.models.vision_transformer import checkpoint_filter_fn
 
@@ -128,11 +128,11 @@ def _export_timm(student: Student, out: Path, reports: list[dict]) -> list[str]:
              f"model = timm.create_model(cfg['model_name'], pretrained=False,\n"
              f"                          checkpoint_path='DIR/{TIMM_WEIGHTS}', **cfg['kwargs'])\n"
              "tokens = model.forward_features(pixels)  # RGB in [0,1], no normalisation: [CLS1, register, patches]")
-    _write_card(student, out, reports, "timm", usage)
+    _write_card(student, out, evaluation, "timm", usage)
     return ["timm holds the vision tower only; the text tower is not exported in this format"] if student.text else []
 
 
-def _export_npz(student: Student, out: Path, reports: list[dict]) -> list[str]:
+def _export_npz(student: Student, out: Path, evaluation: list[str]) -> list[str]:
     vision_arrays, text_arrays = official_from_tipsv2(student.tipsv2_state_dict(), student.tipsv2_config())
     write_npz(out / NPZ_VISION, vision_arrays)
     if text_arrays is not None:
@@ -145,17 +145,17 @@ def _export_npz(student: Student, out: Path, reports: list[dict]) -> list[str]:
         student.tokenizer.save_pretrained(out)
     usage = (f"# official google-deepmind/tips key layout: {NPZ_VISION}" + (f" + {NPZ_TEXT}" if text_arrays else "")
              + f"\nfrom teachers import load_teacher\nteacher = load_teacher('DIR')  # both towers, head counts from {HEADS_FILE}")
-    _write_card(student, out, reports, "official .npz", usage)
+    _write_card(student, out, evaluation, "official .npz", usage)
     return []
 
 
-_EXPORTERS: dict[str, Callable[[Student, Path, list[dict]], list[str]]] = {
+_EXPORTERS: dict[str, Callable[[Student, Path, list[str]], list[str]]] = {
     "hf": _export_hf, "timm": _export_timm, "npz": _export_npz,
 }
 
 
-def _write_card(student: Student, out: Path, reports: list[dict], fmt: str, usage: str) -> None:
-    (out / "README.md").write_text(model_card(student, reports, fmt, usage))
+def _write_card(student: Student, out: Path, evaluation: list[str], fmt: str, usage: str) -> None:
+    (out / "README.md").write_text(model_card(student, evaluation, fmt, usage))
 
 
 def _write_heads(heads: ProjectionHeads, out: Path) -> None:

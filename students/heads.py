@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from teachers.errors import UserError
-from teachers.types import ImageTokens
+from tipscore.errors import UserError
+from tipscore.types import ImageTokens
 
 HEAD_KINDS = ("linear", "mlp")
 

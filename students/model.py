@@ -5,19 +5,24 @@ real TIPSv2 model; the heads only exist for distillation and are exported on req
 """
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 from transformers import Tipsv2Config, Tipsv2TextModel, Tipsv2VisionModel
 
 from students.heads import ProjectionHeads
-from teachers.errors import UserError
 from teachers.fingerprint import canonical_config, fingerprint
+from teachers.student_checkpoint import FORMAT, MANIFEST, VERSION, WEIGHTS, is_student_dir
 from teachers.tipsv2_tokens import tipsv2_tokens
-from teachers.types import ImageTokens
+from tipscore.atomic import atomic_directory
+from tipscore.errors import UserError
+from tipscore.types import ImageTokens
 
 
 class Student(nn.Module):
@@ -162,9 +167,25 @@ class Student(nn.Module):
         return state
 
     def save(self, directory: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
-        from students.checkpoint import save_student
-
-        save_student(self, directory, metadata=metadata)
+        """Atomic: the directory appears complete or not at all (`teachers.student_checkpoint` format).
+        Replaces an earlier student checkpoint at the same path (training saves repeatedly), never any other
+        non-empty directory."""
+        directory = Path(directory)
+        if directory.is_dir() and any(directory.iterdir()) and not is_student_dir(directory):
+            raise UserError(f"{directory} is a non-empty directory that is not a student checkpoint; not overwriting it")
+        manifest = {
+            "format": FORMAT, "version": VERSION, "name": self.name,
+            "vision_config": self.vision.config.to_dict(),
+            "text_config": None if self.text is None else self.text.config.to_dict(),
+            "teacher_width": self.teacher_width, "head_kind": self.head_kind,
+            "metadata": {**self.metadata, **(metadata or {})},
+        }
+        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
+        with atomic_directory(directory, overwrite=True) as tmp:
+            save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+            if self.tokenizer is not None:
+                self.tokenizer.save_pretrained(tmp)
 
 
 class TeacherSpace(nn.Module):

@@ -1,59 +1,34 @@
 """The README.md model card written next to every export: architecture, recipe, teacher, evaluation.
 
 The recipe and teacher come from the checkpoint's metadata (`student.json`: keys `recipe`,
-`teacher` / `teacher_fingerprint`); the evaluation tables from `tipsdistill eval` reports
-(`--report`, metadata key `eval`, or a `report.json` inside or beside the checkpoint directory),
-rendered with the evaluation's own side-by-side table.
+`teacher` / `teacher_fingerprint`); the evaluation sections are markdown the caller renders (the export
+command turns `tipsdistill eval` reports into them).
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import os
+import re
 from typing import Any
 
 import yaml
 
-from distill.eval.report import markdown_table
 from students.model import Student
-from teachers.errors import UserError
 
-REPORT = "report.json"
-
-
-def _is_eval_report(report) -> bool:
-    return isinstance(report, dict) and isinstance(report.get("models"), dict) and "task" in report
-
-
-def find_reports(checkpoint: Path, metadata: dict[str, Any], explicit: list[Path] = ()) -> list[dict]:
-    """`tipsdistill eval` reports for the card: `explicit` paths (must be valid), else metadata `eval`
-    (one report or a list), else a `report.json` inside or beside the checkpoint (skipped if not one)."""
-    reports = []
-    for path in explicit:
-        try:
-            report = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise UserError(f"--report {path} is not a readable JSON file ({exc})") from None
-        if not _is_eval_report(report):
-            raise UserError(f"--report {path} is not a `tipsdistill eval` report.json (no task/models)")
-        reports.append(report)
-    if reports:
-        return reports
-    recorded = metadata.get("eval")
-    recorded = recorded if isinstance(recorded, list) else [recorded]
-    if any(_is_eval_report(r) for r in recorded):
-        return [r for r in recorded if _is_eval_report(r)]
-    for path in (checkpoint / REPORT, checkpoint.parent / REPORT):
-        try:
-            report = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if _is_eval_report(report):
-            return [report]
-    return []
-
+# What a public teacher spec looks like (a hub id, a packaged name, timm:NAME); anything else is a local path,
+# which a shared model card must not leak.
+_PUBLIC_SPEC = re.compile(r"(timm:[\w.-]+|[A-Za-z0-9][\w.-]*/[\w.-]+|micro)")
 
 def _params(module) -> str:
     return f"{sum(p.numel() for p in module.parameters()) / 1e6:.1f}M"
+
+
+def public_spec(spec: str | None) -> str | None:
+    """A spec as a card may show it: public names as they are, a local path only by its last component."""
+    if not spec:
+        return None
+    if _PUBLIC_SPEC.fullmatch(spec) and not os.path.exists(spec):
+        return f"`{spec}`"
+    return f"a local checkpoint `{os.path.basename(os.path.normpath(spec.split(',')[0]))}`"
 
 
 def _teacher(metadata: dict[str, Any]) -> str | None:
@@ -64,11 +39,12 @@ def _teacher(metadata: dict[str, Any]) -> str | None:
         teacher = teacher.get("spec") or teacher.get("name")
     if teacher is None and fingerprint is None:
         return None
-    named = f"`{teacher}`" if teacher else "A teacher"
-    return f"{named} with fingerprint `{fingerprint}`" if fingerprint else named
+    named = public_spec(teacher) or "A teacher"
+    return f"{named[0].upper()}{named[1:]} with fingerprint `{fingerprint}`" if fingerprint else named
 
 
-def model_card(student: Student, reports: list[dict], fmt: str, usage: str) -> str:
+def model_card(student: Student, evaluation: list[str], fmt: str, usage: str) -> str:
+    """`evaluation`: markdown sections, one per evaluation report."""
     v = student.vision.config
     meta = student.metadata
     lines = [
@@ -90,7 +66,7 @@ def model_card(student: Student, reports: list[dict], fmt: str, usage: str) -> s
     lines += ["## Teacher", "", teacher or "Not recorded in the checkpoint.", ""]
     for key in ("init", "text_init"):
         if key in meta:
-            lines += [f"Initialised ({key}) from `{meta[key].get('spec')}` "
+            lines += [f"Initialised ({key}) from {public_spec(meta[key].get('spec'))} "
                       f"(fingerprint `{meta[key].get('fingerprint')}`).", ""]
     if "step" in meta:
         lines += [f"Checkpoint after {meta['step']} training steps.", ""]
@@ -102,8 +78,8 @@ def model_card(student: Student, reports: list[dict], fmt: str, usage: str) -> s
         text = recipe if isinstance(recipe, str) else yaml.safe_dump(recipe, sort_keys=False)
         lines += ["```yaml", text.rstrip(), "```", ""]
     lines += ["## Evaluation", ""]
-    for report in reports:
-        lines += [f"### {report['task']} on {report.get('dataset', '?')}", "", markdown_table(report), ""]
-    if not reports:
+    for section in evaluation:
+        lines += [section.rstrip(), ""]
+    if not evaluation:
         lines.append("No evaluation report found (run `tipsdistill eval` and re-export, or pass --report).")
     return "\n".join(lines).rstrip() + "\n"

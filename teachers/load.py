@@ -20,7 +20,7 @@ import torch
 from transformers import AutoConfig
 
 from teachers.base import Teacher
-from teachers.errors import UserError
+from tipscore.errors import UserError
 from teachers.sources import hf_encoder, hf_tipsv2, official, student, timm_source
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")

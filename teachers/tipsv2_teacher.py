@@ -7,7 +7,7 @@ from transformers import Tipsv2TextModel, Tipsv2VisionModel
 from teachers.base import Teacher
 from teachers.fingerprint import canonical_config, fingerprint
 from teachers.tipsv2_tokens import tipsv2_tokens
-from teachers.types import ImageTokens
+from tipscore.types import ImageTokens
 
 
 class Tipsv2Teacher(Teacher):

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from transformers import Tipsv2VisionModel
 
-from teachers.errors import UserError
-from teachers.types import ImageTokens
+from tipscore.errors import UserError
+from tipscore.types import ImageTokens
 
 
 def split_tokens(sequence: torch.Tensor, num_registers: int, grid: tuple[int, int]) -> ImageTokens:

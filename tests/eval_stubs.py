@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from teachers.base import PIXEL_OVERSHOOT
-from teachers.types import ImageTokens
+from tipscore.types import ImageTokens
 
 COLOURS = {"background": (0, 0, 0), "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 

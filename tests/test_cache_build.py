@@ -10,7 +10,7 @@ from distill.cache.reader import CacheReader
 from distill.cache.writer import CacheSettings, build_cache, teacher_augment
 from distill.data.augment import CropConfig, apply_crop
 from distill.data.scenes import SceneDataset
-from teachers.errors import UserError
+from tipscore.errors import UserError
 from teachers.tipsv2_teacher import Tipsv2Teacher
 
 

@@ -7,7 +7,7 @@ from distill.targets import OnlineTeacher
 from distill.tasks.distill_task import DistillTask
 from distill.tasks.multi_student import MultiStudentTask
 from students import build_student
-from teachers.errors import UserError
+from tipscore.errors import UserError
 from test_cache_build import tiny_teacher
 
 

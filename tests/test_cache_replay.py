@@ -11,7 +11,7 @@ from distill.data.scenes import SceneDataset
 from distill.losses.patch_distill_loss import PatchDistillWeights, patch_distill_loss
 from students import build_student
 from distill.targets import CachedTeacher
-from teachers.errors import UserError
+from tipscore.errors import UserError
 from test_cache_build import tiny_teacher
 
 SEED = 5

@@ -11,7 +11,7 @@ from eval_stubs import COLOURS, ColourModel
 
 from distill.eval import evaluate
 from distill.eval.zeroshot_seg import SegOptions, class_scores, window_boxes
-from teachers.errors import UserError
+from tipscore.errors import UserError
 
 
 @pytest.mark.parametrize("height,width,window,stride", [(100, 64, 48, 32), (45, 70, 64, 48), (30, 30, 48, 32)])

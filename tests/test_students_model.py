@@ -8,7 +8,7 @@ import torch
 
 import students
 from students.checkpoint import MANIFEST, WEIGHTS
-from teachers.errors import UserError
+from tipscore.errors import UserError
 from teachers.tokenizer import build_tokenizer
 
 

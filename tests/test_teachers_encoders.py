@@ -8,7 +8,8 @@ from transformers import (BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLI
                           Siglip2Model, SiglipConfig, SiglipImageProcessor, SiglipModel)
 
 from conftest import CORPUS
-from teachers import UserError, load_teacher
+from teachers import load_teacher
+from tipscore.errors import UserError
 
 TOL = 1e-5
 VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=8, image_size=32)

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from teachers import UserError, load_teacher
+from teachers import load_teacher
+from tipscore.errors import UserError
 
 
 def _one_line(excinfo) -> str:

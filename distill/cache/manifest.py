@@ -13,8 +13,8 @@ from pathlib import Path
 
 from distill.data.augment import CropConfig
 from distill.data.build import parse_spec
-from teachers.atomic import write_atomic
-from teachers.errors import UserError
+from tipscore.atomic import write_atomic
+from tipscore.errors import UserError
 
 FORMAT = "tipsdistill-cache/2"
 MANIFEST = "manifest.json"

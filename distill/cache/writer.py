@@ -15,15 +15,15 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import IterableDataset
 
-from teachers.atomic import atomic_directory, remove_stale_temps, write_atomic
+from tipscore.atomic import atomic_directory, remove_stale_temps, write_atomic
 from distill.cache.compression import Compression, PatchCodec, PcaBasis, storage_dtype
 from distill.cache.manifest import (
     MANIFEST, PCA_BASIS, TOKENIZER_DIR, CacheManifest, Preprocessing, read_manifest, write_manifest,
 )
 from distill.data.loader import Augment
-from teachers.errors import UserError
-from teachers.faults import crash_point
-from teachers.types import ImageTokens
+from tipscore.errors import UserError
+from tipscore.faults import crash_point
+from tipscore.types import ImageTokens
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-from teachers.errors import UserError
+from tipscore.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -1,11 +1,15 @@
-"""One module per `tipsdistill` sub-command (see `distill.cli`), and what several of them parse alike."""
+"""One module per `tipsdistill` sub-command (see `distill.cli`), and what several of them parse alike.
+
+Command modules import the engine inside `run()`: building the parser imports every command module, and
+`tipsdistill --help` should not wait for torch, transformers and timm to load.
+"""
 
 
 def data_options(items: list[str]) -> dict:
     """`--data-option KEY=VALUE` items -> the data source's options, values read as YAML (`length=512`)."""
     import yaml
 
-    from teachers.errors import UserError
+    from tipscore.errors import UserError
 
     options = {}
     for item in items:

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     from distill.config import DataConfig, Recipe, load_recipe
     from distill.data import CropConfig, build_dataset
     from teachers import load_teacher, teacher_dtype
-    from teachers.errors import UserError
+    from tipscore.errors import UserError
 
     if args.overrides and not args.recipe:
         raise UserError(f"recipe overrides {' '.join(args.overrides)} need --recipe")

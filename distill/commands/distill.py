@@ -5,8 +5,6 @@ import argparse
 import logging
 from pathlib import Path
 
-from distill.config import load_recipe
-
 DEFAULT_OUT = "runs/default"
 
 
@@ -30,8 +28,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
+    from distill.config import load_recipe
     from distill.run import run_training
-    from teachers.errors import UserError
+    from tipscore.errors import UserError
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("accelerate").setLevel(logging.WARNING)

@@ -26,11 +26,25 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from students.export import export_student
+    from pathlib import Path
 
+    from distill.eval.report import card_sections, find_reports
+    from students.export import export_student
+    from teachers.student_checkpoint import read_manifest
+
+    reports = find_reports(Path(args.checkpoint), read_manifest(args.checkpoint).get("metadata") or {},
+                           [Path(r) for r in args.report])
+    fingerprint = load_fingerprint(args.checkpoint) if reports else None
     result = export_student(args.checkpoint, args.format, args.out, with_heads=args.with_heads,
-                            overwrite=args.overwrite, reports=args.report)
+                            overwrite=args.overwrite, evaluation=card_sections(reports, fingerprint))
     print(f"exported {args.checkpoint} as {result.format} to {result.out}: {', '.join(result.files)}")
     for note in result.notes:
         print(f"note: {note}")
     return 0
+
+
+def load_fingerprint(checkpoint: str) -> str:
+    """The fingerprint evaluation records for this checkpoint (the teacher layer's, as `eval` loads it)."""
+    from teachers import load_teacher
+
+    return load_teacher(checkpoint).fingerprint

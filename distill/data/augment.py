@@ -14,7 +14,7 @@ import torchvision.transforms.v2.functional as F
 from PIL import Image
 
 from distill.data.rng import keyed_generator
-from teachers.errors import UserError
+from tipscore.errors import UserError
 
 
 @dataclass(frozen=True)

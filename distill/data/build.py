@@ -5,7 +5,7 @@ import importlib
 import inspect
 import os
 
-from teachers.errors import UserError
+from tipscore.errors import UserError
 
 SPEC_HELP = "folder:PATH, hf:PATH_OR_ID, wds:PATTERN, scenes[:train|heldout] or an existing directory"
 # kind -> (module, class); imported on use so `datasets` loads only for hf: specs.

@@ -14,7 +14,7 @@ import logging
 import os
 from pathlib import Path
 
-from teachers.errors import UserError
+from tipscore.errors import UserError
 
 from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS
 from distill.data.sample import CAPTION_KEYS

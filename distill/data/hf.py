@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from teachers.errors import UserError
+from tipscore.errors import UserError
 
 from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS
 from distill.data.source import MapSource, RawRecord, pick_columns

@@ -35,7 +35,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from distill.data.sample import Sample
-from teachers.errors import UserError
+from tipscore.errors import UserError
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),

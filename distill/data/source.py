@@ -8,7 +8,7 @@ from typing import Any, Iterator
 
 from torch.utils.data import Dataset
 
-from teachers.errors import UserError
+from tipscore.errors import UserError
 
 from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS, BadSample, clean_captions, decode_image
 from distill.data.sample import CAPTION_KEYS, Sample

@@ -22,8 +22,8 @@ from distill.eval.inputs import batches, open_image_set, patch_multiple, square_
 from distill.eval.metrics import LinearCKA
 from distill.eval.report import pca_panel, save_png
 from distill.eval.task import ModelLoader, TaskResult, check_positive
-from teachers.errors import UserError
-from teachers.types import ImageTokens
+from tipscore.errors import UserError
+from tipscore.types import ImageTokens
 
 
 @dataclass

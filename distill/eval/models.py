@@ -11,7 +11,7 @@ import re
 import torch
 
 import teachers
-from teachers.errors import UserError
+from tipscore.errors import UserError
 
 
 def load_model(spec, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):

@@ -12,7 +12,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from teachers.atomic import write_atomic
+from tipscore.atomic import write_atomic
+from tipscore.errors import UserError
 from distill.eval.metrics import IGNORE_INDEX
 
 # Metrics that are lists/dicts (per-class IoU) stay in report.json but not in the table.
@@ -84,6 +85,54 @@ def per_class_tables(report: dict) -> str:
         rows = {c: [v.get(metric, {}).get(c) for v in scores] for c in classes}
         blocks.append("\n".join(_table(metric, names, rows)))
     return "\n\n".join(blocks)
+
+
+REPORT = "report.json"
+
+
+def _is_eval_report(report) -> bool:
+    return isinstance(report, dict) and isinstance(report.get("models"), dict) and "task" in report
+
+
+def find_reports(checkpoint: Path, metadata: dict, explicit: list[Path] = ()) -> list[dict]:
+    """`tipsdistill eval` reports for a model card: `explicit` paths (must be valid), else metadata `eval`
+    (one report or a list), else a `report.json` inside or beside the checkpoint (skipped if not one)."""
+    reports = []
+    for path in explicit:
+        try:
+            report = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise UserError(f"--report {path} is not a readable JSON file ({exc})") from None
+        if not _is_eval_report(report):
+            raise UserError(f"--report {path} is not a `tipsdistill eval` report.json (no task/models)")
+        reports.append(report)
+    if reports:
+        return reports
+    recorded = metadata.get("eval")
+    recorded = recorded if isinstance(recorded, list) else [recorded]
+    if any(_is_eval_report(r) for r in recorded):
+        return [r for r in recorded if _is_eval_report(r)]
+    for path in (checkpoint / REPORT, checkpoint.parent / REPORT):
+        try:
+            report = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if _is_eval_report(report):
+            return [report]
+    return []
+
+
+def card_sections(reports: list[dict], fingerprint: str | None) -> list[str]:
+    """Markdown sections for a model card, each saying which column is the exported model (found by its
+    fingerprint among the report's sources)."""
+    sections = []
+    for report in reports:
+        column = next((name for name, source in report.get("sources", {}).items()
+                       if fingerprint and source.get("fingerprint") == fingerprint), None)
+        which = (f"This model is the column `{column}`." if column else
+                 "This model is none of the columns (the report was made with other weights).")
+        sections.append(f"### {report['task']} on {report.get('dataset', '?')}\n\n{which}\n\n{markdown_table(report)}")
+    return sections
 
 
 def write_report(out_dir: Path, report: dict) -> str:

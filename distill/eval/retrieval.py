@@ -19,7 +19,7 @@ from distill.data.sample import CAPTION_KEYS
 from distill.eval.inputs import batches, open_image_set, patch_multiple, square_crop
 from distill.eval.metrics import recall_at_k
 from distill.eval.task import ModelLoader, TaskResult, check_positive
-from teachers.errors import UserError
+from tipscore.errors import UserError
 
 KS = (1, 5, 10)
 

@@ -9,7 +9,7 @@ import torch
 from distill.eval import fidelity, retrieval, zeroshot_cls, zeroshot_seg
 from distill.eval.report import json_safe, write_report
 from distill.eval.task import ModelLoader, resolve_device, spec_text
-from teachers.errors import UserError
+from tipscore.errors import UserError
 
 TASKS = {
     "zeroshot-seg": (zeroshot_seg.run, zeroshot_seg.SegOptions),

@@ -8,7 +8,7 @@ import torch
 
 from distill.eval.models import load_model, model_device
 from students.checkpoint import is_student_dir, load_student
-from teachers.errors import UserError
+from tipscore.errors import UserError
 
 
 def check_positive(options, *names: str) -> None:

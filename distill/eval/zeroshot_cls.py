@@ -19,7 +19,7 @@ from distill.eval.inputs import batches, patch_multiple, square_crop
 from distill.eval.metrics import topk_accuracy
 from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
 from distill.eval.task import ModelLoader, TaskResult, check_positive
-from teachers.errors import UserError
+from tipscore.errors import UserError
 
 KS = (1, 5)
 

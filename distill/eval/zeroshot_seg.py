@@ -27,7 +27,7 @@ from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
 from distill.eval.readers import SegDataset, SegSample, open_segmentation
 from distill.eval.report import label_png, overlay_panel, pca_panel, save_png
 from distill.eval.task import ModelLoader, TaskResult, check_positive
-from teachers.errors import UserError
+from tipscore.errors import UserError
 
 Box = tuple[int, int, int, int]  # y0, x0, y1, x1
 

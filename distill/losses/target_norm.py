@@ -24,9 +24,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distill.losses.hadamard import hadamard
-from teachers.atomic import write_atomic
-from teachers.errors import UserError
-from teachers.types import ImageTokens
+from tipscore.atomic import write_atomic
+from tipscore.errors import UserError
+from tipscore.types import ImageTokens
 
 KINDS = ("channel", "phi-s")
 PARTS = ("cls", "registers", "patches")

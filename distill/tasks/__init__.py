@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from teachers.types import ImageTokens
+from tipscore.types import ImageTokens
 
 
 @dataclass

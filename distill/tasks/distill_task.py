@@ -20,7 +20,7 @@ from distill.contrastive import CaptionContrastive
 from distill.losses.patch_distill_loss import PatchDistillWeights, patch_distill_loss
 from distill.losses.target_norm import TargetNorm
 from distill.tasks import LossOutput, TeacherOutput, TrainingTask
-from teachers.types import ImageTokens
+from tipscore.types import ImageTokens
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from distill.ema import ema_copy, ema_momentum, ema_update
 from distill.losses.dino_cls_loss import DinoClsLoss
 from distill.losses.ibot_patch_loss import IbotPatchLoss
 from distill.tasks import LossOutput, TrainingTask
-from teachers.errors import UserError
+from tipscore.errors import UserError
 from teachers.tipsv2_tokens import tipsv2_tokens
-from teachers.types import ImageTokens
+from tipscore.types import ImageTokens
 
 
 class PrototypeHead(nn.Module):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from transformers import AutoTokenizer, Tipsv2Model, Tipsv2VisionModel
 
-from teachers.errors import UserError
+from tipscore.errors import UserError
 from teachers.tipsv2_teacher import Tipsv2Teacher
 
 MODEL_TYPES = ("tipsv2", "tipsv2_vision_model")

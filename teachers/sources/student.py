@@ -7,13 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from teachers.student_checkpoint import read_student_checkpoint
 from teachers.tipsv2_teacher import Tipsv2Teacher
 
 
 def load(directory: Path) -> Tipsv2Teacher:
-    from students import load_student  # students depend on teachers, not the other way round at import time
-
-    student = load_student(directory)
-    temperature = getattr(student, "temperature", None)
-    return Tipsv2Teacher(student.vision, student.text, student.tokenizer,
-                         float(temperature.detach()) if temperature is not None else None)
+    checkpoint = read_student_checkpoint(directory)
+    return Tipsv2Teacher(checkpoint.vision, checkpoint.text, checkpoint.tokenizer, checkpoint.temperature)

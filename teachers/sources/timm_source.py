@@ -18,10 +18,10 @@ from timm.layers import Attention
 from timm.models import VisionTransformer
 
 from teachers.base import Teacher
-from teachers.errors import UserError
+from tipscore.errors import UserError
 from teachers.fingerprint import fingerprint
 from teachers.tipsv2_tokens import split_tokens
-from teachers.types import ImageTokens
+from tipscore.types import ImageTokens
 
 
 class TimmTeacher(Teacher):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill.eval.readers.base import IMAGE_SUFFIXES, PairedFiles, keep_label, require
-from teachers.errors import UserError
+from tipscore.errors import UserError
 
 
 def read_folder(path: Path) -> PairedFiles:

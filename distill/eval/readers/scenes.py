@@ -6,7 +6,7 @@ import numpy as np
 
 from distill.data.scenes import SCENE_CLASSES, THING_CLASSES, SceneDataset
 from distill.eval.readers.base import SegDataset, SegSample
-from teachers.errors import UserError
+from tipscore.errors import UserError
 
 DEFAULTS = {"length": 256, "size": 64, "seed": 0}
 

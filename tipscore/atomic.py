@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from teachers.errors import UserError
+from tipscore.errors import UserError
 
 TMP_PREFIX = ".tmp-"
 
