@@ -8,6 +8,7 @@ bare leaf name (`max_steps=40`) is accepted when it names exactly one key.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import types
@@ -19,6 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from distill.data.augment import CropConfig
+from distill.data.build import parse_spec
 from distill.data.masks import MASK_SHAPES
 from distill.data.sample import CAPTION_KEYS
 from distill.ema import EMA_MODES
@@ -31,6 +33,7 @@ from tipscore.atomic import write_atomic
 from tipscore.errors import UserError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -443,8 +446,29 @@ def _parse_override_value(raw: str, tp: Any) -> Any:
         return raw
 
 
+def _source_kind(spec: str) -> str | None:
+    try:
+        return parse_spec(spec)[0]
+    except UserError:
+        return None  # a bad spec is reported when the run opens its data
+
+
+def _drop_foreign_data_options(data: dict, old_source: str, overridden: set[str]) -> None:
+    """Options of the recipe's own source kind (e.g. the scenes' `size`) do not fit another kind: when an
+    override switches `data.source` to another kind and leaves `data.options` alone, they are dropped."""
+    new_source = data["data"]["source"]
+    if "data.options" in overridden or not data["data"]["options"]:
+        return
+    if _source_kind(old_source) != _source_kind(new_source):
+        log.info("data.source changed from %s to %s: dropping the recipe's data.options %s (they belong to the "
+                 "other source kind); pass data.options=... to set new ones", old_source, new_source,
+                 data["data"]["options"])
+        data["data"]["options"] = {}
+
+
 def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     data = recipe_to_dict(recipe)
+    overridden = set()
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r} is not key=value (e.g. train.max_steps=40)")
@@ -475,6 +499,9 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
             node[leaf] = _parse_override_value(raw, typing.get_args(parent_tp)[1])  # e.g. loss.mix.cosine=0.5
         else:
             raise UserError(f"recipe key {'.'.join(path[:-1])!r} is not a section")
+        overridden.add(".".join(path[:2]))
+    if "data.source" in overridden:
+        _drop_foreign_data_options(data, recipe.data.source, overridden)
     return recipe_from_dict(data, "recipe with overrides")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -285,7 +286,7 @@ def build_run(recipe: Recipe, out: Path, *, calibrate: bool = True, teacher=None
         task, optimizer, scheduler = accelerator.prepare(task, optimizer, scheduler)
     else:
         task, optimizer, loader, scheduler = accelerator.prepare(task, optimizer, loader, scheduler)
-    return Run(recipe, out, accelerator, task, optimizer, scheduler, loader, source, teacher_info, desc)
+    return Run(recipe, out, accelerator, task, optimizer, scheduler, loader, source, teacher_info, desc, dataset)
 
 
 def run_training(recipe: Recipe, out_dir: str | os.PathLike, *, resume: bool = False, stop_at: int | None = None,
@@ -316,6 +317,8 @@ def run_training(recipe: Recipe, out_dir: str | os.PathLike, *, resume: bool = F
     log.info("%s %s -> %s: %d steps, batch %d (%d per process x %d processes x %d accumulation)", run.desc,
              run.teacher.get("spec") or "(self)", recipe.student.name, t.max_steps, t.batch_size,
              per_process_batch(recipe, accelerator.num_processes), accelerator.num_processes, t.grad_accum_steps)
+    log.info(data_summary(recipe, run.dataset))
+    start, first_step = time.perf_counter(), progress.step
     train_loop(run, progress, stop_at=stop_at, show_progress=show_progress)
     finished = progress.step >= t.max_steps
     final = out / "student"
@@ -325,6 +328,20 @@ def run_training(recipe: Recipe, out_dir: str | os.PathLike, *, resume: bool = F
             export_student(final, "hf", out / PRETRAINED_MODEL)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    if not finished:
-        return checkpoints(out)[-1] / "student"
-    return out / PRETRAINED_MODEL if recipe.is_pretraining else final
+    result = (out / PRETRAINED_MODEL if recipe.is_pretraining else final) if finished else checkpoints(out)[-1] / "student"
+    seconds = time.perf_counter() - start
+    log.info("done: steps %d-%d in %.0f s (%.1f images/s); %s: %s", first_step + 1, progress.step, seconds,
+             (progress.step - first_step) * t.batch_size / max(seconds, 1e-9),
+             "model" if finished else "stopped; resume with --resume, latest student", result)
+    return result
+
+
+def data_summary(recipe: Recipe, dataset) -> str:
+    """What the run will read, before its first step: images, caption granularities, epochs."""
+    t = recipe.train
+    images = t.max_steps * t.batch_size
+    if isinstance(dataset, IterableDataset):
+        return f"data: {recipe.data.source} (streaming shards); {t.max_steps} steps x {t.batch_size} = {images} images"
+    keys = ", ".join(_caption_keys(dataset)) or "none (image-only)"
+    return (f"data: {recipe.data.source}, {len(dataset)} images, captions: {keys}; {t.max_steps} steps x "
+            f"{t.batch_size} = {images} images = {images / len(dataset):.1f} epochs")

@@ -68,6 +68,7 @@ class Run:
     targets: Callable | None  # batch -> TeacherOutput; None: the task makes its own targets (pretraining)
     teacher: dict = field(default_factory=dict)  # {"spec", "fingerprint"} recorded with the students
     desc: str = "distill"
+    dataset: object = None  # what the loader reads (for the run's data summary)
 
     @property
     def unwrapped(self) -> TrainingTask:
@@ -169,7 +170,8 @@ def train_loop(run: Run, progress: Progress, *, stop_at: int | None = None, show
             run.scheduler.step()
             progress.step += 1
             accelerator.unwrap_model(task).after_optimizer_step(progress.step, t.max_steps)
-            if progress.step % t.log_every == 0 or progress.step == last:
+            # Step 1 too: a user sees the first loss and speed at once, not after `log_every` steps.
+            if progress.step % t.log_every == 0 or progress.step in (1, last):
                 steps = progress.step - logged_at
                 _log_step(accelerator, {k: v / steps for k, v in sums.items()}, progress.step,
                           run.scheduler.get_last_lr()[0], t.batch_size * steps / max(time.perf_counter() - tick, 1e-9),
@@ -178,7 +180,7 @@ def train_loop(run: Run, progress: Progress, *, stop_at: int | None = None, show
                 sums.clear()
             bar.update(1)
             if progress.step == last or (t.checkpoint_every and progress.step % t.checkpoint_every == 0):
-                _log_data_stats(accelerator, stats)
+                _log_data_stats(accelerator, stats, progress.step)
                 save_checkpoint(run, progress)
             if progress.step >= last:
                 break
@@ -203,9 +205,11 @@ def _log_step(accelerator: Accelerator, sums: dict[str, torch.Tensor], step: int
         raise RuntimeError(f"loss is {metrics['loss']} at step {step}; lower optim.lr or check the data")
 
 
-def _log_data_stats(accelerator: Accelerator, stats: DataStats) -> None:
+def _log_data_stats(accelerator: Accelerator, stats: DataStats, step: int) -> None:
+    """Samples drawn and data problems met so far, summed over processes: a log line and tracker scalars."""
     merged = DataStats()
     for counts in gather_object([stats.as_dict(prefix="")]):
         merged.add([k for k, n in counts.items() if k != "samples" for _ in range(n)], counts.get("samples", 0))
+    accelerator.log(merged.as_dict(), step=step)
     if accelerator.is_main_process:
         log.info(merged.summary())

@@ -83,3 +83,25 @@ def test_bad_yaml_files(tmp_path):
         load_recipe(tmp_path / "c.yaml")
     with pytest.raises(UserError, match="neither a file nor a packaged recipe"):
         load_recipe("no-such-recipe")
+
+
+def test_switching_the_source_kind_drops_the_other_kinds_options(tmp_path, caplog):
+    """The micro recipe's scene options (`size`, `length`) do not fit a folder: they go, and the log says so."""
+    import logging
+
+    with caplog.at_level(logging.INFO, logger="distill.config"):
+        recipe = load_recipe("micro", [f"data.source=folder:{tmp_path}"])
+    assert recipe.data.options == {} and "dropping the recipe's data.options" in caplog.text
+    kept = load_recipe("micro", ["data.source=scenes:heldout"])  # same kind: the options stay
+    assert kept.data.options == {"size": 64, "length": 512}
+    explicit = load_recipe("micro", [f"data.source=folder:{tmp_path}", "data.options={index: captions.csv}"])
+    assert explicit.data.options == {"index": "captions.csv"}
+
+
+@pytest.mark.parametrize("override, words", [("optim.lr=inf", "'optim.lr' is inf; expected a finite number"),
+                                             ("loss.mix.cosine=nan", "'loss.mix.cosine' is nan"),
+                                             ("seed=-1", "'seed' is -1; expected an int >= 0"),
+                                             ("student.image_size=60", "a multiple of tipsv2-micro's patch size 8")])
+def test_non_finite_numbers_negative_seeds_and_sizes_off_the_patch_grid_are_refused(override, words):
+    with pytest.raises(UserError, match=words.replace("(", r"\(").replace("'", "'")):
+        load_recipe("micro", [override])

@@ -1,0 +1,61 @@
+"""The benchmark scripts run (in their smoke modes), so they cannot rot; their figures come from full runs."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bench(script: str, tmp_path: Path, *args: str) -> dict:
+    out = tmp_path / f"{script}.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / f"{script}.py"), "--quick", "--out", str(out),
+                           "--work", str(tmp_path / "work"), *args], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout) == json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_the_lab_runs_every_arm_and_reports_paired_statistics(tmp_path):
+    result = bench("ablation", tmp_path)
+    assert result["setup"]["seeds"] == [0, 1]
+    assert set(result["arms"]) == {"ibot++", "ibot", "contrastive_only", "full_ema", "short_captions", "all_tokens",
+                                   "masked_tokens", "cls_only", "no_contrastive", "cosine"}
+    claim = next(c for c in result["claims"] if c["claim"] == "iBOT++ vs iBOT" and c["metric"] == "miou")
+    ibot_pp, ibot = result["arms"]["ibot++"]["miou"]["values"], result["arms"]["ibot"]["miou"]["values"]
+    assert claim["differences"] == pytest.approx([a - b for a, b in zip(ibot_pp, ibot)])
+    assert claim["ci95"][0] <= claim["mean"] <= claim["ci95"][1]
+    ema = result["ema_cost"]
+    assert ema["full"]["ema_params"] > ema["heads"]["ema_params"] > 0
+    assert ema["full"]["trainable_params"] == ema["heads"]["trainable_params"]
+    assert (tmp_path / "ablation.md").read_text().startswith("| arm |")
+    assert (tmp_path / "ablation.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_the_teacher_curve_runs_and_reuses_finished_runs(tmp_path):
+    first = bench("teacher_curve", tmp_path)
+    assert [p["steps"] for p in first["points"]] == [2, 4] and "student" in first["points"][0]
+    assert (tmp_path / "teacher_curve.png").stat().st_size > 1000
+    again = bench("teacher_curve", tmp_path)  # every run is found in the work directory, nothing retrained
+    assert again["points"] == first["points"]
+
+
+def test_paired_statistics_by_hand():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from lab import paired, verdict
+
+    stats = paired([3.0, 5.0, 4.0], [1.0, 2.0, 2.0])  # differences 2, 3, 2: mean 7/3, sd 0.577
+    assert stats["differences"] == [2.0, 3.0, 2.0] and stats["mean"] == pytest.approx(7 / 3)
+    half = 4.303 * stats["std"] / 3 ** 0.5  # t(0.975, 2 dof)
+    assert stats["ci95"] == pytest.approx([7 / 3 - half, 7 / 3 + half])
+    assert verdict(stats["ci95"], "positive").startswith("reproduced")
+    assert verdict([-1.0, 2.0], "positive").startswith("not shown")
+    assert verdict([-1.0, 2.0], "equal").startswith("consistent")
