@@ -107,6 +107,7 @@ class TrainConfig:
     grad_accum_steps: int = 1  # the contrastive batch is batch_size / grad_accum_steps
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: the Accelerate config decides
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the towers' forward passes (students' and an online TIPSv2 teacher's)
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0: only the final one
     keep_checkpoints: int = 2
     log_every: int = 1

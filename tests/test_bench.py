@@ -59,3 +59,18 @@ def test_paired_statistics_by_hand():
     assert verdict(stats["ci95"], "positive").startswith("reproduced")
     assert verdict([-1.0, 2.0], "positive").startswith("not shown")
     assert verdict([-1.0, 2.0], "equal").startswith("consistent")
+
+
+@pytest.mark.slow
+def test_the_gpu_bench_runs_its_tiny_cpu_configuration(tmp_path):
+    out = tmp_path / "gpu.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--tiny", "--steps", "2",
+                           "--recipes", "b14", "--out", str(out)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["tiny"] and result["matmul_peak"]["tflops"] > 0
+    for kind in ("online", "cached"):
+        step = result["steps"]["b14"][kind]
+        assert step["batch"] in (4, 8) and step["images_per_s"] > 0 and step["achieved_tflops"] > 0
+    assert result["loader"]["images_per_s"] > 0 and [t["resolution"] for t in result["teacher"]] == [28, 56]

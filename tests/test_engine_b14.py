@@ -6,36 +6,16 @@ import time
 
 import pytest
 import torch
-from transformers import Tipsv2VisionModel
 
 from distill.config import load_recipe
 from distill.run import run_training
-from teachers.tipsv2_sizes import tipsv2_config
-from teachers.tipsv2_teacher import Tipsv2Teacher
-
-
-def random_g14_teacher() -> Tipsv2Teacher:
-    """1.1B parameters without transformers' per-module init: built on the meta device, then filled."""
-    config = tipsv2_config("g14").vision_config
-    with torch.device("meta"):
-        vision = Tipsv2VisionModel(config)
-    vision.to_empty(device="cpu")
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, p in vision.named_parameters():
-            if name.endswith("lambda1"):
-                p.fill_(0.1)  # small layer scales keep 40 random blocks numerically tame
-            elif p.ndim == 1 and ("norm" in name or name.startswith("layernorm")):
-                p.fill_(1.0 if name.endswith("weight") else 0.0)
-            else:
-                p.normal_(0.0, 0.02, generator=g)
-    return Tipsv2Teacher(vision)
+from teachers.random import random_tipsv2_teacher
 
 
 @pytest.mark.slow
 def test_b14_recipe_one_step_from_g14_teacher(tiny_tipsv2_dir, tmp_path):
     start = time.perf_counter()
-    teacher = random_g14_teacher()
+    teacher = random_tipsv2_teacher("g14")
     built = time.perf_counter() - start
     assert sum(p.numel() for p in teacher.parameters()) == pytest.approx(1136.0e6, rel=1e-3)
     recipe = load_recipe("b14", [

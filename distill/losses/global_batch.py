@@ -50,18 +50,17 @@ class GlobalBatch:
     positives: torch.Tensor  # (n, N) bool: local caption == global caption, both valid
     row_valid: torch.Tensor  # (n,) bool: the local sample has this caption
     col_valid: torch.Tensor  # (N,) bool
-    scale: float  # world / number of valid samples in the global batch (0 when none)
+    scale: torch.Tensor  # () world / number of valid samples in the global batch (0 when none)
 
 
 def global_batch(image: torch.Tensor, text: torch.Tensor, ids: torch.Tensor, valid: torch.Tensor) -> GlobalBatch:
+    """Every process holds a micro-batch of the same size (the loaders drop the last partial batch), so the
+    gathered columns line up. The scale stays a tensor: no host-device synchronisation in the step."""
     image = torch.nn.functional.normalize(image.float(), dim=-1)
     text = torch.nn.functional.normalize(text.float(), dim=-1)
     _, world = _world()
-    sizes = gather(torch.tensor([image.shape[0]], device=image.device))
-    if len(set(sizes.tolist())) > 1:
-        raise RuntimeError(f"contrastive micro-batches differ across processes: {sizes.tolist()}")
     all_ids, all_valid = gather(ids), gather(valid)
     positives = (ids[:, None] == all_ids[None, :]) & valid[:, None] & all_valid[None, :]
-    n_valid = int(all_valid.sum())
-    return GlobalBatch(image, text, gather(image), gather(text), positives, valid, all_valid,
-                       world / n_valid if n_valid else 0.0)
+    n_valid = all_valid.sum()
+    scale = torch.where(n_valid > 0, world / n_valid.clamp(min=1), torch.zeros((), device=n_valid.device))
+    return GlobalBatch(image, text, gather(image), gather(text), positives, valid, all_valid, scale)
