@@ -19,6 +19,14 @@ def check_positive(options, *names: str) -> None:
             raise UserError(f"{name.replace('_', '-')} {value!r} is invalid; expected a positive integer")
 
 
+def check_positive_number(options, *names: str) -> None:
+    """One-line UserError for an option that must be a positive number (None allowed: the default)."""
+    for name in names:
+        value = getattr(options, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise UserError(f"{name.replace('_', '-')} {value!r} is invalid; expected a positive number")
+
+
 def _size(item) -> int | None:
     if isinstance(item, str) and item.strip().isdigit():
         return int(item)
