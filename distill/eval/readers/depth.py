@@ -66,7 +66,6 @@ class NyuLabeled(DepthDataset):
     eigen_crop = True
 
     def __init__(self, mat: Path, split: str):
-        self.h5py = optional_module("h5py", f"reading {mat.name}")
         self.path, self.name = mat, f"nyu:{mat}"
         with self._open() as f:
             missing = [key for key in ("images", "depths") if key not in f]
@@ -78,8 +77,9 @@ class NyuLabeled(DepthDataset):
         self.indices = _mat_split(mat.parent / "splits.mat", split, images[0])
 
     def _open(self):
+        h5py = optional_module("h5py", f"reading {self.path.name}")  # not kept: a module does not pickle to workers
         try:
-            return self.h5py.File(self.path, "r")
+            return h5py.File(self.path, "r")
         except OSError as exc:
             raise UserError(f"{self.path} cannot be read as HDF5 ({str(exc).splitlines()[0]}); expected the "
                             f"MATLAB v7.3 {LABELED}") from None
