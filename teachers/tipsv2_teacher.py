@@ -6,7 +6,7 @@ from transformers import Tipsv2TextModel, Tipsv2VisionModel
 
 from teachers.base import Teacher
 from teachers.fingerprint import canonical_config, fingerprint
-from teachers.tipsv2_tokens import tipsv2_tokens
+from teachers.tipsv2_tokens import tipsv2_hidden_states, tipsv2_tokens
 from tipscore.types import ImageTokens
 
 
@@ -30,6 +30,18 @@ class Tipsv2Teacher(Teacher):
     @property
     def has_text(self) -> bool:
         return self.text is not None and self.tokenizer is not None
+
+    @property
+    def num_layers(self) -> int:
+        return self.vision.config.num_hidden_layers
+
+    def intermediate_layers(self, pixels: torch.Tensor, layers: list[int]) -> list[torch.Tensor]:
+        """pixels: RGB in [0,1] as for `encode_image`; the normalised token sequences (B, 1+R+N, D) after the
+        given blocks (1-based), e.g. for a DPT head (`teachers.tipsv2_tokens.tipsv2_hidden_states`)."""
+        self._check_pixels(pixels)
+        with torch.inference_mode():
+            states = tipsv2_hidden_states(self.vision, pixels.to(device=self.device, dtype=self.dtype), layers)
+        return [state.clone() for state in states]
 
     def _image_tokens(self, pixels: torch.Tensor, value_trick: bool) -> ImageTokens:
         return tipsv2_tokens(self.vision, pixels, value_trick=value_trick)

@@ -51,3 +51,14 @@ def tipsv2_tokens(
         x = layer(x, None)
     x = vision.layernorm(_value_trick_block(layers[-1], x))
     return split_tokens(x, num_registers, grid)
+
+
+def tipsv2_hidden_states(vision: Tipsv2VisionModel, pixels: torch.Tensor, layers: list[int]) -> list[torch.Tensor]:
+    """Token sequences (B, 1+R+N, D) after blocks `layers` (1-based; 0 = the embeddings) through the final
+    layernorm: what transformers' `Tipsv2VisionBackbone` (apply_layernorm=True, reshape_hidden_states=False)
+    hands the `Tipsv2DptFor*` heads."""
+    depth = vision.config.num_hidden_layers
+    if any(not 0 <= layer <= depth for layer in layers):
+        raise UserError(f"layers {layers} are out of range; expected blocks 0..{depth}")
+    hidden = vision(pixel_values=pixels, output_hidden_states=True).hidden_states
+    return [vision.layernorm(hidden[layer]) for layer in layers]

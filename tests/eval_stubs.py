@@ -1,4 +1,5 @@
 """A stub model with the teacher interface for the evaluation tests (imported by tests/test_eval_*.py)."""
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -55,3 +56,12 @@ class RandomFeatureModel(torch.nn.Module):
     def encode_image(self, pixels, value_trick=False):
         patches = self.embed(pixels).permute(0, 2, 3, 1)
         return ImageTokens(patches.mean((1, 2)), patches[:, :1, 0], patches)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """The probes train tiny heads: on a loaded two-core machine, two threads spend a step syncing (40x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -26,6 +26,11 @@ def resize_short_side(image: Image.Image, short_side: int) -> Image.Image:
     return TF.resize(image, short_side, interpolation=InterpolationMode.BICUBIC)
 
 
+def resized_sample(short_side: int, sample) -> tuple:
+    """(sample, its image with the short side resized, as a (3, H, W) tensor in [0, 1])."""
+    return sample, TF.to_tensor(resize_short_side(sample.image, short_side))
+
+
 def square_crop(image: Image.Image, size: int) -> torch.Tensor:
     """Short side to `size`, centre crop `size` x `size`, as a (3, size, size) tensor in [0, 1]."""
     return TF.to_tensor(TF.center_crop(resize_short_side(image, size), size))

@@ -157,3 +157,60 @@ class LinearCKA:
         cxy = sxy - torch.outer(sx, sy) / n
         denominator = torch.linalg.norm(cxx) * torch.linalg.norm(cyy)
         return float(torch.linalg.norm(cxy) ** 2 / denominator) if denominator > 0 else float("nan")
+
+
+# Rows 45:471, columns 41:601 of NYUv2's 480x640 frames (Eigen et al., NIPS 2014; as BTS, AdaBins and DINOv2
+# score it), as fractions so the crop also applies to frames stored at another size.
+EIGEN_CROP = (45 / 480, 471 / 480, 41 / 640, 601 / 640)
+LOWER_IS_BETTER = ("rmse", "abs_rel", "log10")  # depth errors; every other metric is a score
+
+
+def eigen_crop_mask(shape: tuple[int, int]) -> torch.Tensor:
+    h, w = shape
+    y0, y1, x0, x1 = (round(f * s) for f, s in zip(EIGEN_CROP, (h, h, w, w)))
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+def depth_errors(pred: torch.Tensor, gt: torch.Tensor) -> dict[str, float]:
+    """The standard monocular depth metrics over matching positive depths (metres): rmse (m), abs_rel,
+    log10, and delta1..3, the % of pixels whose ratio max(pred/gt, gt/pred) is below 1.25, 1.25^2, 1.25^3."""
+    pred, gt = pred.double().reshape(-1), gt.double().reshape(-1)
+    ratio = torch.maximum(pred / gt, gt / pred)
+    errors = {
+        "rmse": float(((pred - gt) ** 2).mean().sqrt()),
+        "abs_rel": float(((pred - gt).abs() / gt).mean()),
+        "log10": float((pred.log10() - gt.log10()).abs().mean()),
+    }
+    errors.update({f"delta{k}": float(100.0 * (ratio < 1.25**k).double().mean()) for k in (1, 2, 3)})
+    return errors
+
+
+class DepthMeter:
+    """Per-image depth errors averaged over the images (as BTS, AdaBins and DINOv2's depth evaluation do).
+
+    A pixel is scored where the ground truth lies strictly inside (min_depth, max_depth) (and inside the Eigen
+    crop if asked); predictions are clipped to [min_depth, max_depth] first.
+    """
+
+    def __init__(self, min_depth: float, max_depth: float, eigen_crop: bool = False):
+        self.min_depth, self.max_depth, self.eigen_crop = min_depth, max_depth, eigen_crop
+        self.sums: dict[str, float] = {}
+        self.images = 0
+
+    def update(self, pred: torch.Tensor, gt: torch.Tensor) -> None:
+        pred, gt = pred.detach().float().cpu(), torch.as_tensor(gt).float()
+        valid = (gt > self.min_depth) & (gt < self.max_depth)
+        if self.eigen_crop:
+            valid &= eigen_crop_mask(tuple(gt.shape))
+        if not valid.any():
+            return
+        pred = pred.nan_to_num(self.min_depth, self.max_depth, self.min_depth).clamp(self.min_depth, self.max_depth)
+        for key, value in depth_errors(pred[valid], gt[valid]).items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.images += 1
+
+    def result(self) -> dict[str, float]:
+        keys = ("rmse", "abs_rel", "log10", "delta1", "delta2", "delta3")
+        return {key: self.sums[key] / self.images if self.images else float("nan") for key in keys}

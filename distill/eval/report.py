@@ -12,9 +12,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from distill.eval.metrics import IGNORE_INDEX, LOWER_IS_BETTER
 from tipscore.atomic import write_atomic
 from tipscore.errors import UserError
-from distill.eval.metrics import IGNORE_INDEX
 
 # Metrics that are lists/dicts (per-class IoU) stay in report.json but not in the table.
 _TABLE_SKIPS = (dict, list)
@@ -51,22 +51,35 @@ def _cell(value) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+def _best(label: str, numbers: list) -> float:
+    """Depth errors (`rmse`, `rmse@448`) are best when lowest, every other metric when highest."""
+    return min(numbers) if label.partition("@")[0] in LOWER_IS_BETTER else max(numbers)
+
+
 def _table(header: str, names: list[str], rows: dict[str, list]) -> list[str]:
     """Markdown rows, one column per model; with several models the best value of a row is bold."""
     lines = [f"| {header} | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
     for label, values in rows.items():
         numbers = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
-        best = max(numbers) if len(names) > 1 and numbers else None
+        best = _best(label, numbers) if len(names) > 1 and numbers else None
         cells = [f"**{_cell(v)}**" if best is not None and v == best else _cell(v) for v in values]
         lines.append(f"| {label} | {' | '.join(cells)} |")
     return lines
 
 
+def _by_metric(keys) -> list[str]:
+    """`miou@224, acc@224, miou@448, acc@448` -> `miou@224, miou@448, acc@224, acc@448`: one row per resolution
+    under each metric, in the order the metrics and resolutions first appear."""
+    keys = list(dict.fromkeys(keys))
+    bases = list(dict.fromkeys(k.partition("@")[0] for k in keys))
+    return sorted(keys, key=lambda k: bases.index(k.partition("@")[0]))
+
+
 def markdown_table(report: dict) -> str:
-    """Scalar metrics side by side (higher is better for every metric we report), then the baselines."""
+    """Scalar metrics side by side (bold: the highest, the lowest for depth errors), then the baselines."""
     names = list(report["models"])
     scores = [report["models"][n] for n in names]
-    metrics = [m for m in dict.fromkeys(k for v in scores for k in v)
+    metrics = [m for m in _by_metric(k for v in scores for k in v)
                if not any(isinstance(v.get(m), _TABLE_SKIPS) for v in scores)]
     lines = _table("metric", names, {m: [v.get(m) for v in scores] for m in metrics})
     baselines = {k: v for k, v in report.get("baselines", {}).items() if not isinstance(v, _TABLE_SKIPS)}
@@ -80,7 +93,7 @@ def per_class_tables(report: dict) -> str:
     names = list(report["models"])
     scores = [report["models"][n] for n in names]
     blocks = []
-    for metric in dict.fromkeys(k for v in scores for k, x in v.items() if isinstance(x, dict)):
+    for metric in _by_metric(k for v in scores for k, x in v.items() if isinstance(x, dict)):
         classes = list(dict.fromkeys(c for v in scores for c in v.get(metric, {})))
         rows = {c: [v.get(metric, {}).get(c) for v in scores] for c in classes}
         blocks.append("\n".join(_table(metric, names, rows)))
@@ -146,9 +159,21 @@ def write_report(out_dir: Path, report: dict) -> str:
 
 
 def _viewable(image: Image.Image, min_height: int = 192) -> Image.Image:
-    """Small inputs (micro scenes are 64 px) are enlarged by an integer factor, nearest-neighbour."""
+    """Small inputs (the built-in scenes are 64 px) are enlarged by an integer factor, nearest-neighbour."""
     factor = -(-min_height // image.height)
     return image if factor <= 1 else image.resize((image.width * factor, image.height * factor), Image.NEAREST)
+
+
+def depth_panel(image: Image.Image, depth: np.ndarray, pred: np.ndarray, max_depth: float) -> Image.Image:
+    """image | ground truth | prediction, grey levels linear in depth (near bright, `max_depth` and beyond
+    dark), pixels without a measurement black."""
+    rgb = np.asarray(image.convert("RGB").resize(depth.shape[::-1]), dtype=np.float32)
+
+    def grey(d: np.ndarray) -> np.ndarray:
+        level = np.where(d > 0, 40 + 215 * (1 - np.clip(d / max_depth, 0, 1)), 0)
+        return np.repeat(level[..., None], 3, axis=-1)
+
+    return _viewable(Image.fromarray(np.concatenate([rgb, grey(depth), grey(pred)], axis=1).astype(np.uint8)))
 
 
 def palette(num_classes: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Images are embedded by their L2-normalised CLS1 token (TIPSv2's image embedding; `image_token=register`
 uses CLS2, the token TIPSv2 aligns with synthetic captions); captions by `encode_text`. Every distinct
-caption string is one text; it is a positive for every image that carries it (the micro scenes repeat
+caption string is one text; it is a positive for every image that carries it (the built-in scenes repeat
 short captions such as "a red circle").
 """
 from __future__ import annotations

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import torch
 
-from distill.eval import fidelity, retrieval, zeroshot_cls, zeroshot_seg
+from distill.eval import depth, fidelity, knn, linear_seg, retrieval, zeroshot_cls, zeroshot_seg
+from distill.eval.probe import ProbeOptions
 from distill.eval.report import json_safe, write_report
 from distill.eval.task import ModelLoader, resolve_device, spec_text
 from tipscore.errors import UserError
@@ -16,6 +17,9 @@ TASKS = {
     "retrieval": (retrieval.run, retrieval.RetrievalOptions),
     "zeroshot-cls": (zeroshot_cls.run, zeroshot_cls.ClsOptions),
     "fidelity": (fidelity.run, fidelity.FidelityOptions),
+    "linear-seg": (linear_seg.run, ProbeOptions),
+    "depth": (depth.run, depth.DepthOptions),
+    "knn": (knn.run, knn.KnnOptions),
 }
 
 

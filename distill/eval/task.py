@@ -19,6 +19,59 @@ def check_positive(options, *names: str) -> None:
             raise UserError(f"{name.replace('_', '-')} {value!r} is invalid; expected a positive integer")
 
 
+def check_positive_number(options, *names: str) -> None:
+    """One-line UserError for an option that must be a positive number (None allowed: the default)."""
+    for name in names:
+        value = getattr(options, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise UserError(f"{name.replace('_', '-')} {value!r} is invalid; expected a positive number")
+
+
+def _size(item) -> int | None:
+    if isinstance(item, str) and item.strip().isdigit():
+        return int(item)
+    return item if isinstance(item, int) and not isinstance(item, bool) else None
+
+
+def parse_resolutions(value) -> tuple[int, ...] | None:
+    """`--resolutions 224,336,448` (or a sequence of ints) -> (224, 336, 448); None stays None (the protocol's)."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    sizes = [_size(item) for item in items]
+    text = value if isinstance(value, str) else ",".join(map(str, items))
+    if not sizes or any(size is None or size < 1 for size in sizes):
+        raise UserError(f"resolutions {text!r} is invalid; expected a comma-separated list of positive integers, "
+                        "e.g. 224,336,448")
+    if len(set(sizes)) != len(sizes):
+        raise UserError(f"resolutions {text!r} lists a resolution twice; expected distinct sizes")
+    return tuple(sizes)
+
+
+def at_resolution(metrics: dict, resolution: int | None) -> dict:
+    """Metric keys suffixed `@RES` (`miou@448`) when several resolutions share one report column."""
+    return metrics if resolution is None else {f"{key}@{resolution}": value for key, value in metrics.items()}
+
+
+def tagged(name: str, resolution: int | None) -> str:
+    """A model's name for its PNG folders: `NAME@RES` when several resolutions are evaluated."""
+    return name if resolution is None else f"{name}@{resolution}"
+
+
+def per_resolution(models: dict, load: "ModelLoader", runs: list, evaluate) -> dict[str, dict]:
+    """{name: metrics}: each model loaded in turn (and freed before the next, so a giant teacher and its
+    students need not fit in memory together), then `evaluate(model, name, device, resolution, setting)`
+    for each (resolution, setting) of `runs`, the metric keys suffixed `@RES` when resolution is not None."""
+    scores: dict[str, dict] = {}
+    for name, spec in models.items():
+        model, device = load(spec)
+        scores[name] = {}
+        for resolution, setting in runs:
+            scores[name].update(at_resolution(evaluate(model, name, device, resolution, setting), resolution))
+        del model
+    return scores
+
+
 def resolve_device(device: str | None) -> torch.device:
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -42,12 +42,12 @@ def open_class_folders(dataset: str) -> ImageFolder:
     if not path.is_dir():
         raise UserError(f"class-folder dataset not found: {path}; expected folder:PATH with one sub-folder per class")
     try:
-        return ImageFolder(str(path), loader=str)  # paths; images open in `_prepare`
+        return ImageFolder(str(path), loader=str)  # paths; images open in `prepare_item`
     except (FileNotFoundError, RuntimeError) as exc:
         raise UserError(f"{path} is not a folder-per-class image set ({str(exc).splitlines()[0]})") from None
 
 
-def _prepare(resolution: int, item: tuple[str, int]) -> tuple[torch.Tensor, int]:
+def prepare_item(resolution: int, item: tuple[str, int]) -> tuple[torch.Tensor, int]:
     path, target = item
     with Image.open(path) as image:
         return square_crop(image.convert("RGB"), resolution), target
@@ -60,7 +60,7 @@ def evaluate_model(model, name: str, folders: ImageFolder, opts: ClsOptions, dev
     text = class_embeddings(model, folders.classes, opts.templates).to(device)
     resolution = patch_multiple(opts.resolution or model.image_size, model.patch_size)
     logits, targets = [], []
-    for batch in tqdm(batches(folders, opts.batch_size, opts.limit, opts.workers, partial(_prepare, resolution)),
+    for batch in tqdm(batches(folders, opts.batch_size, opts.limit, opts.workers, partial(prepare_item, resolution)),
                       desc=f"zeroshot-cls {name}", unit="batch"):
         image = F.normalize(model.encode_image(torch.stack([p for p, _ in batch]).to(device)).cls.float(), dim=-1)
         logits.append((image @ text.T).cpu())

@@ -8,9 +8,7 @@ image's cosine maps as they are; the result is upsampled to the label size and t
 """
 from __future__ import annotations
 
-import math
-from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
@@ -20,21 +18,21 @@ import torch.nn.functional as F
 from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
-from distill.eval.inputs import batches, resize_short_side
+from distill.eval.dense import window_boxes  # noqa: F401 (part of this module's interface before dense.py)
+from distill.eval.dense import slide_average, to_patch_multiple, upsample, whole_image_patches
+from distill.eval.inputs import batches, resized_sample
 from distill.eval.metrics import (IGNORE_INDEX, ConfusionMatrix, per_image_majority, segmentation_baselines, segmentation_scores,
                                   things_scores)
 from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
-from distill.eval.readers import SegDataset, SegSample, open_segmentation
+from distill.eval.readers import SegDataset, open_segmentation
 from distill.eval.report import label_png, overlay_panel, pca_panel, save_png
-from distill.eval.task import ModelLoader, TaskResult, check_positive
+from distill.eval.task import ModelLoader, TaskResult, check_positive, parse_resolutions, per_resolution, tagged
 from tipscore.errors import UserError
-
-Box = tuple[int, int, int, int]  # y0, x0, y1, x1
 
 
 @dataclass
 class SegOptions:
-    short_side: int | None = None  # None: the dataset's protocol size (448; micro scenes: their size)
+    short_side: int | None = None  # None: the dataset's protocol size (448; built-in scenes: their size)
     window: int | None = 448  # None: the whole image in one pass
     stride: int = 336
     value_trick: bool = True
@@ -44,9 +42,14 @@ class SegOptions:
     workers: int = 0
     overlays: int = 4  # images per model drawn as PNG overlays
     save_predictions: Path | None = None
+    resolutions: tuple[int, ...] | None = None  # short sides, each with a window of that side (`miou@448`)
 
     def __post_init__(self):
         self.templates = tuple(self.templates)
+        self.resolutions = parse_resolutions(self.resolutions)
+        if self.short_side is not None and self.resolutions is not None:
+            raise UserError(f"short-side {self.short_side} and resolutions {','.join(map(str, self.resolutions))} "
+                            "both set the short side; expected one of them")
         if self.save_predictions is not None:
             self.save_predictions = Path(self.save_predictions)
         check_positive(self, "short_side", "window", "stride", "batch_size", "limit")
@@ -56,30 +59,13 @@ class SegOptions:
             raise UserError(f"stride {self.stride} is larger than the window {self.window}; "
                             "pixels between windows would get no prediction")
 
-
-def _starts(length: int, window: int, stride: int) -> list[int]:
-    if length <= window:
-        return [0]
-    count = math.ceil((length - window) / stride) + 1
-    return [min(i * stride, length - window) for i in range(count)]
-
-
-def window_boxes(height: int, width: int, window: int | None, stride: int) -> list[Box]:
-    """Windows covering the image; the last row/column is shifted back to end at the border."""
-    if window is None:
-        return [(0, 0, height, width)]
-    return [(y, x, min(y + window, height), min(x + window, width))
-            for y in _starts(height, window, stride) for x in _starts(width, window, stride)]
-
-
-def to_patch_multiple(pixels: torch.Tensor, patch: int) -> torch.Tensor:
-    """Bicubic resize up to the next multiple of the patch size, as the official notebook does (not clamped,
-    as there: bicubic overshoots [0,1] a little, which teachers tolerate)."""
-    h, w = pixels.shape[-2:]
-    size = (math.ceil(h / patch) * patch, math.ceil(w / patch) * patch)
-    if size == (h, w):
-        return pixels
-    return F.interpolate(pixels[None], size=size, mode="bicubic", align_corners=False)[0]
+    def at(self, resolution: int) -> "SegOptions":
+        """One evaluation at `resolution`: the short side and the sliding window (if any) are `resolution`, the
+        stride keeps its ratio to the window (336 / 448), so the model really sees inputs of that size."""
+        if self.window is None:
+            return replace(self, short_side=resolution, resolutions=None)
+        stride = max(1, round(resolution * self.stride / self.window))
+        return replace(self, short_side=resolution, window=resolution, stride=stride, resolutions=None)
 
 
 def _cosine_maps(model, pixels: torch.Tensor, text: torch.Tensor, value_trick: bool) -> torch.Tensor:
@@ -93,38 +79,15 @@ def class_scores(model, images: list[torch.Tensor], text: torch.Tensor, opts: Se
 
     Whole image (`window=None`, the notebook's `predict_whole`): the raw cosine maps on the patch grid.
     Sliding windows (`predict_slide`): per window, the cosine maps upsampled to the window's own size and
-    softmaxed over classes, summed and divided by the overlap count, at the image's resolution. Windows
-    whose size is not a multiple of the patch size are resized up to one; windows of equal model-input size
-    share a forward pass, across images.
+    softmaxed over classes, summed and divided by the overlap count, at the image's resolution.
     """
     patch, device = model.patch_size, text.device
     if opts.window is None:
         return [_cosine_maps(model, to_patch_multiple(img, patch)[None].to(device), text, opts.value_trick)[0]
                 for img in images]
-    sums = [torch.zeros(len(text), *img.shape[-2:], device=device) for img in images]
-    counts = [torch.zeros(img.shape[-2:], device=device) for img in images]
-    groups: dict[tuple[int, int], list[tuple[int, Box]]] = defaultdict(list)
-    for i, img in enumerate(images):
-        for box in window_boxes(*img.shape[-2:], opts.window, opts.stride):
-            y0, x0, y1, x1 = box
-            groups[math.ceil((y1 - y0) / patch), math.ceil((x1 - x0) / patch)].append((i, box))
-    for members in groups.values():
-        for start in range(0, len(members), opts.batch_size):
-            chunk = members[start : start + opts.batch_size]
-            pixels = torch.stack([to_patch_multiple(images[i][:, y0:y1, x0:x1], patch)
-                                  for i, (y0, x0, y1, x1) in chunk]).to(device)
-            cosine = _cosine_maps(model, pixels, text, opts.value_trick)
-            for (i, (y0, x0, y1, x1)), maps in zip(chunk, cosine):
-                maps = F.interpolate(maps[None], size=(y1 - y0, x1 - x0), mode="bilinear", align_corners=False)[0]
-                sums[i][:, y0:y1, x0:x1] += maps.softmax(0)
-                counts[i][y0:y1, x0:x1] += 1
-    return [s / c for s, c in zip(sums, counts)]
-
-
-def upsample(probs: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    if tuple(probs.shape[-2:]) != tuple(size):
-        probs = F.interpolate(probs[None], size=size, mode="bilinear", align_corners=False)[0]
-    return probs
+    return slide_average(images, lambda pixels: _cosine_maps(model, pixels, text, opts.value_trick),
+                         window=opts.window, stride=opts.stride, batch_size=opts.batch_size, patch=patch,
+                         device=device, post=lambda maps: maps.softmax(0))
 
 
 def argmax_labels(probs: torch.Tensor) -> np.ndarray:
@@ -137,10 +100,6 @@ def things_only(probs: torch.Tensor, label: np.ndarray, things: tuple[int, ...])
     lookup = np.full(max(len(probs), int(label.max()) + 1), IGNORE_INDEX, dtype=np.int64)
     lookup[list(things)] = np.arange(len(things))
     return argmax_labels(probs[list(things)]), lookup[label]
-
-
-def _prepare(short_side: int, sample: SegSample) -> tuple[SegSample, torch.Tensor]:
-    return sample, TF.to_tensor(resize_short_side(sample.image, short_side))
 
 
 @dataclass
@@ -160,7 +119,7 @@ def evaluate_model(model, name: str, dataset: SegDataset, opts: SegOptions, out_
     text = class_embeddings(model, dataset.class_names, opts.templates).to(device)
     confusion, oracle = ConfusionMatrix(num_classes), ConfusionMatrix(num_classes)
     things = ConfusionMatrix(len(dataset.things)) if dataset.things else None
-    loader = batches(dataset, opts.batch_size, opts.limit, opts.workers, partial(_prepare, opts.short_side))
+    loader = batches(dataset, opts.batch_size, opts.limit, opts.workers, partial(resized_sample, opts.short_side))
     seen = 0
     for batch in tqdm(loader, desc=f"zeroshot-seg {name}", unit="batch"):
         probs = class_scores(model, [pixels for _, pixels in batch], text, opts)
@@ -177,7 +136,7 @@ def evaluate_model(model, name: str, dataset: SegDataset, opts: SegOptions, out_
                 panel = overlay_panel(sample.image, sample.label, pred, num_classes)
                 save_png(panel, out_dir / "overlays" / name / f"{sample.name}.png")
             if seen == 0:
-                save_png(pca_panel(TF.to_pil_image(pixels), _whole_image_patches(model, pixels, device)),
+                save_png(pca_panel(TF.to_pil_image(pixels), whole_image_patches(model, pixels, device)),
                          out_dir / "pca" / f"{name}.png")
             seen += 1
     metrics = segmentation_scores(confusion.matrix, dataset.class_names, dataset.background)
@@ -186,21 +145,21 @@ def evaluate_model(model, name: str, dataset: SegDataset, opts: SegOptions, out_
     return SegResult(metrics, confusion.matrix, oracle.matrix, None if things is None else things.matrix)
 
 
-def _whole_image_patches(model, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Plain (no value trick) patch features of one whole image, for the PCA map."""
-    return model.encode_image(to_patch_multiple(pixels, model.patch_size)[None].to(device)).patches[0]
-
-
 def run(models: dict, dataset: str, out_dir: Path, opts: SegOptions, load: ModelLoader) -> TaskResult:
     data = open_segmentation(dataset)
-    opts.short_side = opts.short_side or data.short_side
-    result = TaskResult(data.name)
-    scored = None
-    for name, spec in models.items():
-        model, device = load(spec)
-        scored = evaluate_model(model, name, data, opts, out_dir, device)
-        result.models[name] = scored.metrics
-        del model  # free it before the next model loads
-    result.baselines = segmentation_baselines(scored.confusion, data.class_names, data.background,
-                                              scored.per_image, scored.things)
+    scored: list[SegResult] = []
+
+    def evaluate(model, name, device, resolution, setting):
+        scored.append(evaluate_model(model, tagged(name, resolution), data, setting, out_dir, device))
+        return scored[-1].metrics
+
+    if opts.resolutions is None:
+        opts.short_side = opts.short_side or data.short_side
+        runs = [(None, opts)]
+    else:
+        runs = [(resolution, opts.at(resolution)) for resolution in opts.resolutions]
+    result = TaskResult(data.name, per_resolution(models, load, runs, evaluate))
+    last = scored[-1]  # the baselines depend on the labels only
+    result.baselines = segmentation_baselines(last.confusion, data.class_names, data.background, last.per_image,
+                                              last.things)
     return result

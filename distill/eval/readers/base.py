@@ -17,6 +17,18 @@ from tipscore.errors import UserError
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
+@dataclass(frozen=True)
+class ProbeProtocol:
+    """A dataset's defaults for the trained probes (linear-seg, depth). The real datasets use DINOv2's linear
+    segmentation protocol (arXiv 2304.07193, its mmsegmentation ADE20K config): 40k iterations of batch 16,
+    AdamW at lr 1e-3, 512 px crops, sliding window 512 / stride 341."""
+
+    size: int = 512  # short side, training crop and sliding window
+    iterations: int = 40_000
+    batch_size: int = 16
+    lr: float = 1e-3
+
+
 @dataclass
 class SegSample:
     name: str  # file stem of the image: saved predictions are named after it
@@ -33,6 +45,7 @@ class SegDataset(torch.utils.data.Dataset):
     background: int | None
     things: tuple[int, ...] | None = None
     short_side: int = 448  # the protocol's resize of the shorter image side for this data
+    probe: ProbeProtocol = ProbeProtocol()
 
     def __getitem__(self, index: int) -> SegSample:
         raise NotImplementedError

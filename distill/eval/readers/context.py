@@ -2,7 +2,7 @@
 
     VOC2010/JPEGImages/<id>.jpg
     VOC2010/SegmentationClassContext/<id>.png   single-channel, 0 = background (ignored), k = k-th of 59 classes
-    VOC2010/ImageSets/SegmentationContext/val.txt
+    VOC2010/ImageSets/SegmentationContext/{train,val}.txt
 """
 from __future__ import annotations
 

@@ -1,24 +1,32 @@
-"""The built-in procedural scenes (`distill.data.scenes`), held-out split: texture (stuff) and colour
-(thing) classes, every pixel labelled, as in ADE20K."""
+"""The built-in procedural scenes (`distill.data.scenes`): texture (stuff) and colour (thing) classes, every
+pixel labelled, as in ADE20K. Evaluation reads the held-out split; the probes train on the train split
+(same size and seed, disjoint scenes)."""
 from __future__ import annotations
 
 import numpy as np
 
 from distill.data.scenes import SCENE_CLASSES, THING_CLASSES, SceneDataset
-from distill.eval.readers.base import SegDataset, SegSample
+from distill.eval.readers.base import ProbeProtocol, SegDataset, SegSample
 from tipscore.errors import UserError
 
 DEFAULTS = {"length": 256, "size": 64, "seed": 0}
+SPLITS = {"train": "train", "val": "heldout"}
 
 
-class HeldoutScenes(SegDataset):
-    def __init__(self, length: int = 256, size: int = 64, seed: int = 0):
-        self.scenes = SceneDataset("heldout", size=size, length=length, seed=seed)
+def scene_probe(size: int) -> ProbeProtocol:
+    """Small enough for a CPU in seconds: the micro models' features separate the scene classes quickly."""
+    return ProbeProtocol(size=size, iterations=300, batch_size=16, lr=1e-2)
+
+
+class Scenes(SegDataset):
+    def __init__(self, length: int = 256, size: int = 64, seed: int = 0, split: str = "val"):
+        self.scenes = SceneDataset(SPLITS[split], size=size, length=length, seed=seed)
         self.class_names = list(SCENE_CLASSES)
         self.background = None
         self.things = tuple(SCENE_CLASSES.index(name) for name in THING_CLASSES)
-        self.name = f"scenes:length={length},size={size},seed={seed}"
+        self.name = scenes_name(length, size, seed, split)
         self.short_side = size  # models are evaluated at the scene size they were trained at
+        self.probe = scene_probe(size)
 
     def __len__(self) -> int:
         return len(self.scenes)
@@ -26,6 +34,10 @@ class HeldoutScenes(SegDataset):
     def __getitem__(self, index: int) -> SegSample:
         scene = self.scenes.scene(index)
         return SegSample(self.scenes.item_name(index), scene.image, scene.mask.astype(np.int64))
+
+
+def scenes_name(length: int, size: int, seed: int, split: str) -> str:
+    return f"scenes:length={length},size={size},seed={seed}" + ("" if split == "val" else f"[{split}]")
 
 
 def parse_options(options: str) -> dict[str, int]:
@@ -39,5 +51,5 @@ def parse_options(options: str) -> dict[str, int]:
     return values
 
 
-def read_scenes(options: str) -> HeldoutScenes:
-    return HeldoutScenes(**parse_options(options))
+def read_scenes(options: str, split: str = "val") -> Scenes:
+    return Scenes(**parse_options(options), split=split)

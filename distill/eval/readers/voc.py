@@ -1,4 +1,4 @@
-"""PASCAL VOC 2012: `JPEGImages`, palette PNGs in `SegmentationClass`, ids in `ImageSets/Segmentation/<split>.txt`.
+"""PASCAL VOC 2012: `JPEGImages`, palette PNGs in `SegmentationClass`, ids in `ImageSets/Segmentation/{train,val}.txt`.
 
 Palette PNGs store class indices (0 = background, 255 = void border), which is what `np.asarray` of a
 mode-P image returns. `voc` scores 21 classes with background; `voc20` scores the 20 objects and ignores
