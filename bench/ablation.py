@@ -114,8 +114,7 @@ def ema_probe(mode: str, quick: bool) -> dict:
     task = PretrainTask(student, recipe.pretrain, recipe.loss)
     optimizer = torch.optim.AdamW([p for p in task.parameters() if p.requires_grad], lr=1e-4)
     size, p = recipe.student.image_size, recipe.pretrain
-    grid = (size // student.patch_size,) * 2
-    draws = Draws(MaskConfig(grid, recipe.loss.mask_ratio, recipe.loss.mask_probability),
+    draws = Draws(MaskConfig(student.patch_size, recipe.loss.mask_ratio, recipe.loss.mask_probability),
                   dict(recipe.loss.contrastive.caption_weights), (p.global_crop, *[p.local_crop] * p.local_crops))
     loader = make_dataloader(build_dataset("scenes", size=size, length=recipe.train.batch_size * 11),
                              batch_size=recipe.train.batch_size, student_size=size, draws=draws)

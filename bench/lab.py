@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -50,13 +51,21 @@ class Lab:
             f.write(json.dumps(record) + "\n")
         return record
 
+    def _train(self, recipe, name: str) -> Path:
+        """A finished run left unscored by an interrupted lab is reused; an unfinished one starts over."""
+        out = self.work / name
+        final = out / ("model" if recipe.is_pretraining else "student")
+        if final.is_dir():
+            return final
+        shutil.rmtree(out, ignore_errors=True)
+        return run_training(recipe, out, show_progress=False)
+
     def pretrain(self, name: str, overrides: list[str], retrieval: bool = True) -> dict:
         """A teacher pretrained with `recipes/micro-teacher.yaml` + overrides, scored zero-shot."""
         if name in self.records:
             return self.records[name]
         start = time.perf_counter()
-        model = run_training(load_recipe("micro-teacher", [*overrides, *self.quick, *self.quick_pretrain]), self.work / name,
-                             show_progress=False)
+        model = self._train(load_recipe("micro-teacher", [*overrides, *self.quick, *self.quick_pretrain]), name)
         scores = self.score(str(model), name, retrieval)
         return self._record({"name": name, "model": str(model), **scores, "seconds": time.perf_counter() - start})
 
@@ -67,7 +76,7 @@ class Lab:
         start = time.perf_counter()
         recipe = load_recipe("micro", [*DEFAULT_OVERRIDES, f"teacher.spec={teacher}", f"student.text_init={teacher}",
                                        *overrides, *self.quick])
-        student = run_training(recipe, self.work / name, show_progress=False)
+        student = self._train(recipe, name)
         scores = self.score(str(student), name, retrieval=False)
         return self._record({"name": name, "model": str(student), **scores, "seconds": time.perf_counter() - start})
 

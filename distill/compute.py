@@ -41,13 +41,8 @@ def text_flops(config: Tipsv2TextConfig, tokens: int = TEXT_TOKENS) -> float:
     return 2 * tokens * config.num_hidden_layers * per_layer + 4 * config.num_hidden_layers * tokens**2 * d
 
 
-def estimate_compute(recipe: Recipe) -> ComputeConfig:
-    """The recipe's `compute` section recomputed (its teacher_arch, gpu, peak and MFU are kept)."""
-    assumed = recipe.compute or ComputeConfig()
-    teacher = tipsv2_config(assumed.teacher_arch)
-    student = get_arch(recipe.student.name).config
-    s_size = recipe.student.image_size
-    t_size = (recipe.teacher.image_size if recipe.teacher else None) or s_size
+def _phase_flops(recipe: Recipe, teacher, student, s_size: int, t_size: int) -> tuple[float, float, float]:
+    """(teacher forward, student forward + heads, whole training image) FLOPs at one pair of view sizes."""
     teacher_f = vision_flops(teacher.vision_config, t_size)
     s_tokens = 1 + student.vision_config.num_register_tokens + (s_size // student.vision_config.patch_size) ** 2
     student_f = (vision_flops(student.vision_config, s_size)
@@ -59,6 +54,21 @@ def estimate_compute(recipe: Recipe) -> ComputeConfig:
             train_f += CAPTIONS_PER_IMAGE * 3 * text_flops(student.text_config)
         else:
             train_f += CAPTIONS_PER_IMAGE * text_flops(teacher.text_config)
+    return teacher_f, student_f, train_f
+
+
+def estimate_compute(recipe: Recipe) -> ComputeConfig:
+    """The recipe's `compute` section recomputed (its teacher_arch, gpu, peak and MFU are kept): per image,
+    averaged over the run's steps when resolution phases change the view sizes."""
+    assumed = recipe.compute or ComputeConfig()
+    teacher = tipsv2_config(assumed.teacher_arch)
+    student = get_arch(recipe.student.name).config
+    total = [0.0, 0.0, 0.0]
+    for first, end, s_size, t_size in recipe.phases():
+        weight = (end - first) / recipe.train.max_steps
+        for i, flops in enumerate(_phase_flops(recipe, teacher, student, s_size, t_size)):
+            total[i] += weight * flops
+    teacher_f, student_f, train_f = total
     seconds = 1e8 * train_f / (assumed.gpu_peak_tflops * 1e12 * assumed.mfu)
     return dataclasses.replace(
         assumed, teacher_gflops_per_image=teacher_f / 1e9, student_gflops_per_image=student_f / 1e9,

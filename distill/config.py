@@ -101,6 +101,16 @@ class OptimConfig:
 
 
 @dataclass
+class ResolutionPhase:
+    """From optimizer step `from_step` on, the views have these sizes (TIPSv2 models are used at 448 px; a run
+    that trains at 224 px for most steps ends with a phase at 448)."""
+
+    from_step: int
+    student_size: int
+    teacher_size: int | None = None  # None: the student's size
+
+
+@dataclass
 class TrainConfig:
     max_steps: int = 100  # optimizer steps
     batch_size: int = 16  # global images per optimizer step, over all processes and accumulation steps
@@ -109,6 +119,8 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the towers' forward passes (students' and an online TIPSv2 teacher's)
     checkpoint_every: int = 0  # optimizer steps between checkpoints; 0: only the final one
+    # Later phases at other view sizes; the first phase (step 0) uses student/teacher.image_size.
+    resolution_phases: list[ResolutionPhase] = field(default_factory=list)
     keep_checkpoints: int = 2
     log_every: int = 1
 
@@ -170,6 +182,21 @@ class Recipe:
     @property
     def is_pretraining(self) -> bool:
         return self.pretrain is not None
+
+    def view_sizes(self, step: int) -> tuple[int, int]:
+        """(student, teacher) view sizes at optimizer step `step` (0-based: the step about to run)."""
+        teacher = self.teacher.image_size if self.teacher is not None else None
+        student, teacher = self.student.image_size, teacher or self.student.image_size
+        for phase in self.train.resolution_phases:
+            if step >= phase.from_step:
+                student, teacher = phase.student_size, phase.teacher_size or phase.student_size
+        return student, teacher
+
+    def phases(self) -> list[tuple[int, int, int, int]]:
+        """(first step, last step + 1, student size, teacher size) of each phase."""
+        starts = [0, *(p.from_step for p in self.train.resolution_phases)]
+        ends = [*starts[1:], self.train.max_steps]
+        return [(a, b, *self.view_sizes(a)) for a, b in zip(starts, ends)]
 
 
 # ---------------------------------------------------------------- typed construction
@@ -368,7 +395,26 @@ def validate(recipe: Recipe) -> Recipe:
            train.checkpoint_every)
     _check(train.keep_checkpoints >= 1, "train.keep_checkpoints", "an int >= 1", train.keep_checkpoints)
     _check(train.log_every >= 1, "train.log_every", "an int >= 1", train.log_every)
+    _validate_phases(recipe)
     return recipe
+
+
+def _validate_phases(recipe: Recipe) -> None:
+    previous = 0
+    patch = STUDENTS[recipe.student.name].config.vision_config.patch_size
+    for i, phase in enumerate(recipe.train.resolution_phases):
+        key = f"train.resolution_phases[{i}]"
+        _check(previous < phase.from_step < recipe.train.max_steps, f"{key}.from_step",
+               f"a step after the previous phase's ({previous}) and before train.max_steps", phase.from_step)
+        _check(phase.student_size > 0 and phase.student_size % patch == 0, f"{key}.student_size",
+               f"a multiple of {recipe.student.name}'s patch size {patch}", phase.student_size)
+        _check(phase.teacher_size is None or phase.teacher_size > 0, f"{key}.teacher_size", "a positive int or null",
+               phase.teacher_size)
+        previous = phase.from_step
+    if recipe.train.resolution_phases and recipe.cache:
+        sizes = {teacher for *_, teacher in recipe.phases()}
+        _check(len(sizes) == 1, "train.resolution_phases", "one teacher size with cache=DIR (a cache holds the "
+               "teacher's targets at the one resolution it was built at)", sorted(sizes))
 
 
 # ---------------------------------------------------------------- loading, overrides, saving

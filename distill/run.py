@@ -172,10 +172,10 @@ def _teacher_source(recipe: Recipe, accelerator: Accelerator, teacher, contrasti
         teacher = load_teacher(recipe.teacher.spec, dtype=dtype, device=accelerator.device)
     else:
         teacher = teacher.to(device=accelerator.device, dtype=dtype)
-    size = recipe.teacher.image_size or recipe.student.image_size
-    if size % teacher.patch_size:
-        raise UserError(f"recipe key 'teacher.image_size' is {size}; expected a multiple of the teacher's patch "
-                        f"size {teacher.patch_size}")
+    for *_, size in recipe.phases():
+        if size % teacher.patch_size:
+            raise UserError(f"teacher view size {size} (teacher.image_size or a resolution phase) is not a multiple "
+                            f"of the teacher's patch size {teacher.patch_size}")
     text_tower = contrastive and c.text_tower == "teacher"
     if text_tower and not teacher.has_text:
         raise UserError("loss.contrastive.text_tower=teacher needs a teacher with a text tower; "
@@ -189,12 +189,12 @@ def build_student_patch_size(recipe: Recipe) -> int:
 
 
 def _draws(recipe: Recipe, patch_size: int, contrastive: bool) -> Draws:
-    loss, grid = recipe.loss, (recipe.student.image_size // patch_size,) * 2
+    loss = recipe.loss
     views: tuple[CropConfig, ...] = ()
     if recipe.is_pretraining:
         p = recipe.pretrain
         views = (p.global_crop, *[p.local_crop] * p.local_crops)
-    return Draws(MaskConfig(grid, loss.mask_ratio, loss.mask_probability, loss.mask_shape),
+    return Draws(MaskConfig(patch_size, loss.mask_ratio, loss.mask_probability, loss.mask_shape),
                  dict(loss.contrastive.caption_weights) if contrastive else None, views)
 
 
@@ -294,6 +294,7 @@ def build_run(recipe: Recipe, out: Path, *, calibrate: bool = True, teacher=None
         loader = make_dataloader(dataset, batch_size=batch, student_size=recipe.student.image_size,
                                  teacher_size=teacher_size, seed=recipe.seed, crop=recipe.data.crop, draws=draws,
                                  num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle, pin_memory=pin)
+    sizes_setter = loader.set_sizes  # kept apart: Accelerate's prepared loader shares the sampler, not the method
     if calibrate and getattr(task, "norm", None) is not None:
         _calibrate(task, source, loader, recipe, accelerator)
     optimizer = make_optimizer(recipe, task)
@@ -306,7 +307,8 @@ def build_run(recipe: Recipe, out: Path, *, calibrate: bool = True, teacher=None
         task, optimizer, scheduler = accelerator.prepare(task, optimizer, scheduler)
     else:
         task, optimizer, loader, scheduler = accelerator.prepare(task, optimizer, loader, scheduler)
-    return Run(recipe, out, accelerator, task, optimizer, scheduler, loader, source, teacher_info, desc, dataset)
+    return Run(recipe, out, accelerator, task, optimizer, scheduler, loader, source, teacher_info, desc, dataset,
+               sizes=sizes_setter)
 
 
 def run_training(recipe: Recipe, out_dir: str | os.PathLike, *, resume: bool = False, stop_at: int | None = None,

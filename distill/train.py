@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from distill.config import Recipe, dump_recipe, recipe_to_dict
 from distill.data import DataStats
+from distill.data.loader import Sizes
 from distill.tasks import TrainingTask
 from tipscore.atomic import write_atomic
 
@@ -69,6 +70,7 @@ class Run:
     teacher: dict = field(default_factory=dict)  # {"spec", "fingerprint"} recorded with the students
     desc: str = "distill"
     dataset: object = None  # what the loader reads (for the run's data summary)
+    sizes: Callable | None = None  # sets the loader's view sizes (resolution phases)
 
     @property
     def unwrapped(self) -> TrainingTask:
@@ -149,6 +151,9 @@ def train_loop(run: Run, progress: Progress, *, stop_at: int | None = None, show
     task.train()
     while progress.step < last:
         run.loader.set_epoch(progress.epoch)
+        sizes = run.recipe.view_sizes(progress.step)
+        if run.sizes:
+            run.sizes(Sizes(*sizes))
         batches = (accelerator.skip_first_batches(run.loader, progress.batches_in_epoch)
                    if progress.batches_in_epoch else run.loader)
         for batch in batches:
@@ -183,6 +188,11 @@ def train_loop(run: Run, progress: Progress, *, stop_at: int | None = None, show
                 _log_data_stats(accelerator, stats, progress.step)
                 save_checkpoint(run, progress)
             if progress.step >= last:
+                break
+            if run.recipe.view_sizes(progress.step) != sizes:
+                # A new resolution phase: restart this epoch's iteration at its position with the new sizes
+                # (exactly what a resume there does), dropping batches prefetched at the old ones.
+                log.info("resolution phase from step %d: views %s", progress.step, run.recipe.view_sizes(progress.step))
                 break
         else:
             progress.epoch += 1

@@ -177,3 +177,32 @@ def test_cli_errors(tiny_tipsv2_dir, tmp_path, capsys):
     (tmp_path / "c" / "student").mkdir(parents=True)
     assert main([*base, "--out", str(tmp_path / "c")]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_a_resolution_phase_switches_both_views_and_resumes_exactly_across_the_switch(tiny_tipsv2_dir, tmp_path,
+                                                                                       monkeypatch):
+    """Steps 1-2 at 32 px, steps 3-5 at 48 px (student and teacher); stopped at 2 and at 3, and resumed, the run
+    ends with the weights and losses of an uninterrupted one."""
+    from transformers import Tipsv2VisionModel
+
+    sizes = []
+    original = Tipsv2VisionModel.forward
+
+    def spy(self, *args, **kwargs):
+        pixels = kwargs.get("pixel_values", args[0] if args else None)
+        sizes.append(("student" if self.training else "teacher", pixels.shape[-1]))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Tipsv2VisionModel, "forward", spy)
+    args = ("max_steps=5", "batch_size=8", "loss.mask_ratio=0.3",
+            "train.resolution_phases=[{from_step: 2, student_size: 48, teacher_size: 48}]")
+    recipe = tiny_recipe(tiny_tipsv2_dir, *args)
+    straight = run_training(recipe, tmp_path / "straight")
+    assert [s for who, s in sizes if who == "student"] == [32, 32, 48, 48, 48]
+    assert [s for who, s in sizes if who == "teacher"] == [32, 32, 48, 48, 48]
+    for stop in (2, 3):
+        run_training(recipe, tmp_path / f"split{stop}", stop_at=stop)
+        resumed = run_training(recipe, tmp_path / f"split{stop}", resume=True)
+        a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a)
+        assert [m["loss"] for m in metrics(tmp_path / "straight")] == [m["loss"] for m in metrics(tmp_path / f"split{stop}")]

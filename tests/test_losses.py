@@ -163,8 +163,8 @@ def test_phi_s_without_hadamard_is_a_user_error():
 
 
 def _masks(indices, epoch, ratio, probability=1.0, shape="block", grid=(8, 8)):
-    draws = Draws(mask=MaskConfig(grid, ratio, probability, shape))
-    return torch.stack([draws({}, 64, 0, epoch, int(i))["mask"] for i in indices])
+    draws = Draws(mask=MaskConfig(8, ratio, probability, shape))  # 8 px patches: a 64 px view is an 8x8 grid
+    return torch.stack([draws({}, 8 * grid[0], 0, epoch, int(i))["mask"] for i in indices])
 
 
 def test_masks_exact_count_and_per_sample_determinism():

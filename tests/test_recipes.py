@@ -38,8 +38,31 @@ def test_recorded_compute_matches_the_formula(name):
 
 def test_g14_forward_flops_match_known_count():
     # DINOv2 reports ~291 GMACs for ViT-g/14 at 224 px; TIPSv2-g/14 has the same body (+1 register).
+    single = estimate_compute(load_recipe("b14", ["train.resolution_phases=[]"]))
+    assert 570 < single.teacher_gflops_per_image < 620
+
+
+def test_resolution_phases_weight_the_compute_by_their_steps():
     recipe = load_recipe("b14")
-    assert 570 < recipe.compute.teacher_gflops_per_image < 620
+    assert recipe.phases() == [(0, 90000, 224, 224), (90000, 100000, 448, 448)]
+    assert recipe.view_sizes(89999) == (224, 224) and recipe.view_sizes(90000) == (448, 448)
+    at = {size: estimate_compute(load_recipe("b14", ["train.resolution_phases=[]", f"student.image_size={size}",
+                                                     f"teacher.image_size={size}"])) for size in (224, 448)}
+    mixed = estimate_compute(recipe)
+    assert mixed.train_gflops_per_image == pytest.approx(0.9 * at[224].train_gflops_per_image
+                                                         + 0.1 * at[448].train_gflops_per_image)
+
+
+@pytest.mark.parametrize("phases, words", [
+    ("[{from_step: 0, student_size: 64}]", "from_step"),
+    ("[{from_step: 50, student_size: 60}]", "a multiple of tipsv2-micro's patch size 8"),
+    ("[{from_step: 200, student_size: 32}, {from_step: 100, student_size: 64}]", "from_step"),
+])
+def test_bad_resolution_phases_are_refused(phases, words):
+    with pytest.raises(UserError, match=words):
+        load_recipe("micro", [f"train.resolution_phases={phases}"])
+    with pytest.raises(UserError, match="one teacher size with cache=DIR"):
+        load_recipe("micro", ["cache=/some/cache", "train.resolution_phases=[{from_step: 50, student_size: 32}]"])
 
 
 def test_overrides_coerce_types():

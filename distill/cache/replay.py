@@ -31,9 +31,10 @@ class ReplayAugment:
     reader: CacheReader
     augment: Augment  # the student side: size, seed and draws
 
-    def __call__(self, sample: Sample, epoch: int) -> dict[str, Any]:
+    def __call__(self, sample: Sample, epoch: int, sizes=None) -> dict[str, Any]:
+        """`sizes`: the student's may change between phases; the teacher's is the cache's."""
         k = epoch % self.reader.manifest.augmentations
-        return {**self.augment.item(sample, self.reader.crop(sample.index, k), epoch),
+        return {**self.augment.item(sample, self.reader.crop(sample.index, k), epoch, sizes and sizes.student),
                 "teacher_targets": self.reader.targets(sample.index, k)}
 
 

@@ -29,7 +29,7 @@ class Draws:
                  index: int) -> dict:
         item = {}
         if self.mask is not None:
-            item["mask"] = sample_mask(keyed_generator("mask", seed, epoch, index), self.mask)
+            item["mask"] = sample_mask(keyed_generator("mask", seed, epoch, index), self.mask, student_size)
         if self.caption_weights is not None:
             item["caption"] = draw_captions(captions, keyed_generator("caption", seed, epoch, index),
                                             self.caption_weights)

@@ -3,6 +3,8 @@
 
 The epoch reaches the workers inside every key (`EpochKey`) or through `set_epoch` on the stream, so
 crops and draws depend on (seed, epoch, index) only, whatever the worker count, process count or resume point.
+The view sizes travel the same way (`set_sizes`), so a run can switch resolution between phases
+(`train.resolution_phases`); the loop restarts the epoch's iteration at its position when it does.
 Call `loader.set_epoch(epoch)` before each epoch (Accelerate's prepared loaders do it themselves,
 counting completed passes; after a resume set it explicitly).
 """
@@ -22,6 +24,11 @@ from distill.data.rng import keyed_generator
 from distill.data.sample import CAPTION_KEYS, DataStats, Sample
 
 
+class Sizes(NamedTuple):
+    student: int
+    teacher: int
+
+
 @dataclass(frozen=True)
 class Augment:
     student_size: int
@@ -30,25 +37,29 @@ class Augment:
     crop: CropConfig = CropConfig()
     draws: Draws = Draws()
 
-    def __call__(self, sample: Sample, epoch: int) -> dict[str, Any]:
+    def __call__(self, sample: Sample, epoch: int, sizes: Sizes | None = None) -> dict[str, Any]:
+        """`sizes`: this phase's view sizes (default: the augment's own)."""
+        sizes = sizes or Sizes(self.student_size, self.teacher_size)
         params = sample_crop((sample.image.height, sample.image.width), crop_generator(self.seed, epoch, sample.index),
                              self.crop)
-        item = self.item(sample, params, epoch)
-        if self.teacher_size != self.student_size:
+        item = self.item(sample, params, epoch, sizes.student)
+        if sizes.teacher != sizes.student:
             # From the source image, not from the student pixels: each side gets its full resolution.
-            item["teacher_pixels"] = apply_crop(sample.image, params, self.teacher_size)
+            item["teacher_pixels"] = apply_crop(sample.image, params, sizes.teacher)
         return item
 
-    def item(self, sample: Sample, params: CropParams, epoch: int) -> dict[str, Any]:
-        """The student's view of `sample` under the crop `params`, with this epoch's draws."""
-        return {"pixels": apply_crop(sample.image, params, self.student_size), "captions": sample.captions,
+    def item(self, sample: Sample, params: CropParams, epoch: int, size: int | None = None) -> dict[str, Any]:
+        """The student's view of `sample` under the crop `params` at `size`, with this epoch's draws."""
+        size = size or self.student_size
+        return {"pixels": apply_crop(sample.image, params, size), "captions": sample.captions,
                 "index": sample.index, "crop": params.as_tensor(), "events": sample.events,
-                **self.draws(sample.captions, self.student_size, self.seed, epoch, sample.index)}
+                **self.draws(sample.captions, size, self.seed, epoch, sample.index)}
 
 
 class EpochKey(NamedTuple):
     epoch: int
     index: int
+    sizes: Sizes | None = None
 
 
 class EpochSampler(Sampler[EpochKey]):
@@ -58,9 +69,13 @@ class EpochSampler(Sampler[EpochKey]):
 
     def __init__(self, length: int, seed: int = 0, shuffle: bool = True):
         self.length, self.seed, self.shuffle, self.epoch = length, seed, shuffle, 0
+        self.sizes: Sizes | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def set_sizes(self, sizes: Sizes | None) -> None:
+        self.sizes = sizes
 
     def __len__(self) -> int:
         return self.length
@@ -68,7 +83,7 @@ class EpochSampler(Sampler[EpochKey]):
     def __iter__(self) -> Iterator[EpochKey]:
         order = (torch.randperm(self.length, generator=keyed_generator("order", self.seed, self.epoch)).tolist()
                  if self.shuffle else range(self.length))
-        return (EpochKey(self.epoch, index) for index in order)
+        return (EpochKey(self.epoch, index, self.sizes) for index in order)
 
 
 class AugmentedDataset(Dataset):
@@ -79,21 +94,24 @@ class AugmentedDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, key: EpochKey) -> dict[str, Any]:
-        return self.augment(self.source[key.index], key.epoch)
+        return self.augment(self.source[key.index], key.epoch, key.sizes)
 
 
 class AugmentedStream(IterableDataset):
     """For streaming sources (`wds:`): they shard themselves over processes and workers."""
 
     def __init__(self, source, augment: Augment):
-        self.source, self.augment, self.epoch = source, augment, 0
+        self.source, self.augment, self.epoch, self.sizes = source, augment, 0, None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def set_sizes(self, sizes: Sizes | None) -> None:
+        self.sizes = sizes
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for sample in self.source.stream(self.augment.seed, self.epoch):
-            yield self.augment(sample, self.epoch)
+            yield self.augment(sample, self.epoch, self.sizes)
 
 
 class EpochDataLoader(DataLoader):
@@ -103,7 +121,14 @@ class EpochDataLoader(DataLoader):
     shards, and Accelerate would split (or broadcast) its batches a second time."""
 
     def set_epoch(self, epoch: int) -> None:
-        (self.dataset if isinstance(self.dataset, AugmentedStream) else self.sampler).set_epoch(epoch)
+        self._keys().set_epoch(epoch)
+
+    def set_sizes(self, sizes: Sizes | None) -> None:
+        """View sizes from the next iteration on (Accelerate's prepared copy shares the sampler)."""
+        self._keys().set_sizes(sizes)
+
+    def _keys(self):
+        return self.dataset if isinstance(self.dataset, AugmentedStream) else self.sampler
 
 
 def collate(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -46,15 +46,16 @@ MASK_SHAPES = ("block", "random")
 
 @dataclass(frozen=True)
 class MaskConfig:
-    grid: tuple[int, int]  # the student's patch grid (h, w)
+    patch_size: int  # the student's: its patch grid follows the view size
     ratio: float  # fraction of patches hidden in a masked image
     probability: float = 1.0  # fraction of images that are masked
     shape: str = "block"  # block | random
 
 
-def sample_mask(g: torch.Generator, config: MaskConfig) -> torch.Tensor:
-    """(h*w,) bool, True = hidden from the student; all False for the images left unmasked."""
-    h, w = config.grid
+def sample_mask(g: torch.Generator, config: MaskConfig, size: int) -> torch.Tensor:
+    """(h*w,) bool for a `size` px square view, True = hidden from the student; all False for the images left
+    unmasked."""
+    h = w = size // config.patch_size
     count = min(round(config.ratio * h * w), h * w - 1)
     if torch.rand((), generator=g).item() >= config.probability or count <= 0:
         return torch.zeros(h * w, dtype=torch.bool)
