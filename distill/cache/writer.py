@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import IterableDataset
 
-from tipscore.atomic import atomic_directory, remove_stale_temps, write_atomic
+from tipscore.atomic import atomic_directory, write_atomic
 from distill.cache.compression import Compression, PatchCodec, PcaBasis, storage_dtype
 from distill.cache.manifest import (
     MANIFEST, PCA_BASIS, TOKENIZER_DIR, CacheManifest, Preprocessing, read_manifest, write_manifest,
@@ -105,8 +105,9 @@ def build_cache(
     on_shard: Callable[[int, int], None] | None = None,
     teacher_spec: str = "",
 ) -> CacheManifest:
-    """Write (or finish) the cache in `out`. `on_shard(done, total)` is called after each shard.
-    `teacher_spec` names the teacher for the model cards of students trained from the cache."""
+    """Write (or finish) the cache in `out`, whose `tipscore.lock.OutputLock` the caller holds.
+    `on_shard(done, total)` is called after each shard. `teacher_spec` names the teacher for the model cards
+    of students trained from the cache."""
     settings.validate()
     require_indexed(dataset)
     out = Path(out)
@@ -119,7 +120,6 @@ def build_cache(
         num_registers=teacher.num_registers, grid=grid, preprocessing=pre,
         augmentations=settings.augmentations, dtype=settings.dtype, compression=settings.compression,
         shard_size=settings.shard_size, num_shards=num_shards))
-    remove_stale_temps(out)
     if teacher.tokenizer is not None and not (out / TOKENIZER_DIR).is_dir():
         with atomic_directory(out / TOKENIZER_DIR) as tmp:
             teacher.tokenizer.save_pretrained(tmp)
