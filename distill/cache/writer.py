@@ -23,6 +23,7 @@ from distill.cache.manifest import (
 from distill.data.loader import Augment
 from tipscore.errors import UserError
 from tipscore.faults import crash_point
+from tipscore.lock import LOCK_NAME
 from tipscore.types import ImageTokens
 
 
@@ -39,6 +40,8 @@ class CacheSettings:
             raise UserError(f"--augmentations {self.augmentations} must be at least 1")
         if self.shard_size < 1:
             raise UserError(f"--shard-size {self.shard_size} must be at least 1")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size {self.batch_size} must be at least 1")
         storage_dtype(self.dtype)
         Compression.parse(self.compression)
 
@@ -82,6 +85,10 @@ def _run_teacher(teacher, dataset, images: range, pre: Preprocessing, k: int, ba
 
 def _start_or_resume(out: Path, fresh: CacheManifest) -> CacheManifest:
     if not (out / MANIFEST).is_file():
+        found = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) if out.is_dir() else []
+        if found:
+            raise UserError(f"--out {out} is a non-empty directory without a cache ({MANIFEST}; it holds "
+                            f"{found[0]}); choose a new or empty directory")
         out.mkdir(parents=True, exist_ok=True)
         write_manifest(out, fresh)
         return fresh
