@@ -30,8 +30,8 @@ from distill.targets import CachedTeacher, OnlineTeacher, check_cached_text_towe
 from distill.tasks.distill_task import DistillTask
 from distill.tasks.multi_student import MultiStudentTask
 from distill.tasks.pretrain_task import PretrainTask
-from distill.train import (METRICS, Progress, Run, checkpoints, latest_usable_checkpoint, load_checkpoint,
-                           prune_checkpoints, save_exports, train_loop, truncate_metrics)
+from distill.train import latest_usable_checkpoint, prune_checkpoints
+from distill.train import METRICS, Progress, Run, checkpoints, load_checkpoint, save_exports, train_loop, truncate_metrics
 from students import build_student
 from students.zoo import STUDENTS
 from students.export import export_student
