@@ -34,11 +34,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        error = str(exc)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    # Printed once the failed command's frames are freed (with `exc`): what they close on the way out, such as a
+    # progress bar, then shows before the error line instead of after it.
+    print(f"error: {error}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

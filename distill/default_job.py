@@ -19,6 +19,7 @@ from distill.config import load_recipe
 from distill.eval import evaluate
 from distill.run import run_training
 from tipscore.atomic import atomic_directory
+from tipscore.lock import OutputLock
 from teachers.load import PACKAGED
 
 TEACHER = "micro"
@@ -33,8 +34,10 @@ def run_default(out_dir, overrides: list[str] = ()) -> dict:
     """Distil into `out_dir/run`, evaluate into `out_dir` (report.json with models `teacher`, `student`)."""
     out = Path(out_dir)
     recipe = load_recipe(RECIPE, [*DEFAULT_OVERRIDES, *overrides])
-    student = run_training(recipe, out / "run")
-    return evaluate({"teacher": recipe.teacher.spec, "student": str(student)}, "zeroshot-seg", EVAL_DATASET, out)
+    with OutputLock(out):  # the report's directory; the run inside it has its own lock
+        student = run_training(recipe, out / "run")
+        return evaluate({"teacher": recipe.teacher.spec, "student": str(student)}, "zeroshot-seg", EVAL_DATASET,
+                        out)
 
 
 def package_teacher(model_dir, target: Path = PACKAGED[TEACHER]) -> Path:

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 import yaml
 from accelerate import Accelerator
-from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, send_to_device, set_seed
+from accelerate.utils import (GradientAccumulationPlugin, ProjectConfiguration, broadcast_object_list, send_to_device,
+                               set_seed)
 from torch.utils.data import IterableDataset
 from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
 
@@ -30,12 +31,14 @@ from distill.targets import CachedTeacher, OnlineTeacher, check_cached_text_towe
 from distill.tasks.distill_task import DistillTask
 from distill.tasks.multi_student import MultiStudentTask
 from distill.tasks.pretrain_task import PretrainTask
+from distill.train import latest_usable_checkpoint, prune_checkpoints
 from distill.train import METRICS, Progress, Run, checkpoints, load_checkpoint, save_exports, train_loop, truncate_metrics
 from students import Student, build_student
 from students.zoo import STUDENTS
 from students.export import export_student
 from teachers import load_teacher, teacher_dtype
 from tipscore.errors import UserError
+from tipscore.lock import OutputLock
 from teachers.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
@@ -217,16 +220,43 @@ def _calibrate(task: DistillTask, source, loader, recipe: Recipe, accelerator: A
     log.info("target normalisation (%s) calibrated on %d batches", task.norm.kind, wanted)
 
 
-def _check_run_dir(recipe: Recipe, out: Path, resume: bool) -> list[Path]:
+def _on_main_process(accelerator: Accelerator, prepare):
+    """`prepare()` on the main process alone, its result or its UserError handed to every process: the others
+    write nothing before it is done, and none waits for a process that gave up."""
+    result, error = None, None
+    if accelerator.is_main_process:
+        try:
+            result = prepare()
+        except UserError as exc:
+            error = str(exc)
+    if accelerator.num_processes > 1:
+        result, error = broadcast_object_list([result, error])
+    if error is not None:
+        raise UserError(error)
+    return result
+
+
+def _open_run_dir(lock: OutputLock, recipe: Recipe, out: Path, resume: bool) -> Path | None:
+    """Locks the run directory (which removes the temps of killed writers), then checks it."""
+    lock.acquire()
+    return _check_run_dir(recipe, out, resume)
+
+
+def _check_run_dir(recipe: Recipe, out: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from (None for a new run): the newest whole one, older ones beyond
+    `train.keep_checkpoints` removed."""
     existing = checkpoints(out)
     if resume and not existing:
         raise UserError(f"--resume: no checkpoint in {out / 'checkpoints'}; start the run without --resume")
     final = PRETRAINED_MODEL if recipe.is_pretraining else "student"
     if not resume and (existing or (out / final).exists()):
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if resume:
-        _check_resumable(existing[-1], recipe)
-    return existing
+    if not resume:
+        return None
+    checkpoint = latest_usable_checkpoint(out)
+    _check_resumable(checkpoint, recipe)
+    prune_checkpoints(out, recipe.train.keep_checkpoints, checkpoint)
+    return checkpoint
 
 
 def _check_resumable(checkpoint: Path, recipe: Recipe) -> None:
@@ -248,9 +278,8 @@ def _check_resumable(checkpoint: Path, recipe: Recipe) -> None:
 # ---------------------------------------------------------------- building and running
 
 
-def build_run(recipe: Recipe, out: Path, *, calibrate: bool = True, teacher=None) -> Run:
+def build_run(recipe: Recipe, out: Path, accelerator: Accelerator, *, calibrate: bool = True, teacher=None) -> Run:
     """Everything but the training state: a fresh run, or the shell a checkpoint is loaded into."""
-    accelerator = make_accelerator(recipe, out)
     batch = per_process_batch(recipe, accelerator.num_processes)
     set_seed(recipe.seed)
     dataset = build_dataset(recipe.data.source, **recipe.data.options)
@@ -323,10 +352,20 @@ def run_training(recipe: Recipe, out_dir: str | os.PathLike, *, resume: bool = F
     out = Path(out_dir)
     if stop_at is not None and stop_at < 1:
         raise UserError(f"--stop-at {stop_at}; expected a step >= 1")
-    existing = _check_run_dir(recipe, out, resume)
-    run = build_run(recipe, out, calibrate=not resume, teacher=teacher)
-    progress = load_checkpoint(run, existing[-1]) if resume else Progress()
-    accelerator = run.accelerator
+    accelerator = make_accelerator(recipe, out)
+    lock = OutputLock(out)  # taken once, by the main process, before any process writes
+    try:
+        checkpoint = _on_main_process(accelerator, lambda: _open_run_dir(lock, recipe, out, resume))
+        return _train(recipe, out, accelerator, checkpoint, stop_at=stop_at, teacher=teacher,
+                      show_progress=show_progress)
+    finally:
+        lock.release()
+
+
+def _train(recipe: Recipe, out: Path, accelerator: Accelerator, checkpoint: Path | None, *, stop_at: int | None,
+           teacher, show_progress: bool) -> Path:
+    run = build_run(recipe, out, accelerator, calibrate=checkpoint is None, teacher=teacher)
+    progress = load_checkpoint(run, checkpoint) if checkpoint else Progress()
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_recipe(recipe, out / "recipe.yaml")

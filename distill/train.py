@@ -12,8 +12,10 @@ Choices that matter:
 - Exact resume: crops, masks, caption choices and extra views are drawn in the data workers from
   per-sample streams keyed by (seed, epoch, sample index); `save_state` stores weights (safetensors),
   optimizer, scheduler and RNG states; the data position is restored with `skip_first_batches`.
-- Checkpoints are built in a temp dir and renamed into place; each holds the training state and plain
-  student checkpoints (`student/`, readable by eval/export without any training state).
+- Checkpoints are built in a temp dir and renamed into place; each holds the training state, plain
+  student checkpoints (`student/`, readable by eval/export without any training state) and the size of
+  every file (`sizes.json`), so `--resume` can tell a checkpoint damaged later (a copy cut short, a
+  truncated file) and fall back to the one before.
 - No host-device synchronisation inside the loop except every `train.log_every` steps, when the logged
   sums are reduced.
 """
@@ -33,19 +35,23 @@ from typing import Callable
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object, send_to_device
+from safetensors import safe_open
 from tqdm.auto import tqdm
 
 from distill.config import Recipe, dump_recipe, recipe_to_dict
 from distill.data import DataStats
 from distill.data.loader import Sizes
 from distill.tasks import TrainingTask
-from tipscore.atomic import write_atomic
+from tipscore.atomic import temp_name, write_atomic
+from tipscore.errors import UserError, writing
+from tipscore.faults import crash_point
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STATE = "trainer_state.json"
 METRICS = "metrics.jsonl"
+SIZES = "sizes.json"
 
 
 @dataclass
@@ -94,10 +100,29 @@ def save_exports(run: Run, directory: Path, step: int) -> None:
 
 
 def save_checkpoint(run: Run, progress: Progress) -> Path:
-    accelerator, out = run.accelerator, run.out
-    root = out / CHECKPOINTS
-    final = root / f"step_{progress.step:08d}"
-    tmp = root / f".tmp-step_{progress.step:08d}"
+    """A full disk (or lost permission) is a one-line error naming the checkpoint; the earlier ones stay."""
+    accelerator = run.accelerator
+    final = run.out / CHECKPOINTS / f"step_{progress.step:08d}"
+    tmp = temp_name(final)  # a fixed name: every process writes into it
+    try:
+        with writing(final):
+            _write_checkpoint(run, progress, tmp)
+    except BaseException:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if accelerator.is_main_process:
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(tmp, final)
+        crash_point("checkpoint-renamed", progress.step)
+        prune_checkpoints(run.out, run.recipe.train.keep_checkpoints, final)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _write_checkpoint(run: Run, progress: Progress, tmp: Path) -> None:
+    accelerator = run.accelerator
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
@@ -109,13 +134,52 @@ def save_checkpoint(run: Run, progress: Progress) -> Path:
     if accelerator.is_main_process:
         save_exports(run, tmp / "student", progress.step)
         (tmp / "recipe.yaml").write_text(dump_recipe(run.recipe))
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-        for old in checkpoints(out)[: -run.recipe.train.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
+        sizes = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+        (tmp / SIZES).write_text(json.dumps(sizes, indent=1))
+
+
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why `checkpoint` cannot be resumed from, None when it can: a file missing or of another size than
+    written, or a safetensors header that does not parse. Flipped bits inside tensor data pass (catching
+    them would mean hashing every byte at each checkpoint)."""
+    try:
+        sizes = json.loads((checkpoint / SIZES).read_text())
+    except (OSError, ValueError):
+        return f"{SIZES} is missing or unreadable"
+    for name, size in sizes.items():
+        path = checkpoint / name
+        actual = path.stat().st_size if path.is_file() else None
+        if actual != size:
+            return f"{name} is missing" if actual is None else f"{name} has {actual} bytes, {size} were written"
+    for path in sorted(checkpoint.rglob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):
+                pass
+        except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged headers
+            return f"{path.relative_to(checkpoint)} has no readable safetensors header ({str(exc).splitlines()[0]})"
+    return None
+
+
+def latest_usable_checkpoint(out: Path) -> Path:
+    """The newest checkpoint without a `checkpoint_problem`; each damaged newer one is skipped with a warning."""
+    found = checkpoints(out)
+    for checkpoint in reversed(found):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint
+        log.warning("checkpoint %s is damaged (%s): skipped, and removed if an earlier one is whole", checkpoint,
+                    problem)
+    raise UserError(f"--resume: none of the {len(found)} checkpoints in {out / CHECKPOINTS} is whole (see the "
+                    "warnings above); start the run again in another --out")
+
+
+def prune_checkpoints(out: Path, keep: int, newest: Path) -> None:
+    """Keeps `newest` and the `keep - 1` before it; newer ones (damaged, skipped by a resume) go too. Also run
+    when a run starts: a kill between a checkpoint's rename and this pruning leaves one too many."""
+    found = checkpoints(out)
+    position = found.index(newest)
+    for old in found[: max(0, position + 1 - keep)] + found[position + 1:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(run: Run, checkpoint: Path) -> Progress:
@@ -127,11 +191,31 @@ def load_checkpoint(run: Run, checkpoint: Path) -> Progress:
 
 
 def truncate_metrics(path: Path, step: int) -> None:
-    """Drops lines past `step` (a resume) or from an earlier attempt that died before its first checkpoint."""
+    """Drops lines past `step` (a resume) or from an earlier attempt that died before its first checkpoint,
+    and lines that do not parse (the last one torn by a kill, or a copy cut short), with a warning."""
     if not path.is_file():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    keep, torn = [], []
+    for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        record = _metrics_record(line)
+        if record is None:
+            torn.append(number)
+        elif record["step"] <= step:
+            keep.append(line)
+    if torn:
+        log.warning("%s: dropped %d line(s) that do not parse (line %s), e.g. torn by a kill", path, len(torn),
+                    ", ".join(map(str, torn)))
     write_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
+
+
+def _metrics_record(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None
 
 
 # ---------------------------------------------------------------- the loop
@@ -208,7 +292,7 @@ def _log_step(accelerator: Accelerator, sums: dict[str, torch.Tensor], step: int
     metrics.update({"lr": lr, "images_per_s": images_per_s})
     accelerator.log(metrics, step=step)
     if accelerator.is_main_process:
-        with open(out / METRICS, "a") as f:
+        with writing(out / METRICS), open(out / METRICS, "a") as f:
             f.write(json.dumps({"step": step, **metrics}) + "\n")
     bar.set_postfix(loss=f"{metrics['loss']:.4f}", img_s=f"{images_per_s:.1f}")
     if not math.isfinite(metrics["loss"]):

@@ -11,6 +11,7 @@ from distill.cache.writer import CacheSettings, build_cache, teacher_augment
 from distill.data.augment import CropConfig, apply_crop
 from distill.data.scenes import SceneDataset
 from tipscore.errors import UserError
+from tipscore.lock import OutputLock
 from teachers.tipsv2_teacher import Tipsv2Teacher
 
 
@@ -68,11 +69,14 @@ def test_killed_build_resumes_to_the_same_shards(tmp_path, teacher, dataset, com
     with pytest.raises(Killed):
         build_cache(teacher, dataset, out, pre, settings, on_shard=kill_after_two)
     assert len(read_manifest(out).shards) == 2 and not read_manifest(out).complete
-    (out / ".tmp-shard-00002.safetensors.x").write_bytes(b"torn")  # what SIGKILL mid-write leaves
+    # What SIGKILL mid-write leaves: the writer's temp dir, safetensors' own temp inside it.
+    (out / ".tipsdistill-tmp-shard-00002.safetensors.0123abcd").mkdir()
+    (out / ".tipsdistill-tmp-shard-00002.safetensors.0123abcd" / ".tmpAb12Cd").write_bytes(b"torn")
     with pytest.raises(UserError, match="incomplete"):
         check_cache_matches(out, read_manifest(out), pre)
     done = []
-    resumed = build_cache(teacher, dataset, out, pre, settings, on_shard=lambda d, t: done.append(d))
+    with OutputLock(out):  # as the command does: taking it removes the temps
+        resumed = build_cache(teacher, dataset, out, pre, settings, on_shard=lambda d, t: done.append(d))
     assert done == [3]  # only the missing shard was computed
     assert resumed.complete and resumed.shards == reference.shards
     assert shard_bytes(out) == shard_bytes(tmp_path / "whole")

@@ -4,34 +4,55 @@ half-written directory.
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tipscore.errors import UserError
+from tipscore.errors import UserError, writing
 
-TMP_PREFIX = ".tmp-"
+# Specific to this tool, so that removing the temps a killed writer left (`tipscore.lock`) never touches a
+# user's own files.
+TMP_PREFIX = ".tipsdistill-tmp-"
+
+
+def temp_name(target: Path) -> Path:
+    """The temp sibling of `target`: fixed, so that every process of a run can write into it."""
+    return target.with_name(TMP_PREFIX + target.name)
+
+
+def temp_dir(target: Path) -> Path:
+    """A new empty owner-only directory beside `target`: `temp_name(target)` plus 8 random hex digits."""
+    while True:
+        path = Path(f"{temp_name(target)}.{secrets.token_hex(4)}")
+        try:
+            path.mkdir(mode=0o700)
+            return path
+        except FileExistsError:
+            continue
+
+
+def is_temp_of(name: str, target: Path) -> bool:
+    """Whether the entry `name` beside `target` is one of its temps (not those of an output named `target.x`)."""
+    return re.fullmatch(re.escape(temp_name(target).name) + r"(\.[0-9a-f]{8})?", name) is not None
 
 
 def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None:
-    """`write(tmp)` fills a temp file in the same directory, which then replaces `path`."""
+    """`write(tmp)` fills `tmp`, a file of the same name in a temp dir beside `path`, which then replaces `path`.
+
+    Whatever the writer itself puts beside its file (safetensors writes its own temp and renames it) stays
+    inside that temp dir, so a kill at any moment leaves nothing but a temp of this tool.
+    """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temps(directory: str | os.PathLike) -> None:
-    """Temp files of a killed writer (SIGKILL skips the cleanup above)."""
-    for stale in Path(directory).glob(TMP_PREFIX + "*"):
-        stale.unlink(missing_ok=True)
+    with writing(path):
+        tmp = temp_dir(path)
+        try:
+            write(tmp / path.name)
+            os.replace(tmp / path.name, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 @contextmanager
@@ -46,21 +67,22 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> I
         raise UserError(f"output {target} exists and is not a directory")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise UserError(f"output directory {target} exists and is not empty; pass --overwrite to replace it")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        yield tmp
-        _swap_in(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_dir(target)
+        try:
+            yield tmp
+            _swap_in(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
 
 def _swap_in(new: Path, target: Path) -> None:
     if not target.exists():
         os.rename(new, target)
         return
-    old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+    old = temp_dir(target)
     os.rename(target, old / "dir")
     try:
         os.rename(new, target)

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import IterableDataset
 
-from tipscore.atomic import atomic_directory, remove_stale_temps, write_atomic
+from tipscore.atomic import atomic_directory, write_atomic
 from distill.cache.compression import Compression, PatchCodec, PcaBasis, storage_dtype
 from distill.cache.manifest import (
     MANIFEST, PCA_BASIS, TOKENIZER_DIR, CacheManifest, Preprocessing, read_manifest, write_manifest,
@@ -23,6 +23,7 @@ from distill.cache.manifest import (
 from distill.data.loader import Augment
 from tipscore.errors import UserError
 from tipscore.faults import crash_point
+from tipscore.lock import LOCK_NAME
 from tipscore.types import ImageTokens
 
 
@@ -39,6 +40,8 @@ class CacheSettings:
             raise UserError(f"--augmentations {self.augmentations} must be at least 1")
         if self.shard_size < 1:
             raise UserError(f"--shard-size {self.shard_size} must be at least 1")
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size {self.batch_size} must be at least 1")
         storage_dtype(self.dtype)
         Compression.parse(self.compression)
 
@@ -82,6 +85,10 @@ def _run_teacher(teacher, dataset, images: range, pre: Preprocessing, k: int, ba
 
 def _start_or_resume(out: Path, fresh: CacheManifest) -> CacheManifest:
     if not (out / MANIFEST).is_file():
+        found = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) if out.is_dir() else []
+        if found:
+            raise UserError(f"--out {out} is a non-empty directory without a cache ({MANIFEST}; it holds "
+                            f"{found[0]}); choose a new or empty directory")
         out.mkdir(parents=True, exist_ok=True)
         write_manifest(out, fresh)
         return fresh
@@ -105,8 +112,9 @@ def build_cache(
     on_shard: Callable[[int, int], None] | None = None,
     teacher_spec: str = "",
 ) -> CacheManifest:
-    """Write (or finish) the cache in `out`. `on_shard(done, total)` is called after each shard.
-    `teacher_spec` names the teacher for the model cards of students trained from the cache."""
+    """Write (or finish) the cache in `out`, whose `tipscore.lock.OutputLock` the caller holds.
+    `on_shard(done, total)` is called after each shard. `teacher_spec` names the teacher for the model cards
+    of students trained from the cache."""
     settings.validate()
     require_indexed(dataset)
     out = Path(out)
@@ -119,7 +127,6 @@ def build_cache(
         num_registers=teacher.num_registers, grid=grid, preprocessing=pre,
         augmentations=settings.augmentations, dtype=settings.dtype, compression=settings.compression,
         shard_size=settings.shard_size, num_shards=num_shards))
-    remove_stale_temps(out)
     if teacher.tokenizer is not None and not (out / TOKENIZER_DIR).is_dir():
         with atomic_directory(out / TOKENIZER_DIR) as tmp:
             teacher.tokenizer.save_pretrained(tmp)

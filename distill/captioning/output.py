@@ -10,7 +10,7 @@ import logging
 import os
 from pathlib import Path
 
-from tipscore.errors import UserError
+from tipscore.errors import UserError, writing
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def _truncate(path: Path, size: int) -> None:
 
 def append_rows(file, rows: list[dict]) -> None:
     """`file`: opened with open(path, "ab"). Whole lines in one write, on disk before the next batch starts."""
-    file.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8"))
-    file.flush()
-    os.fsync(file.fileno())
+    with writing(file.name):
+        file.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8"))
+        file.flush()
+        os.fsync(file.fileno())

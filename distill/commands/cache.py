@@ -49,15 +49,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from distill.cache.manifest import Preprocessing, dataset_identity
-    from distill.cache.writer import CacheSettings, build_cache
-    from distill.commands import data_options
+    from distill.cache.writer import CacheSettings
     from distill.config import DataConfig, Recipe, load_recipe
-    from distill.data import CropConfig, build_dataset
-    from teachers import load_teacher, teacher_dtype
     from tipscore.errors import UserError
+    from tipscore.lock import OutputLock
 
     if args.overrides and not args.recipe:
         raise UserError(f"recipe overrides {' '.join(args.overrides)} need --recipe")
@@ -69,6 +64,20 @@ def run(args: argparse.Namespace) -> int:
                         "teacher.spec and data.source")
     settings = CacheSettings(args.augmentations, args.dtype, args.compress, args.shard_size, args.batch_size)
     settings.validate()
+    with OutputLock(args.out):  # before the teacher loads: a busy or unwritable --out fails at once
+        return _build(args, recipe, teacher_spec, data, settings)
+
+
+def _build(args: argparse.Namespace, recipe, teacher_spec: str, data: str, settings) -> int:
+    import torch
+
+    from distill.cache.manifest import Preprocessing, dataset_identity
+    from distill.cache.writer import build_cache
+    from distill.commands import data_options
+    from distill.data import CropConfig, build_dataset
+    from teachers import load_teacher, teacher_dtype
+    from tipscore.errors import UserError
+
     d = recipe.data
     crop = CropConfig(args.crop_scale or d.crop.scale, args.crop_ratio or d.crop.ratio,
                       d.crop.flip_p if args.flip_p is None else args.flip_p)

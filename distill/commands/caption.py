@@ -45,15 +45,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from distill.captioning import checked_out
+    from tipscore.lock import OutputLock
+
+    out = checked_out(args.out)
+    with OutputLock(out, beside=True):
+        return _caption(args, out)
+
+
+def _caption(args: argparse.Namespace, out) -> int:
     from transformers.utils import logging as transformers_logging
 
-    from distill.captioning import (CaptionSettings, Captioner, Generation, Shard, caption_images, checked_out,
-                                    open_images, parse_granularities, parse_prompts, pick_device, plan,
-                                    read_written, resolve_prompts)
+    from distill.captioning import (CaptionSettings, Captioner, Generation, Shard, caption_images, open_images,
+                                    parse_granularities, parse_prompts, pick_device, plan, read_written,
+                                    resolve_prompts)
     from distill.commands import data_options
 
     # Every cheap check before the model loads.
-    out = checked_out(args.out)
     granularities = parse_granularities(args.granularities)
     given = parse_prompts(args.prompts)
     settings = CaptionSettings(args.batch_size, args.overwrite_captions, args.num_workers, Shard.parse(args.shard))

@@ -86,6 +86,9 @@ def task_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    evaluate(parse_model_args(args.model), args.task, args.dataset, args.out, device=args.device,
-             dtype=getattr(torch, _DTYPES[args.dtype]), **task_options(args))
+    from tipscore.lock import OutputLock
+
+    with OutputLock(args.out):  # before any model loads: a busy or unwritable --out fails at once
+        evaluate(parse_model_args(args.model), args.task, args.dataset, args.out, device=args.device,
+                 dtype=getattr(torch, _DTYPES[args.dtype]), **task_options(args))
     return 0

@@ -31,12 +31,15 @@ def run(args: argparse.Namespace) -> int:
     from distill.eval.report import card_sections, find_reports
     from students.export import export_student
     from teachers.student_checkpoint import read_manifest
+    from tipscore.lock import OutputLock
 
-    reports = find_reports(Path(args.checkpoint), read_manifest(args.checkpoint).get("metadata") or {},
-                           [Path(r) for r in args.report])
-    fingerprint = load_fingerprint(args.checkpoint) if reports else None
-    result = export_student(args.checkpoint, args.format, args.out, with_heads=args.with_heads,
-                            overwrite=args.overwrite, evaluation=card_sections(reports, fingerprint))
+    # Beside --out, which the export replaces by a rename.
+    with OutputLock(args.out, beside=True):
+        reports = find_reports(Path(args.checkpoint), read_manifest(args.checkpoint).get("metadata") or {},
+                               [Path(r) for r in args.report])
+        fingerprint = load_fingerprint(args.checkpoint) if reports else None
+        result = export_student(args.checkpoint, args.format, args.out, with_heads=args.with_heads,
+                                overwrite=args.overwrite, evaluation=card_sections(reports, fingerprint))
     print(f"exported {args.checkpoint} as {result.format} to {result.out}: {', '.join(result.files)}")
     for note in result.notes:
         print(f"note: {note}")

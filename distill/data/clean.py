@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from distill.data.sample import CAPTION_KEYS
+from tipscore.errors import UserError
 
 DEFAULT_MAX_CAPTION_CHARS = 1000
 
@@ -25,8 +27,18 @@ class BadSample(Exception):
         self.reason = reason
 
 
-def decode_image(source: bytes | str | os.PathLike) -> tuple[Image.Image, tuple[str, ...]]:
-    """Decode fully (so truncation shows here, not later in a worker) and convert to RGB."""
+def check_max_image_pixels(value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UserError(f"data option max_image_pixels={value!r}: expected a positive number of pixels")
+
+
+def decode_image(source: bytes | str | os.PathLike, max_pixels: int | None = None
+                 ) -> tuple[Image.Image, tuple[str, ...]]:
+    """Decode fully (so truncation shows here, not later in a worker) and convert to RGB.
+
+    An image of more than `max_pixels` (None: PIL's `Image.MAX_IMAGE_PIXELS` at call time) is refused from its
+    header, before a pixel is decoded: PIL by itself only warns below twice its limit, and refuses above it
+    whatever `max_pixels` says."""
     if isinstance(source, (bytes, bytearray)):
         if not source:
             raise BadSample("empty_file")
@@ -38,8 +50,14 @@ def decode_image(source: bytes | str | os.PathLike) -> tuple[Image.Image, tuple[
         except OSError:
             raise BadSample("missing_file") from None
         stream = source
+    budget = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     try:
-        with Image.open(stream) as opened:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # refused below, as a skip
+            opened = Image.open(stream)
+        with opened:
+            if budget is not None and opened.width * opened.height > budget:
+                raise BadSample("decompression_bomb")
             opened.load()
             image = ImageOps.exif_transpose(opened)
             mode = image.mode
@@ -47,7 +65,7 @@ def decode_image(source: bytes | str | os.PathLike) -> tuple[Image.Image, tuple[
     except BadSample:
         raise
     except Image.DecompressionBombError:
-        raise BadSample("too_large") from None
+        raise BadSample("decompression_bomb") from None
     except UnidentifiedImageError:
         raise BadSample("unreadable") from None
     except OSError as exc:

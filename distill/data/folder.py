@@ -9,6 +9,7 @@ imagefolder convention) unless `auto_index=False`; with an index, the samples ar
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -30,8 +31,9 @@ SIDECAR_SUFFIXES = {"short": ".txt", "medium": ".medium.txt", "long": ".long.txt
 class FolderSource(MapSource):
     def __init__(self, path: str | os.PathLike, *, index: str | os.PathLike | None = None,
                  image_column: str = "file_name", caption_columns: dict[str, str] | None = None,
-                 auto_index: bool = True, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS):
-        super().__init__(max_caption_chars)
+                 auto_index: bool = True, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS,
+                 max_image_pixels: int | None = None):
+        super().__init__(max_caption_chars, max_image_pixels)
         path = Path(path).expanduser()
         self.name = f"folder {path}"
         if not path.exists():
@@ -100,8 +102,7 @@ def read_index(index: Path, image_column: str, caption_columns: dict[str, str] |
     if suffix == ".jsonl":
         rows, malformed = read_jsonl(index)
     elif suffix == ".csv":
-        with open(index, newline="", encoding="utf-8-sig") as f:
-            rows, malformed = list(csv.DictReader(f)), []
+        rows, malformed = read_csv(index), []
     else:
         raise UserError(f"caption index {index}: expected a .jsonl or .csv file")
     if malformed:
@@ -118,18 +119,41 @@ def read_index(index: Path, image_column: str, caption_columns: dict[str, str] |
             for row in rows]
 
 
+def read_utf8(index: Path) -> str:
+    """The index's text. A byte that is not UTF-8 means the file is in another encoding (Latin-1, cp1252):
+    refused, since decoding it anyway would corrupt every path and caption holding such a byte."""
+    data = index.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise UserError(f"caption index {index} is not UTF-8 (byte 0x{data[exc.start]:02x} on line {line}); "
+                        "expected UTF-8 text: convert it, e.g. with iconv -t UTF-8") from None
+
+
+def read_csv(index: Path) -> list[dict]:
+    reader = csv.DictReader(io.StringIO(read_utf8(index), newline=""))
+    rows = []
+    for row in reader:
+        if None in row:  # DictReader files the fields beyond the header's under the key None
+            raise UserError(f"caption index {index} line {reader.line_num} has {len(row) - 1 + len(row[None])} "
+                            f"fields, the header {len(reader.fieldnames)}: quote fields that hold a comma")
+        rows.append(row)
+    return rows
+
+
 def read_jsonl(index: Path) -> tuple[list[dict], list[int]]:
     rows, malformed = [], []
-    with open(index, encoding="utf-8", errors="replace") as f:  # a bad byte spoils its line, not the file
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                row = None
-            if isinstance(row, dict):
-                rows.append(row)
-            else:
-                malformed.append(number)
+    # Split on newlines only: JSON strings may hold U+2028, which str.splitlines would cut at.
+    for number, line in enumerate(read_utf8(index).split("\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            row = None
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            malformed.append(number)
     return rows, malformed

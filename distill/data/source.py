@@ -10,7 +10,8 @@ from torch.utils.data import Dataset
 
 from tipscore.errors import UserError
 
-from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS, BadSample, clean_captions, decode_image
+from distill.data.clean import (DEFAULT_MAX_CAPTION_CHARS, BadSample, check_max_image_pixels, clean_captions,
+                                decode_image)
 from distill.data.sample import CAPTION_KEYS, Sample
 
 
@@ -20,9 +21,9 @@ class RawRecord:
     captions: dict[str, Any]  # CAPTION_KEYS -> raw value (anything; cleaned later)
 
 
-def clean_record(raw: RawRecord, index: int, max_caption_chars: int) -> Sample:
+def clean_record(raw: RawRecord, index: int, max_caption_chars: int, max_image_pixels: int | None) -> Sample:
     """Raises BadSample when the image is unusable."""
-    image, image_events = decode_image(raw.image)
+    image, image_events = decode_image(raw.image, max_image_pixels)
     captions, caption_events = clean_captions(raw.captions, max_caption_chars)
     return Sample(image, captions, index, image_events + caption_events)
 
@@ -67,10 +68,12 @@ class MapSource(Dataset):
     name = "source"
     caption_keys: tuple[str, ...] = ()
 
-    def __init__(self, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS):
+    def __init__(self, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS, max_image_pixels: int | None = None):
         if max_caption_chars < 1:
             raise UserError(f"max_caption_chars={max_caption_chars}: expected a positive number of characters")
+        check_max_image_pixels(max_image_pixels)
         self.max_caption_chars = max_caption_chars
+        self.max_image_pixels = max_image_pixels
         self._bad: dict[int, str] = {}  # per process: known-bad items are not decoded again
 
     def __len__(self) -> int:
@@ -91,7 +94,7 @@ class MapSource(Dataset):
         if index in self._bad:
             raise BadSample(self._bad[index])
         try:
-            return clean_record(self.raw(index), index, self.max_caption_chars)
+            return clean_record(self.raw(index), index, self.max_caption_chars, self.max_image_pixels)
         except BadSample as exc:
             self._bad[index] = exc.reason
             raise

@@ -24,7 +24,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from tipscore.errors import UserError
 
 from distill.data.augment import keyed_generator
-from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS, BadSample
+from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS, BadSample, check_max_image_pixels
 from distill.data.sample import CAPTION_KEYS, Sample
 from distill.data.source import DEFAULT_COLUMNS, RawRecord, check_caption_columns, clean_record
 
@@ -112,7 +112,8 @@ def group_record(group: dict[str, bytes], columns: dict[str, tuple[str, ...]]) -
 
 class WebDatasetSource(IterableDataset):
     def __init__(self, pattern: str, *, shuffle: bool = True, shuffle_buffer: int = 256,
-                 caption_columns: dict[str, str] | None = None, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS):
+                 caption_columns: dict[str, str] | None = None, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS,
+                 max_image_pixels: int | None = None):
         self.name = f"wds {pattern}"
         self.shards = expand_braces(os.path.expanduser(pattern))
         missing = [s for s in self.shards if not os.path.isfile(s)]
@@ -121,10 +122,12 @@ class WebDatasetSource(IterableDataset):
                             "expected tar files, e.g. wds:data/shard-{000..009}.tar")
         if shuffle_buffer < 0 or max_caption_chars < 1:
             raise UserError(f"{self.name}: shuffle_buffer must be >= 0 and max_caption_chars >= 1")
+        check_max_image_pixels(max_image_pixels)
         self.shuffle, self.shuffle_buffer = shuffle, shuffle_buffer
         requested = check_caption_columns(caption_columns)
         self.columns = {key: (requested[key],) if requested.get(key) else DEFAULT_COLUMNS[key] for key in CAPTION_KEYS}
         self.max_caption_chars = max_caption_chars
+        self.max_image_pixels = max_image_pixels
         self.caption_keys: tuple[str, ...] = CAPTION_KEYS
         self.seed, self.epoch = 0, 0
 
@@ -156,7 +159,7 @@ class WebDatasetSource(IterableDataset):
     def clean(self, index: int, group: dict[str, bytes] | None) -> Sample:
         if group is None:
             raise BadSample("corrupt_shard")
-        return clean_record(group_record(group, self.columns), index, self.max_caption_chars)
+        return clean_record(group_record(group, self.columns), index, self.max_caption_chars, self.max_image_pixels)
 
     def samples(self, groups) -> Iterator[Sample]:
         pending: list[str] = []  # skips are reported by the next valid sample
