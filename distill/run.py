@@ -18,7 +18,7 @@ import yaml
 from accelerate import Accelerator
 from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, send_to_device, set_seed
 from torch.utils.data import IterableDataset
-from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from distill.cache.replay import open_cache, recipe_preprocessing, replay_dataloader
 from distill.config import Recipe, StudentConfig, flat_recipe, recipe_from_dict, recipe_to_dict, save_recipe
@@ -35,7 +35,7 @@ from students.zoo import STUDENTS
 from students.export import export_student
 from teachers import load_teacher, teacher_dtype
 from tipscore.errors import UserError
-from teachers.tokenizer import build_tokenizer
+from teachers.tokenizer import build_tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def _tokenizer(s: StudentConfig, fallback, dataset, pretraining: bool):
     """The student text tower's tokenizer: `student.tokenizer`, else the teacher's (or the cache's copy);
     a pretraining run on the built-in scenes builds one from their captions."""
     if s.tokenizer:
-        return AutoTokenizer.from_pretrained(s.tokenizer)
+        return load_tokenizer(s.tokenizer)
     if fallback is not None:
         return fallback
     if pretraining and isinstance(dataset, SceneDataset):
