@@ -21,6 +21,7 @@ from torch.utils.data import IterableDataset
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from distill.cache.replay import open_cache, recipe_preprocessing, replay_dataloader
+from distill.caption_check import check_captions
 from distill.config import Recipe, StudentConfig, flat_recipe, recipe_from_dict, recipe_to_dict, save_recipe
 from distill.data import CAPTION_KEYS, CropConfig, Draws, MaskConfig, build_dataset, make_dataloader
 from distill.data.loader import Augment
@@ -259,6 +260,9 @@ def build_run(recipe: Recipe, out: Path, *, calibrate: bool = True, teacher=None
                  for s in recipe.students or [recipe.student]}
         task = MultiStudentTask(tasks) if len(tasks) > 1 else next(iter(tasks.values()))
         desc = "distill"
+    if contrastive and accelerator.is_main_process:  # the first captions, with the tokenizer that reads them
+        reader = source.teacher if source is not None and source.text else next(iter(task.exports().values()))
+        check_captions(dataset, reader.tokenizer)
     patch_size = build_student_patch_size(recipe)
     draws = _draws(recipe, patch_size, contrastive)
     task.to(accelerator.device)
