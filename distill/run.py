@@ -32,6 +32,7 @@ from distill.tasks.multi_student import MultiStudentTask
 from distill.tasks.pretrain_task import PretrainTask
 from distill.train import METRICS, Progress, Run, checkpoints, load_checkpoint, save_exports, train_loop, truncate_metrics
 from students import build_student
+from students.model import Student
 from students.zoo import STUDENTS
 from students.export import export_student
 from teachers import load_teacher, teacher_dtype
@@ -124,6 +125,13 @@ def _tokenizer(s: StudentConfig, fallback, dataset, pretraining: bool):
         return build_tokenizer(caption_corpus(TOKENIZER_CORPUS_SCENES, seed=dataset.seed, size=dataset.size),
                                vocab_size=TOKENIZER_VOCAB)
     return None
+
+
+def _caption_tokenizer(source, task: torch.nn.Module):
+    """The tokenizer that reads the captions: the frozen teacher's text tower's, else the (first) student's."""
+    if source is not None and source.text:
+        return source.teacher.tokenizer
+    return next(module for module in task.modules() if isinstance(module, Student)).tokenizer
 
 
 def _student(recipe: Recipe, s: StudentConfig, *, teacher_width: int | None, text: bool, tokenizer):
@@ -260,9 +268,8 @@ def build_run(recipe: Recipe, out: Path, *, calibrate: bool = True, teacher=None
                  for s in recipe.students or [recipe.student]}
         task = MultiStudentTask(tasks) if len(tasks) > 1 else next(iter(tasks.values()))
         desc = "distill"
-    if contrastive and accelerator.is_main_process:  # the first captions, with the tokenizer that reads them
-        reader = source.teacher if source is not None and source.text else next(iter(task.exports().values()))
-        check_captions(dataset, reader.tokenizer)
+    if contrastive and accelerator.is_main_process:
+        check_captions(dataset, _caption_tokenizer(source, task))
     patch_size = build_student_patch_size(recipe)
     draws = _draws(recipe, patch_size, contrastive)
     task.to(accelerator.device)

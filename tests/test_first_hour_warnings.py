@@ -73,10 +73,12 @@ def test_image_files_the_reader_does_not_decode_are_reported(tmp_path, caplog):
     assert "left out 2 image file(s)" in message and "(.ico 1, .svg 1; e.g. logo.svg, sub/icon.ico)" in message
 
 
-def test_a_run_checks_its_captions_with_the_text_tokenizer(tmp_path, caplog):
+@pytest.mark.parametrize("text_tower", ["student", "teacher"])
+def test_a_run_checks_its_captions_with_the_text_tokenizer(tmp_path, caplog, text_tower):
     photos = _folder(tmp_path / "photos", CAPTIONS)
     recipe = load_recipe("micro", [f"data.source=folder:{photos}", "data.options={}", "batch_size=4",
-                                   "student.name=tipsv2-nano", "student.image_size=32", "num_workers=0"])
+                                   "student.name=tipsv2-nano", "student.image_size=32", "num_workers=0",
+                                   f"loss.contrastive.text_tower={text_tower}"])
     with caplog.at_level(logging.WARNING):
         build_run(recipe, tmp_path / "run", calibrate=False)
     assert any("(171 pieces, 64 tokens max)" in r.getMessage() for r in caplog.records)
