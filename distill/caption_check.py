@@ -55,12 +55,12 @@ class TokenFit:
 def token_fit(tokenizer, captions: list[str], max_length: int) -> TokenFit:
     """How `tokenizer` splits `captions` (a non-empty list)."""
     ids = tokenizer(captions, add_special_tokens=False, verbose=False)["input_ids"]
-    tokens = max(sum(map(len, ids)), 1)
+    total = max(sum(map(len, ids)), 1)
     unknown = sum(seq.count(tokenizer.unk_token_id) for seq in ids) if tokenizer.unk_token_id is not None else 0
     special = tokenizer.num_special_tokens_to_add()
     return TokenFit(
         captions=len(captions), tokens=sum(map(len, ids)) / len(captions),
-        chars_per_token=sum(len("".join(c.split())) for c in captions) / tokens, unknown=unknown / tokens,
+        chars_per_token=sum(len("".join(c.split())) for c in captions) / total, unknown=unknown / total,
         cut=sum(len(seq) + special > max_length for seq in ids) / len(captions))
 
 
@@ -85,12 +85,13 @@ def check_captions(dataset, tokenizer) -> None:
     for item in items:
         for key, text in item.items():
             captions[key].append(text)
-    long = [len(text) for text in captions["short"] if len(text) > ALT_TEXT_CHARS]
-    if long and len(long) >= LONG_ALT_TEXT_SHARE * len(captions["short"]):
+    short = captions.get("short", [])
+    long = [len(text) for text in short if len(text) > ALT_TEXT_CHARS]
+    if long and len(long) >= LONG_ALT_TEXT_SHARE * len(short):
         log.warning("%d of %d short captions (alt-text, paired with CLS1) in the first %d items are longer than %d "
                     "characters (longest %d): documents rather than alt-text? A folder's NAME.txt is the short "
                     "caption; longer texts belong in NAME.medium.txt / NAME.long.txt or an index's medium / long "
-                    "columns", len(long), len(captions["short"]), len(items), ALT_TEXT_CHARS, max(long))
+                    "columns", len(long), len(short), len(items), ALT_TEXT_CHARS, max(long))
     max_length = tokenizer.model_max_length
     problems = [f"{key}: {'; '.join(found)}" for key, texts in captions.items()
                 if (found := token_fit(tokenizer, texts, max_length).problems(max_length))]

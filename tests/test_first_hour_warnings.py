@@ -54,9 +54,14 @@ def test_a_tokenizer_that_splits_captions_into_characters_is_reported(tmp_path, 
 
 
 def test_documents_as_short_captions_are_reported(tmp_path, caplog):
+    tokenizer = build_tokenizer([DOCUMENT, "a red circle"], vocab_size=400)
     dataset = build_dataset(f"folder:{_folder(tmp_path / 'docs', [DOCUMENT] * 3 + ['a red circle'])}")
+    long_only = _folder(tmp_path / "long", [])
+    Image.new("RGB", (8, 8)).save(long_only / "a.png")
+    (long_only / "a.long.txt").write_text(DOCUMENT)
     with caplog.at_level(logging.WARNING):
-        check_captions(dataset, build_tokenizer([DOCUMENT, "a red circle"], vocab_size=400))
+        check_captions(dataset, tokenizer)
+        check_captions(build_dataset(f"folder:{long_only}"), tokenizer)  # long captions may be documents
     [message] = [r.getMessage() for r in caplog.records if "short captions" in r.getMessage()]
     assert "3 of 4 short captions" in message and "longer than 300 characters (longest 996)" in message
 
