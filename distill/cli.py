@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from transformers.utils import logging as transformers_logging
+
 from tipscore.errors import UserError
 
 COMMANDS = ("distill", "pretrain", "eval", "export", "cache", "caption")
@@ -25,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    # transformers' "Loading weights" bars, one per model loaded, would bury the toolkit's own log lines.
+    transformers_logging.disable_progress_bar()
     parser = build_parser()
     # The main job: `tipsdistill distill` with no arguments runs the embedded default.
     args = parser.parse_args(argv or ["distill"])

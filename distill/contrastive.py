@@ -16,6 +16,7 @@ from distill.data.captions import CaptionPair
 from distill.losses.contrastive_loss import info_nce_loss
 from distill.losses.global_batch import caption_ids, global_batch
 from distill.losses.sigmoid_loss import sigmoid_loss
+from teachers.tokenizer import tokenize
 from tipscore.types import ImageTokens
 
 DEFAULT_TEMPERATURE = 0.07  # CLIP's initial temperature for a new text tower
@@ -52,8 +53,7 @@ class CaptionContrastive(nn.Module):
         """(CLS1 texts, CLS2 texts), unnormalised, at the student's width."""
         if self.cfg.text_tower == "teacher":
             return self.text_projection(teacher_text[0]), self.text_projection(teacher_text[1])
-        batch = student.tokenizer(captions.cls1 + captions.cls2, padding=True, truncation=True, return_tensors="pt",
-                                  max_length=student.text.config.max_position_embeddings)
+        batch = tokenize(student.tokenizer, captions.cls1 + captions.cls2, student.text.config.max_position_embeddings)
         device = student.vision.embeddings.cls_token.device
         return student.text_features(batch["input_ids"].to(device), batch["attention_mask"].to(device)).chunk(2)
 

@@ -47,10 +47,6 @@ def package_teacher(model_dir, target: Path = PACKAGED[TEACHER]) -> Path:
     with atomic_directory(target, overwrite=True) as tmp:
         model.half().save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        # Package data: readable by everyone (mkdtemp and the writers create owner-only entries).
-        tmp.chmod(0o755)
-        for path in tmp.iterdir():
-            path.chmod(0o644)
     return target
 
 

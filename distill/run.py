@@ -20,9 +20,10 @@ from accelerate import Accelerator
 from accelerate.utils import (GradientAccumulationPlugin, ProjectConfiguration, broadcast_object_list, send_to_device,
                                set_seed)
 from torch.utils.data import IterableDataset
-from transformers import AutoTokenizer, get_cosine_with_min_lr_schedule_with_warmup
+from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from distill.cache.replay import open_cache, recipe_preprocessing, replay_dataloader
+from distill.caption_check import check_captions
 from distill.config import Recipe, StudentConfig, flat_recipe, recipe_from_dict, recipe_to_dict, save_recipe
 from distill.data import CAPTION_KEYS, CropConfig, Draws, MaskConfig, build_dataset, make_dataloader
 from distill.data.loader import Augment
@@ -38,8 +39,8 @@ from students.zoo import STUDENTS
 from students.export import export_student
 from teachers import load_teacher, teacher_dtype
 from tipscore.errors import UserError
+from teachers.tokenizer import build_tokenizer, load_tokenizer
 from tipscore.lock import OutputLock
-from teachers.tokenizer import build_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +138,20 @@ def _tokenizer(s: StudentConfig, fallback, dataset, pretraining: bool):
     """The student text tower's tokenizer: `student.tokenizer`, else the teacher's (or the cache's copy);
     a pretraining run on the built-in scenes builds one from their captions."""
     if s.tokenizer:
-        return AutoTokenizer.from_pretrained(s.tokenizer)
+        return load_tokenizer(s.tokenizer)
     if fallback is not None:
         return fallback
     if pretraining and isinstance(dataset, SceneDataset):
         return build_tokenizer(caption_corpus(TOKENIZER_CORPUS_SCENES, seed=dataset.seed, size=dataset.size),
                                vocab_size=TOKENIZER_VOCAB)
     return None
+
+
+def _caption_tokenizer(source, task: torch.nn.Module):
+    """The tokenizer that reads the captions: the frozen teacher's text tower's, else the (first) student's."""
+    if source is not None and source.text:
+        return source.teacher.tokenizer
+    return next(module for module in task.modules() if isinstance(module, Student)).tokenizer
 
 
 def _student(recipe: Recipe, s: StudentConfig, *, teacher_width: int | None, text: bool, tokenizer):
@@ -278,8 +286,10 @@ def _check_resumable(checkpoint: Path, recipe: Recipe) -> None:
 # ---------------------------------------------------------------- building and running
 
 
-def build_run(recipe: Recipe, out: Path, accelerator: Accelerator, *, calibrate: bool = True, teacher=None) -> Run:
+def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None, *, calibrate: bool = True,
+              teacher=None) -> Run:
     """Everything but the training state: a fresh run, or the shell a checkpoint is loaded into."""
+    accelerator = accelerator or make_accelerator(recipe, out)
     batch = per_process_batch(recipe, accelerator.num_processes)
     set_seed(recipe.seed)
     dataset = build_dataset(recipe.data.source, **recipe.data.options)
@@ -306,6 +316,8 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator, *, calibrate:
                  for s in recipe.students or [recipe.student]}
         task = MultiStudentTask(tasks) if len(tasks) > 1 else next(iter(tasks.values()))
         desc = "distill"
+    if contrastive and accelerator.is_main_process:
+        check_captions(dataset, _caption_tokenizer(source, task))
     patch_size = build_student_patch_size(recipe)
     draws = _draws(recipe, patch_size, contrastive)
     task.to(accelerator.device)

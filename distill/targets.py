@@ -11,11 +11,11 @@ import logging
 from pathlib import Path
 
 import torch
-from transformers import AutoTokenizer
 
 from distill.cache.manifest import TOKENIZER_DIR, CacheManifest, read_manifest
 from distill.cache.replay import TARGET_KEYS
 from distill.tasks import TeacherOutput
+from teachers.tokenizer import load_tokenizer
 from tipscore.errors import UserError
 from tipscore.types import ImageTokens
 
@@ -55,7 +55,7 @@ class CachedTeacher:
                                                                          m.num_registers, m.teacher_fingerprint)
         self.patch_size = m.patch_size
         tokenizer_dir = self.directory / TOKENIZER_DIR
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir) if tokenizer_dir.is_dir() else None
+        self.tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
         self.text = False
 
     def tokens(self, batch: dict) -> ImageTokens:

@@ -107,6 +107,15 @@ def timm_kwargs(student: Student) -> dict[str, Any]:
                 mlp_ratio=vision.mlp_ratio, patch_size=vision.patch_size, img_size=vision.image_size)
 
 
+def _timm_pretrained_cfg(student: Student, name: str) -> dict[str, Any]:
+    """The `pretrained_cfg` entries timm's data pipeline reads (`resolve_data_config(model=m)`), for
+    `create_model(..., pretrained_cfg_overlay=...)`: without them timm takes the released 448 px TIPSv2 config.
+    TIPSv2 takes RGB in [0,1] as is (mean 0, std 1); no hub id, so the model does not claim timm's weights."""
+    size = student.image_size
+    return {"architecture": name, "tag": f"tipsdistill-{student.name}", "hf_hub_id": None,
+            "input_size": [3, size, size], "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0]}
+
+
 def _export_timm(student: Student, out: Path, evaluation: list[str]) -> list[str]:
     import timm
     from timm.models.vision_transformer import checkpoint_filter_fn
@@ -123,11 +132,13 @@ def _export_timm(student: Student, out: Path, evaluation: list[str]) -> list[str
     state = checkpoint_filter_fn({k: torch.from_numpy(v) for k, v in arrays.items()}, model)
     model.load_state_dict(state, strict=True, assign=True)  # checks keys and shapes before anything is written
     save_file({k: v.contiguous() for k, v in state.items()}, out / TIMM_WEIGHTS)
-    (out / TIMM_MANIFEST).write_text(json.dumps({"model_name": name, "kwargs": kwargs}, indent=2))
+    manifest = {"model_name": name, "kwargs": kwargs, "pretrained_cfg": _timm_pretrained_cfg(student, name)}
+    (out / TIMM_MANIFEST).write_text(json.dumps(manifest, indent=2))
     usage = (f"import json, timm\ncfg = json.load(open('DIR/{TIMM_MANIFEST}'))\n"
-             f"model = timm.create_model(cfg['model_name'], pretrained=False,\n"
-             f"                          checkpoint_path='DIR/{TIMM_WEIGHTS}', **cfg['kwargs'])\n"
-             "tokens = model.forward_features(pixels)  # RGB in [0,1], no normalisation: [CLS1, register, patches]")
+             f"model = timm.create_model(cfg['model_name'], pretrained=False, checkpoint_path='DIR/{TIMM_WEIGHTS}',\n"
+             "                          pretrained_cfg_overlay=cfg['pretrained_cfg'], **cfg['kwargs'])\n"
+             "transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))\n"
+             "tokens = model.forward_features(transform(image)[None])  # [CLS1, register, patches]")
     _write_card(student, out, evaluation, "timm", usage)
     return ["timm holds the vision tower only; the text tower is not exported in this format"] if student.text else []
 

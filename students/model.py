@@ -20,6 +20,7 @@ from students.heads import ProjectionHeads
 from teachers.fingerprint import canonical_config, fingerprint
 from teachers.student_checkpoint import FORMAT, MANIFEST, VERSION, WEIGHTS, is_student_dir
 from teachers.tipsv2_tokens import tipsv2_tokens
+from teachers.tokenizer import tokenize
 from tipscore.atomic import atomic_directory
 from tipscore.errors import UserError
 from tipscore.types import ImageTokens
@@ -130,11 +131,10 @@ class Student(nn.Module):
     @torch.inference_mode()
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """L2-normalised text embeddings (B, width), padded to the longest text (same embeddings as 64-token
-        padding under masked pooling)."""
+        padding under masked pooling); an empty text gives a zero vector."""
         if not self.has_text:
             raise UserError(f"student {self.name} has no text tower (or no tokenizer); encode_text needs one")
-        batch = self.tokenizer(list(texts), padding="longest", truncation=True, return_tensors="pt",
-                               max_length=self.text.config.max_position_embeddings)
+        batch = tokenize(self.tokenizer, texts, self.text.config.max_position_embeddings)
         device = self.vision.embeddings.cls_token.device
         return F.normalize(self.text_features(batch["input_ids"].to(device), batch["attention_mask"].to(device)),
                            dim=-1)

@@ -1,7 +1,7 @@
 """Official google-deepmind/tips `.npz` checkpoints <-> transformers `Tipsv2Model` state dicts.
 
 The official PyTorch release ships one `.npz` per tower whose keys are the official modules'
-state-dict names (DINOv2-style vision tower, CLIP-style text tower, `temperature` in the text file).
+state-dict names (DINOv2-style vision tower, CLIP-style text tower, the temperature in the text file).
 The renames match transformers' `conversion_mapping.py` ("Tipsv2VisionModel"/"Tipsv2TextModel"):
 fused `attn.qkv` / `in_proj_*` split in three along dim 0, SwiGLU `mlp.w12` split into gate/up
 (gate first, as in DINOv2's `SwiGLUFFN`), `ls*.gamma` -> `layer_scale*.lambda1`. The vision
@@ -82,6 +82,10 @@ _TEXT_BLOCK = {
     "mlp.c_proj.bias": "mlp.fc2.bias",
 }
 _TEMPERATURE = "temperature"
+# A text file names the temperature `temperature` or, like the scenic checkpoints, `temperature_contrastive`:
+# google-deepmind/tips pytorch/run_text_encoder_inference.py drops either before loading the text encoder.
+# Exports write `temperature`.
+_TEMPERATURE_KEYS = (_TEMPERATURE, "temperature_contrastive")
 # Shapes give everything but the head counts; exports of non-released widths record them beside the .npz files.
 HEADS_FILE = "tips_npz.json"
 
@@ -211,7 +215,8 @@ def official_config(
     if text_width != width:
         raise UserError(f"text width {text_width} differs from vision width {width}; expected one TIPSv2 pair")
     text_depth = _depth(text_arrays, r"transformer\.resblocks\.(\d+)\.")
-    _check_keys(text_arrays, set(_text_table(text_depth)) | {_TEMPERATURE}, what)
+    temperatures = [key for key in _TEMPERATURE_KEYS if key in text_arrays] or [_TEMPERATURE]
+    _check_keys(text_arrays, set(_text_table(text_depth)) | set(temperatures), what)
     text_config = dict(
         hidden_size=width, num_hidden_layers=text_depth,
         num_attention_heads=_heads(width, text_num_heads or num_heads, "text"),
@@ -219,16 +224,16 @@ def official_config(
         vocab_size=vocab,
     )
     return Tipsv2Config(vision_config=vision_config, text_config=text_config,
-                        temperature_init_value=_temperature(text_arrays))
+                        temperature_init_value=_temperature(text_arrays, temperatures[0]))
 
 
-def _temperature(text_arrays: dict) -> float:
-    value = np.asarray(text_arrays[_TEMPERATURE])
+def _temperature(text_arrays: dict, key: str) -> float:
+    value = np.asarray(text_arrays[key])
     if value.size != 1:
-        raise UserError(f"text .npz: temperature has shape {value.shape}, expected a scalar")
+        raise UserError(f"text .npz: {key} has shape {value.shape}, expected a scalar")
     temperature = float(value.reshape(()))
     if not temperature > 0:
-        raise UserError(f"text .npz: temperature is {temperature}, expected a positive number")
+        raise UserError(f"text .npz: {key} is {temperature}, expected a positive number")
     return temperature
 
 

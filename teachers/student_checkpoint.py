@@ -19,9 +19,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
-from transformers import AutoTokenizer, Tipsv2TextConfig, Tipsv2TextModel, Tipsv2VisionConfig, Tipsv2VisionModel
+from transformers import Tipsv2TextConfig, Tipsv2TextModel, Tipsv2VisionConfig, Tipsv2VisionModel
 from transformers.initialization import no_init_weights
 
+from teachers.tokenizer import load_tokenizer
 from tipscore.errors import UserError
 
 FORMAT = "tipsdistill-student"
@@ -106,5 +107,5 @@ def read_student_checkpoint(directory: str | os.PathLike) -> StudentCheckpoint:
     _tower(vision, state, "vision.", source, name)
     if text is not None:
         _tower(text, state, "text.", source, name)
-    tokenizer = AutoTokenizer.from_pretrained(directory) if (directory / "tokenizer_config.json").is_file() else None
+    tokenizer = load_tokenizer(directory) if (directory / "tokenizer_config.json").is_file() else None
     return StudentCheckpoint(manifest, state, vision, text, tokenizer)

@@ -7,6 +7,7 @@ from transformers import Tipsv2TextModel, Tipsv2VisionModel
 from teachers.base import Teacher
 from teachers.fingerprint import canonical_config, fingerprint
 from teachers.tipsv2_tokens import tipsv2_hidden_states, tipsv2_tokens
+from teachers.tokenizer import tokenize
 from tipscore.types import ImageTokens
 
 
@@ -49,8 +50,7 @@ class Tipsv2Teacher(Teacher):
     def _text_embeddings(self, texts: list[str]) -> torch.Tensor:
         # Padding is masked out of attention and of the mean pooling, so padding to the longest text gives the
         # same embeddings as TIPSv2's 64-token padding at a fraction of the cost (9 prompts x 150 classes on ADE).
-        batch = self.tokenizer(texts, padding="longest", truncation=True, return_tensors="pt",
-                               max_length=self.text.config.max_position_embeddings)
+        batch = tokenize(self.tokenizer, texts, self.text.config.max_position_embeddings)
         out = self.text(input_ids=batch["input_ids"].to(self.device),
                         attention_mask=batch["attention_mask"].to(self.device))
         return out.pooler_output

@@ -84,14 +84,25 @@ def test_hf_export_of_a_vision_only_student(tmp_path, capsys):
 
 def test_timm_export_loads_with_create_model(checkpoint, reference, tmp_path):
     import timm
+    from PIL import Image
 
-    _, pixels, sequence, _ = reference
+    student, pixels, sequence, _ = reference
     assert _export(checkpoint, "timm", tmp_path / "timm") == 0
     cfg = json.loads((tmp_path / "timm" / TIMM_MANIFEST).read_text())
-    model = timm.create_model(cfg["model_name"], pretrained=False,
+    model = timm.create_model(cfg["model_name"], pretrained=False, pretrained_cfg_overlay=cfg["pretrained_cfg"],
                               checkpoint_path=str(tmp_path / "timm" / TIMM_WEIGHTS), **cfg["kwargs"]).eval()
     with torch.no_grad():
         assert (model.forward_features(pixels) - sequence).abs().max() <= 1e-5
+    # timm's own pipeline: the data config is the student's (64 px, [0,1] RGB as is), not the released 448 px
+    data = timm.data.resolve_data_config(model=model)
+    assert [tuple(data[key]) for key in ("input_size", "mean", "std")] == [(3, 64, 64), (0, 0, 0), (1, 1, 1)]
+    assert model.pretrained_cfg["tag"] == "tipsdistill-tipsv2-micro" and not model.pretrained_cfg.get("hf_hub_id")
+    image = Image.fromarray((torch.rand(80, 96, 3) * 255).byte().numpy())
+    batch = timm.data.create_transform(**data)(image)[None]
+    assert batch.shape == (1, 3, 64, 64) and 0 <= batch.min() and batch.max() <= 1
+    with torch.no_grad():
+        tokens = student.image_tokens(batch)
+        assert (model.forward_features(batch)[:, 2:] - tokens.patches.flatten(1, 2)).abs().max() <= 1e-5
 
 
 @pytest.mark.parametrize("name", ["tipsv2-b14", "tipsv2-l14", "tipsv2-so400m14"])

@@ -290,7 +290,7 @@ def test_a_broken_caption_index_is_a_one_line_error(name, content, words, tiny_t
 
 
 @pytest.mark.parametrize("override, words", [
-    ("teacher.image_size=36", "'teacher.image_size' is 36; expected a multiple of the teacher's patch size 8"),
+    ("teacher.image_size=36", "teacher view size 36 (teacher.image_size or a resolution phase) is not a multiple"),
     ("seed=-1", "'seed'"),
     ("optim.lr=.nan", "'optim.lr'"),
 ])

@@ -1,5 +1,9 @@
 """Atomic writes shared by every layer: readers see the old content or the new one, never a torn file or a
 half-written directory.
+
+What they publish gets the modes a plain `open()` / `mkdir()` gives (0o666 / 0o777 less the umask), so outputs
+are as readable as the user's umask says: temp directories are created owner-only, and safetensors >= 0.8
+saves every file 0o600 (safetensors/safetensors#782).
 """
 from __future__ import annotations
 
@@ -50,9 +54,24 @@ def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> None
         tmp = temp_dir(path)
         try:
             write(tmp / path.name)
+            _share(tmp / path.name, current_umask())
             os.replace(tmp / path.name, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def current_umask() -> int:
+    """Python reads the umask only by setting it: the short window uses 0o077, which can make a file another
+    thread creates meanwhile more private, never more open."""
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
+
+
+def _share(path: Path, umask: int) -> None:
+    """Outputs are for teams: the modes the umask allows (writers such as safetensors create owner-only files)."""
+    if not path.is_symlink():  # chmod would follow it out of the output
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 @contextmanager
@@ -72,6 +91,10 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> I
         tmp = temp_dir(target)
         try:
             yield tmp
+            umask = current_umask()
+            for directory, _, files in os.walk(tmp):  # every directory is walked, as "."
+                for name in (".", *files):
+                    _share(Path(directory, name), umask)
             _swap_in(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -12,7 +12,9 @@ import csv
 import io
 import json
 import logging
+import mimetypes
 import os
+from collections import Counter
 from pathlib import Path
 
 from tipscore.errors import UserError
@@ -78,7 +80,7 @@ def scan_folder(root: Path) -> list[RawRecord]:
     """A fixed order (sorted names, a folder's files before its sub-folders) so every index is the
     same on every machine.
     Sidecar captions are kept as paths and read when the item is loaded."""
-    records, visited = [], set()
+    records, visited, undecoded = [], set(), []
     # Symlinked sub-folders are followed (datasets are often assembled that way), each real one once.
     for directory, subdirs, files in os.walk(root, followlinks=True):
         visited.add(os.path.realpath(directory))
@@ -87,12 +89,27 @@ def scan_folder(root: Path) -> list[RawRecord]:
         present = set(files)
         for name in sorted(files):
             stem, ext = os.path.splitext(name)
-            if name.startswith(".") or ext.lower() not in IMAGE_EXTENSIONS:
+            if name.startswith("."):
+                continue
+            if ext.lower() not in IMAGE_EXTENSIONS:
+                if (mimetypes.guess_type(name)[0] or "").startswith("image/"):
+                    undecoded.append(os.path.relpath(os.path.join(directory, name), root))
                 continue
             captions = {key: Path(directory, stem + suffix) for key, suffix in SIDECAR_SUFFIXES.items()
                         if stem + suffix in present}
             records.append(RawRecord(os.path.join(directory, name), captions))
+    warn_undecoded(root, undecoded)
     return records
+
+
+def warn_undecoded(root: Path, names: list[str]) -> None:
+    """Image files of a type this reader does not decode (SVG, HEIC, AVIF, ...) are left out: say so once."""
+    if names:
+        kinds = ", ".join(f"{ext} {n}" for ext, n in sorted(Counter(os.path.splitext(name)[1].lower()
+                                                                   for name in names).items()))
+        log.warning("folder %s: left out %d image file(s) of a type this reader does not decode (%s; e.g. %s); "
+                    "convert them to one of %s", root, len(names), kinds, ", ".join(names[:3]),
+                    " ".join(sorted(ext[1:] for ext in IMAGE_EXTENSIONS)))
 
 
 def read_index(index: Path, image_column: str, caption_columns: dict[str, str] | None) -> list[RawRecord]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import string
 import tempfile
 from pathlib import Path
 
@@ -21,10 +22,13 @@ from transformers.initialization import no_init_weights
 from tipscore.errors import UserError
 from teachers.official_npz import HEADS_FILE, read_npz, tipsv2_from_official
 from teachers.tipsv2_teacher import Tipsv2Teacher
+from teachers.tokenizer import match_official
 
-# Probe captions: the converted tokenizer must split them exactly like SentencePiece itself.
+# Probe captions: the converted tokenizer must split them exactly like SentencePiece itself, including
+# non-ASCII capitals and characters outside the vocabulary.
 _PROBES = ("a photo of a cat.", "Two Objects: a LARGE yellow star at the top-left, 3 small circles!",
-           "itap of a {}.", "art of the tree", "A Red Circle")
+           "itap of a {}.", "art of the tree", "A Red Circle", "ÉCOLE, Ǆ and ☃☃ 猫")
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)  # what tf.strings.lower does
 
 
 def find_pair(directory: Path) -> tuple[Path, Path | None]:
@@ -76,7 +80,7 @@ def _tokenizer_beside(directory: Path) -> str | None:
 def _load_tokenizer(path: Path) -> Tipsv2Tokenizer:
     if path.name == "tokenizer.json" or path.is_dir():
         directory = path.parent if path.is_file() else path
-        return Tipsv2Tokenizer.from_pretrained(directory)
+        return match_official(Tipsv2Tokenizer.from_pretrained(directory))
     return sentencepiece_tokenizer(path)
 
 
@@ -88,7 +92,8 @@ def _tower(cls, config, state: dict, prefix: str):
 
 
 def sentencepiece_tokenizer(path: str | os.PathLike, max_length: int = 64) -> Tipsv2Tokenizer:
-    """`Tipsv2Tokenizer` converted from a SentencePiece BPE `tokenizer.model` (lower-cased, pad id 0)."""
+    """`Tipsv2Tokenizer` converted from a SentencePiece BPE `tokenizer.model` (ASCII lower-cased, `<unk>` for
+    characters outside the vocabulary, pad id 0), checked to split like SentencePiece itself."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"{path}: no such SentencePiece tokenizer.model file")
@@ -99,14 +104,11 @@ def sentencepiece_tokenizer(path: str | os.PathLike, max_length: int = 64) -> Ti
     with tempfile.TemporaryDirectory() as tmp:
         # transformers converts a `tokenizer.model` found in a tokenizer directory.
         shutil.copyfile(path, Path(tmp) / "tokenizer.model")
-        tokenizer = Tipsv2Tokenizer.from_pretrained(tmp, model_max_length=max_length)
+        tokenizer = match_official(Tipsv2Tokenizer.from_pretrained(tmp, model_max_length=max_length))
     if tokenizer.pad_token_id != 0:
         raise UserError(f"{path}: pad id is {tokenizer.pad_token_id}; expected 0 (<pad>) as in TIPSv2")
     for probe in _PROBES:
-        expected = reference.encode(probe.lower())
-        # Out-of-vocabulary characters differ by design (SentencePiece: <unk>; transformers: byte fallback).
-        if reference.unk_id() in expected:
-            continue
+        expected = reference.encode(probe.translate(_ASCII_LOWER))
         if tokenizer(probe, add_special_tokens=False)["input_ids"] != expected:
             raise UserError(f"{path}: transformers' Tipsv2Tokenizer does not reproduce this SentencePiece model "
                             f"(on {probe!r}); expected a BPE model like TIPSv2's tokenizer.model")

@@ -1,0 +1,97 @@
+"""Warnings a first run on one's own data needs: captions the tokenizer splits into characters or cuts,
+documents as alt-text, image files the folder reader leaves out, and no "Loading weights" bars."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+from transformers.utils import logging as transformers_logging
+
+from distill.caption_check import check_captions, token_fit
+from distill.cli import main
+from distill.config import load_recipe
+from distill.data import build_dataset
+from distill.run import build_run
+from teachers.load import PACKAGED
+from teachers.tokenizer import build_tokenizer, load_tokenizer
+
+# Real alt-text: ~100 characters, which the micro teacher's 171 pieces split into more than 64 tokens.
+CAPTIONS = [
+    "A golden retriever puppy playing with a red ball on the grass of a sunny park, next to an old wooden bench.",
+    "Two people riding bicycles along a sandy beach at sunset, with tall palm trees and waves in the background.",
+    "Close-up photo of a bowl of ramen with a soft egg, green onions and pork slices on a dark wooden table.",
+    "An old stone bridge over a narrow river in a small mountain village, covered in snow on a winter morning.",
+]
+DOCUMENT = " ".join(["Ein langer Text über die Geschichte der Stadt, ses rues et ses habitants; 历史与文化."] * 30)
+
+
+def _folder(root, captions):
+    root.mkdir()
+    for i, caption in enumerate(captions):
+        Image.fromarray(np.full((32, 32, 3), 40 * i, np.uint8)).save(root / f"{i}.png")
+        (root / f"{i}.txt").write_text(caption)
+    return root
+
+
+@pytest.fixture(scope="module")
+def micro_tokenizer():
+    return load_tokenizer(PACKAGED["micro"])
+
+
+def test_a_tokenizer_that_splits_captions_into_characters_is_reported(tmp_path, caplog, micro_tokenizer):
+    fit = token_fit(micro_tokenizer, CAPTIONS, 64)
+    assert fit.chars_per_token < 2 and fit.cut > 0.5 and fit.tokens > 64
+    dataset = build_dataset(f"folder:{_folder(tmp_path / 'photos', CAPTIONS)}")
+    with caplog.at_level(logging.WARNING):
+        check_captions(dataset, micro_tokenizer)
+        check_captions(dataset, build_tokenizer(CAPTIONS, vocab_size=400))  # a vocabulary made for them: quiet
+    [record] = [r for r in caplog.records if "tokenizer" in r.getMessage()]
+    message = record.getMessage()
+    assert "(171 pieces, 64 tokens max)" in message and "first 4 items" in message
+    assert "short: 1.2 characters per token (mostly single characters); 70 tokens on average, 75% cut at 64" in message
+
+
+def test_documents_as_short_captions_are_reported(tmp_path, caplog):
+    tokenizer = build_tokenizer([DOCUMENT, "a red circle"], vocab_size=400)
+    dataset = build_dataset(f"folder:{_folder(tmp_path / 'docs', [DOCUMENT] * 3 + ['a red circle'])}")
+    long_only = _folder(tmp_path / "long", [])
+    Image.new("RGB", (8, 8)).save(long_only / "a.png")
+    (long_only / "a.long.txt").write_text(DOCUMENT)
+    with caplog.at_level(logging.WARNING):
+        check_captions(dataset, tokenizer)
+        check_captions(build_dataset(f"folder:{long_only}"), tokenizer)  # long captions may be documents
+    [message] = [r.getMessage() for r in caplog.records if "short captions" in r.getMessage()]
+    assert "3 of 4 short captions" in message and "longer than 300 characters (longest 996)" in message
+
+
+def test_image_files_the_reader_does_not_decode_are_reported(tmp_path, caplog):
+    root = _folder(tmp_path / "mixed", ["a red circle"])
+    (root / "logo.svg").write_text("<svg xmlns='http://www.w3.org/2000/svg'/>")
+    (root / "sub").mkdir()
+    (root / "sub" / "icon.ico").write_bytes(b"\0")
+    (root / "notes.md").write_text("not an image")
+    with caplog.at_level(logging.WARNING):
+        assert len(build_dataset(f"folder:{root}")) == 1
+    [message] = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    assert "left out 2 image file(s)" in message and "(.ico 1, .svg 1; e.g. logo.svg, sub/icon.ico)" in message
+
+
+@pytest.mark.parametrize("text_tower", ["student", "teacher"])
+def test_a_run_checks_its_captions_with_the_text_tokenizer(tmp_path, caplog, text_tower):
+    photos = _folder(tmp_path / "photos", CAPTIONS)
+    recipe = load_recipe("micro", [f"data.source=folder:{photos}", "data.options={}", "batch_size=4",
+                                   "student.name=tipsv2-nano", "student.image_size=32", "num_workers=0",
+                                   f"loss.contrastive.text_tower={text_tower}"])
+    with caplog.at_level(logging.WARNING):
+        build_run(recipe, tmp_path / "run", calibrate=False)
+    assert any("(171 pieces, 64 tokens max)" in r.getMessage() for r in caplog.records)
+
+
+def test_commands_hide_transformers_weight_loading_bars(tmp_path):
+    try:
+        assert main(["export", str(tmp_path / "missing"), "--format", "hf", "--out", str(tmp_path / "x")]) == 2
+        assert not transformers_logging.is_progress_bar_enabled()
+    finally:
+        transformers_logging.enable_progress_bar()
