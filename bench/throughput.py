@@ -4,9 +4,16 @@
                   same batches, same math (goal <= 0.05)
   cache_speedup   images/s of epoch 2 from a teacher-target cache / images/s of epoch 2 online, with a
                   g/14-shaped teacher (random weights) and a B/14 student (goal >= 5)
+  cached_step_over_student_step
+                  a cached distillation batch (cache read, replayed crop, step) / the student's own
+                  forward + backward + update on targets already in memory: the physical limit of caching
+                  (goal <= 1.05)
   memory          peak resident memory of an online step vs teacher weights + student training state
-  lightly_train   lightly-train 0.18 distillation on the same teacher weights, images and resolution
-                  (only when `lightly-train` is importable: pip install ".[bench]")
+  loader          the data pipeline's images per CPU-second (one core) on JPEG photos with a 448 px
+                  teacher view and a 224 px student view (goal >= 500)
+  lightly_train   lightly-train 0.18 distillation on the same teacher weights, images and resolution,
+                  alternated with tipsdistill's online loop (2 rounds x 4 timed batches per tool), medians and
+                  spread (only when `lightly-train` is importable: pip install ".[bench]")
 
 Times are process CPU seconds (`time.process_time`) with one torch thread by default: the machines
 this runs on are shared, and other jobs change wall-clock times several-fold within one run, while the
@@ -30,6 +37,8 @@ from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
+
+from teachers.random import random_tipsv2_teacher
 
 
 # ------------------------------------------------------------------ machine, clock and memory
@@ -90,19 +99,6 @@ class Setup:
     overhead_steps: int
     augmentations: int = 2
     seed: int = 0
-
-
-def tipsv2_teacher(size: str, depth: int | None = None):
-    """A released TIPSv2 vision tower's shapes with random weights (optionally fewer blocks)."""
-    from transformers import Tipsv2VisionModel
-
-    from teachers.tipsv2_sizes import tipsv2_config
-    from teachers.tipsv2_teacher import Tipsv2Teacher
-
-    config = tipsv2_config(size).vision_config
-    config.num_hidden_layers = depth or config.num_hidden_layers
-    torch.manual_seed(0)
-    return Tipsv2Teacher(Tipsv2VisionModel(config)).freeze()
 
 
 def build_student(setup: Setup, teacher_width: int):
@@ -186,7 +182,7 @@ def step_overhead(setup: Setup, workdir: Path) -> dict:
     from distill.data import build_dataset, make_dataloader
     from distill.run import run_training
 
-    teacher = tipsv2_teacher(setup.overhead_teacher)
+    teacher = random_tipsv2_teacher(setup.overhead_teacher)
     size, steps = setup.resolution, setup.overhead_steps
     recipe = Recipe(
         name="bench", seed=setup.seed, teacher=TeacherConfig(spec="", image_size=size),
@@ -239,7 +235,7 @@ def cache_vs_online(setup: Setup, workdir: Path) -> dict:
     from distill.targets import CachedTeacher, OnlineTeacher
 
     baseline = rss_bytes()
-    teacher = tipsv2_teacher("g14", setup.teacher_depth)
+    teacher = random_tipsv2_teacher("g14", depth=setup.teacher_depth)
     student = build_student(setup, teacher.width)
     step = ToolkitStep(student)
     dataset, size = scenes(setup), setup.resolution
@@ -271,6 +267,14 @@ def cache_vs_online(setup: Setup, workdir: Path) -> dict:
     cached_epoch1 = run_epoch(cached, 0, cached_targets, step)
     online_times = run_epoch(online, 1, online_targets, step)  # epoch 2 (index 1)
     cached_times = run_epoch(cached, 1, cached_targets, step)
+    # The same steps on batches and targets already in memory: what a cached step cannot go below.
+    cached.set_epoch(1)
+    held = [(batch, cached_targets(batch)) for batch in cached]
+    student_times = []
+    for batch, targets in held:
+        tick = clock()
+        step(batch, targets)
+        student_times.append(clock() - tick)
     rate = lambda times: len(times) * setup.batch / sum(times)  # noqa: E731
     return {
         "teacher": f"g14 shapes, {setup.teacher_depth} of 40 blocks, random weights, fp32",
@@ -283,6 +287,8 @@ def cache_vs_online(setup: Setup, workdir: Path) -> dict:
         "cache_mb_per_image_per_crop": sum(f.stat().st_size for f in (workdir / "cache").glob("*.safetensors"))
         / (setup.images * setup.augmentations) / 1e6,
         "cache_speedup": rate(cached_times) / rate(online_times),
+        "student_step_cpu_s_per_batch_all": student_times,
+        "cached_step_over_student_step": median(cached_times) / median(student_times),
         "memory": memory,
     }
 
@@ -315,9 +321,10 @@ def lightly_side_by_side(setup: Setup, workdir: Path) -> dict:
     from teachers.official_npz import official_from_tipsv2
     from teachers.tipsv2_sizes import tipsv2_config
 
-    teacher = tipsv2_teacher("g14", setup.teacher_depth)
+    teacher = random_tipsv2_teacher("g14", depth=setup.teacher_depth)
     arrays, _ = official_from_tipsv2(teacher, tipsv2_config("g14"))
     del teacher
+    workdir.mkdir(parents=True)
     weights = workdir / "teacher_official.pt"
     torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, weights)
     del arrays
@@ -342,6 +349,69 @@ def lightly_side_by_side(setup: Setup, workdir: Path) -> dict:
             "epoch2_images_per_cpu_s": len(times) * setup.batch / sum(times), "epoch2_cpu_s_per_batch_all": times}
 
 
+def loader_throughput(workdir: Path, images: int, quick: bool) -> dict:
+    """Images per CPU-second of the loader alone in this process (no workers): JPEG decoding, the shared crop,
+    a 448 px teacher view and a 224 px student view, masks and caption draws, as a b14 run asks."""
+    import numpy as np
+    from PIL import Image
+
+    from distill.data import Draws, MaskConfig, build_dataset, make_dataloader
+
+    folder = workdir / "photos"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    size = (320, 240) if quick else (640, 480)  # a typical web photo
+    for i in range(images):
+        coarse = Image.fromarray(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8))
+        coarse.resize(size, Image.Resampling.BICUBIC).save(folder / f"{i:04d}.jpg", quality=90)
+        (folder / f"{i:04d}.txt").write_text(f"a photo number {i}")
+    student, teacher = (112, 224) if quick else (224, 448)
+    draws = Draws(MaskConfig(14, 0.4, 0.5), {"short": 1.0})
+    loader = make_dataloader(build_dataset(f"folder:{folder}"), batch_size=16, student_size=student,
+                             teacher_size=teacher, draws=draws)
+    rates = []
+    for epoch in range(3):  # the first warms the caches
+        loader.set_epoch(epoch)
+        tick = clock()
+        count = sum(len(batch["index"]) for batch in loader)
+        rates.append(count / (clock() - tick))
+    return {"photo_px": list(size), "student_px": student, "teacher_px": teacher,
+            "images_per_cpu_s": median(rates[1:]), "images_per_cpu_s_all": rates}
+
+
+def interleaved_lightly(setup: Setup, workdir: Path) -> dict:
+    """lightly-train and tipsdistill's online loop alternated twice, each timing 4 batches after warm-up."""
+    rounds = []
+    for r in range(2):
+        theirs = lightly_side_by_side(setup, workdir / f"lightly-{r}")
+        if "epoch2_cpu_s_per_batch_all" not in theirs:
+            return theirs
+        ours = online_loop_batches(setup, workdir / f"ours-{r}")
+        rounds.append((theirs["epoch2_cpu_s_per_batch_all"], ours))
+    theirs_all = [t for r in rounds for t in r[0]]
+    ours_all = [t for r in rounds for t in r[1]]
+    spread = lambda xs: [min(xs), max(xs)]  # noqa: E731
+    return {"method": theirs["method"], "lightly_cpu_s_per_batch_all": theirs_all,
+            "tipsdistill_cpu_s_per_batch_all": ours_all,
+            "lightly_median_cpu_s_per_batch": median(theirs_all), "lightly_spread": spread(theirs_all),
+            "tipsdistill_median_cpu_s_per_batch": median(ours_all), "tipsdistill_spread": spread(ours_all),
+            "tipsdistill_online_speedup": median(theirs_all) / median(ours_all)}
+
+
+def online_loop_batches(setup: Setup, workdir: Path) -> list[float]:
+    """tipsdistill's online step on the lightly run's images, timed batch by batch after one warm-up batch."""
+    from distill.data import make_dataloader
+    from distill.targets import OnlineTeacher
+
+    workdir.mkdir(parents=True)
+    teacher = random_tipsv2_teacher("g14", depth=setup.teacher_depth)
+    step = ToolkitStep(build_student(setup, teacher.width))
+    loader = make_dataloader(scenes(setup), batch_size=setup.batch, student_size=setup.resolution,
+                             teacher_size=setup.resolution, seed=setup.seed)
+    times = run_epoch(loader, 0, OnlineTeacher(teacher, "bench"), step)
+    return times[1:]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced teacher and student (smoke run)")
@@ -353,19 +423,18 @@ def main(argv: list[str] | None = None) -> int:
         setup = Setup(images=8, batch=4, resolution=56, teacher_depth=4, student="tipsv2-s14",
                       overhead_teacher="b14", overhead_steps=4)
     else:
-        setup = Setup(images=8, batch=4, resolution=112, teacher_depth=40, student="tipsv2-b14",
+        setup = Setup(images=20, batch=4, resolution=112, teacher_depth=40, student="tipsv2-b14",
                       overhead_teacher="b14", overhead_steps=6)
     report: dict = {"machine": machine(), "setup": setup.__dict__}
     with tempfile.TemporaryDirectory(prefix="tipsdistill-bench-") as tmp:
         speed = cache_vs_online(setup, Path(tmp))  # first: its memory baseline is a fresh process
         overhead = step_overhead(setup, Path(tmp))
-        lightly = lightly_side_by_side(setup, Path(tmp))
-    if "epoch2_images_per_cpu_s" in lightly:
-        theirs = lightly["epoch2_images_per_cpu_s"]
-        lightly["tipsdistill_online_over_lightly"] = speed["online_epoch2_images_per_cpu_s"] / theirs
-        lightly["tipsdistill_cached_over_lightly"] = speed["cached_epoch2_images_per_cpu_s"] / theirs
+        loader = loader_throughput(Path(tmp), 32 if args.quick else 128, args.quick)
+        lightly = interleaved_lightly(setup, Path(tmp))
     report = {"step_overhead": overhead.pop("step_overhead"), "cache_speedup": speed.pop("cache_speedup"),
-              **report, "overhead": overhead, "cache": speed, "lightly_train": lightly}
+              "cached_step_over_student_step": speed.pop("cached_step_over_student_step"),
+              "loader_images_per_cpu_s": loader["images_per_cpu_s"],
+              **report, "overhead": overhead, "cache": speed, "loader": loader, "lightly_train": lightly}
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -25,13 +25,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """argparse matches a `nargs="*"` positional once, so `KEY=VALUE` overrides written after an option
+    (`--out runs/x --resume max_steps=100`) would be refused: they join the command's overrides instead."""
+    args, rest = parser.parse_known_args(argv)
+    if rest and hasattr(args, "overrides") and all("=" in item and not item.startswith("-") for item in rest):
+        args.overrides = [*args.overrides, *rest]
+    elif rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # transformers' "Loading weights" bars, one per model loaded, would bury the toolkit's own log lines.
     transformers_logging.disable_progress_bar()
     parser = build_parser()
     # The main job: `tipsdistill distill` with no arguments runs the embedded default.
-    args = parser.parse_args(argv or ["distill"])
+    args = parse(parser, argv or ["distill"])
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

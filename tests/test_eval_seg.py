@@ -10,7 +10,8 @@ from PIL import Image
 from eval_stubs import COLOURS, ColourModel
 
 from distill.eval import evaluate
-from distill.eval.zeroshot_seg import SegOptions, class_scores, window_boxes
+from distill.eval.dense import window_boxes
+from distill.eval.zeroshot_seg import SegOptions, class_scores
 from tipscore.errors import UserError
 
 
@@ -199,7 +200,8 @@ def test_whole_image_mode_matches_the_notebook():
     size (bilinear, no softmax), argmax; the image resized up to a patch multiple by bicubic, unclamped."""
     from eval_stubs import RandomFeatureModel
 
-    from distill.eval.zeroshot_seg import argmax_labels, upsample
+    from distill.eval.dense import upsample
+    from distill.eval.seg_scoring import argmax_labels
 
     model = RandomFeatureModel()
     text = F.normalize(torch.randn(5, 16, generator=torch.Generator().manual_seed(1)), dim=-1)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 
 from distill.compute import estimate_compute
 from distill.config import RECIPES_DIR, apply_overrides, load_recipe
@@ -128,3 +127,13 @@ def test_switching_the_source_kind_drops_the_other_kinds_options(tmp_path, caplo
 def test_non_finite_numbers_negative_seeds_and_sizes_off_the_patch_grid_are_refused(override, words):
     with pytest.raises(UserError, match=words.replace("(", r"\(").replace("'", "'")):
         load_recipe("micro", [override])
+
+
+def test_overrides_may_follow_the_options(tiny_tipsv2_dir):
+    from distill.cli import build_parser, parse
+
+    args = parse(build_parser(), ["distill", "--recipe", "micro", "max_steps=4", "--out", "runs/x", "--resume",
+                                  "train.batch_size=8"])
+    assert args.overrides == ["max_steps=4", "train.batch_size=8"] and args.resume
+    with pytest.raises(SystemExit):
+        parse(build_parser(), ["distill", "--out", "runs/x", "--no-such-flag"])

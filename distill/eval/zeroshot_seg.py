@@ -12,20 +12,15 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
-from distill.eval.dense import window_boxes  # noqa: F401 (part of this module's interface before dense.py)
-from distill.eval.dense import slide_average, to_patch_multiple, upsample, whole_image_patches
+from distill.eval.dense import slide_average, to_patch_multiple
 from distill.eval.inputs import batches, resized_sample
-from distill.eval.metrics import (IGNORE_INDEX, ConfusionMatrix, per_image_majority, segmentation_baselines, segmentation_scores,
-                                  things_scores)
 from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
 from distill.eval.readers import SegDataset, open_segmentation
-from distill.eval.report import label_png, overlay_panel, pca_panel, save_png
+from distill.eval.seg_scoring import SegScorer
 from distill.eval.task import ModelLoader, TaskResult, check_positive, parse_resolutions, per_resolution, tagged
 from tipscore.errors import UserError
 
@@ -90,68 +85,28 @@ def class_scores(model, images: list[torch.Tensor], text: torch.Tensor, opts: Se
                          device=device, post=lambda maps: maps.softmax(0))
 
 
-def argmax_labels(probs: torch.Tensor) -> np.ndarray:
-    return probs.argmax(0).to(torch.uint8 if probs.shape[0] <= 256 else torch.int64).cpu().numpy()
-
-
-def things_only(probs: torch.Tensor, label: np.ndarray, things: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """(prediction, label) in thing-index space: the argmax over the thing classes only, and the label with
-    every non-thing pixel ignored (VOC20-style scoring of a dataset that also has stuff classes)."""
-    lookup = np.full(max(len(probs), int(label.max()) + 1), IGNORE_INDEX, dtype=np.int64)
-    lookup[list(things)] = np.arange(len(things))
-    return argmax_labels(probs[list(things)]), lookup[label]
-
-
-@dataclass
-class SegResult:
-    metrics: dict
-    confusion: np.ndarray
-    per_image: np.ndarray  # the per-image majority oracle's confusion (data only)
-    things: np.ndarray | None  # things-only confusion, when the dataset declares thing classes
-
-
 @torch.inference_mode()
 def evaluate_model(model, name: str, dataset: SegDataset, opts: SegOptions, out_dir: Path,
-                   device: torch.device) -> SegResult:
+                   device: torch.device) -> SegScorer:
     if not getattr(model, "has_text", True):
         raise UserError(f"model {name} has no text tower; zero-shot segmentation needs one")
-    num_classes = len(dataset.class_names)
     text = class_embeddings(model, dataset.class_names, opts.templates).to(device)
-    confusion, oracle = ConfusionMatrix(num_classes), ConfusionMatrix(num_classes)
-    things = ConfusionMatrix(len(dataset.things)) if dataset.things else None
+    scorer = SegScorer(dataset, name, out_dir, opts.overlays, opts.save_predictions)
     loader = batches(dataset, opts.batch_size, opts.limit, opts.workers, partial(resized_sample, opts.short_side))
-    seen = 0
     for batch in tqdm(loader, desc=f"zeroshot-seg {name}", unit="batch"):
-        probs = class_scores(model, [pixels for _, pixels in batch], text, opts)
-        for (sample, pixels), p in zip(batch, probs):
-            p = upsample(p, sample.label.shape)
-            pred = argmax_labels(p)
-            confusion.update(pred, sample.label)
-            oracle.matrix += per_image_majority(sample.label, num_classes)
-            if things is not None:
-                things.update(*things_only(p, sample.label, dataset.things))
-            if opts.save_predictions is not None:
-                save_png(label_png(pred, num_classes), opts.save_predictions / name / f"{sample.name}.png")
-            if seen < opts.overlays:
-                panel = overlay_panel(sample.image, sample.label, pred, num_classes)
-                save_png(panel, out_dir / "overlays" / name / f"{sample.name}.png")
-            if seen == 0:
-                save_png(pca_panel(TF.to_pil_image(pixels), whole_image_patches(model, pixels, device)),
-                         out_dir / "pca" / f"{name}.png")
-            seen += 1
-    metrics = segmentation_scores(confusion.matrix, dataset.class_names, dataset.background)
-    if things is not None:
-        metrics.update(things_scores(things.matrix))
-    return SegResult(metrics, confusion.matrix, oracle.matrix, None if things is None else things.matrix)
+        scores = class_scores(model, [pixels for _, pixels in batch], text, opts)
+        for (sample, pixels), sample_scores in zip(batch, scores):
+            scorer.add(sample, pixels, sample_scores, model, device)
+    return scorer
 
 
 def run(models: dict, dataset: str, out_dir: Path, opts: SegOptions, load: ModelLoader) -> TaskResult:
     data = open_segmentation(dataset)
-    scored: list[SegResult] = []
+    scored: list[SegScorer] = []
 
     def evaluate(model, name, device, resolution, setting):
         scored.append(evaluate_model(model, tagged(name, resolution), data, setting, out_dir, device))
-        return scored[-1].metrics
+        return scored[-1].metrics()
 
     if opts.resolutions is None:
         opts.short_side = opts.short_side or data.short_side
@@ -159,7 +114,5 @@ def run(models: dict, dataset: str, out_dir: Path, opts: SegOptions, load: Model
     else:
         runs = [(resolution, opts.at(resolution)) for resolution in opts.resolutions]
     result = TaskResult(data.name, per_resolution(models, load, runs, evaluate))
-    last = scored[-1]  # the baselines depend on the labels only
-    result.baselines = segmentation_baselines(last.confusion, data.class_names, data.background, last.per_image,
-                                              last.things)
+    result.baselines = scored[-1].baselines()  # the labels' alone
     return result
