@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=[150, 300, 600, 1200, 2400])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--student-steps", type=int, default=120)
+    parser.add_argument("--student-steps", type=int, default=300, help="the default job's (the micro recipe's)")
     parser.add_argument("--limit", type=int, default=256, help="held-out scenes scored per model")
     parser.add_argument("--no-students", action="store_true", help="teachers only")
     parser.add_argument("--work", type=Path, help="run directory, reused to continue (default: a temp dir)")

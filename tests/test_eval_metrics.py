@@ -110,3 +110,22 @@ def test_linear_cka_chunked_equals_direct_and_is_invariant_to_rotation_and_scale
     other.update(x, z)
     assert other.value() == pytest.approx(direct, rel=1e-6)
     assert other.value() < 0.5
+
+
+def test_expected_random_recall_by_hand_and_against_sampling():
+    from distill.eval.retrieval import expected_random_recall
+
+    # 1 positive among 4: recall@1 = 1/4, recall@2 = 1/2; 2 positives among 4: recall@1 = 1/2, @2 = 1 - 1/6.
+    positives = torch.tensor([[1, 0, 0, 0], [1, 1, 0, 0]], dtype=torch.bool)
+    assert expected_random_recall(positives, 1) == pytest.approx(100 * (1 / 4 + 1 / 2) / 2)
+    assert expected_random_recall(positives, 2) == pytest.approx(100 * (1 / 2 + 5 / 6) / 2)
+    draws = [recall_at_k(torch.rand(2, 4, generator=torch.Generator().manual_seed(s)), positives, (2,))[2]
+             for s in range(4000)]
+    assert sum(draws) / len(draws) == pytest.approx(expected_random_recall(positives, 2), abs=1.5)
+
+
+def test_ties_are_not_bolded():
+    from distill.eval.report import markdown_table
+
+    table = markdown_table({"models": {"a": {"miou": 50.0, "pixel_acc": 70.0}, "b": {"miou": 50.0, "pixel_acc": 60.0}}})
+    assert "| miou | 50.00 | 50.00 |" in table and "| pixel_acc | **70.00** | 60.00 |" in table

@@ -178,3 +178,32 @@ def test_model_arguments():
         "teacher": "google/tipsv2-g14", "last": "runs/x/last", "timm:vit_b": "timm:vit_b,checkpoint=/w.pt"}
     with pytest.raises(UserError, match="model name 'a' is given twice"):
         parse_model_args(["a=x", "a=y"])
+
+
+def test_broken_images_are_skipped_and_counted_never_replaced(tmp_path):
+    """Training replaces a broken image by the next one; evaluation would then score that one twice."""
+    data = _colour_folder(tmp_path / "data")
+    (data / "broken.png").write_bytes(b"\x89PNG not really")
+    (data / "broken.txt").write_text("a red thing")
+    report = evaluate({"oracle": ColourModel(image_size=16)}, "retrieval", f"folder:{data}", tmp_path / "out",
+                      quiet=True, batch_size=5, caption_keys=("short",))
+    counts = report["counts"]
+    assert counts["images_scored"] == 12 and counts["images_skipped"] == 1
+    assert counts["skipped_reasons"] == {"unreadable": 1} and counts["skipped_examples"][0].endswith("broken.png")
+    assert counts["texts_scored"] == 4
+    assert report["models"]["oracle"]["i2t_r1"] == 100.0
+
+
+def test_image_set_options_reach_the_source(tmp_path, capsys):
+    data = _colour_folder(tmp_path / "data")
+    lines = [json.dumps({"file_name": p.name, "short": p.read_text()}) for p in sorted(data.glob("*.txt"))[:6]]
+    (data / "six.jsonl").write_text("\n".join(line.replace(".txt", ".png") for line in lines) + "\n")
+    assert main(["eval", "--model", "m=unused", "--task", "retrieval", "--dataset", f"folder:{data}",
+                 "--data-option", "index=six.jsonl", "--out", str(tmp_path / "out")]) == 2  # the model, not the option
+    assert "unused" in capsys.readouterr().err
+    report = evaluate({"oracle": ColourModel(image_size=16)}, "retrieval", f"folder:{data}", tmp_path / "out2",
+                      quiet=True, data_options={"index": "six.jsonl"}, caption_keys=("short",))
+    assert report["counts"]["images_scored"] == 6
+    assert main(["eval", "--model", "m=unused", "--task", "zeroshot-seg", "--dataset", "scenes",
+                 "--data-option", "split=test", "--out", str(tmp_path / "out3")]) == 2
+    assert "data_options" in capsys.readouterr().err

@@ -5,6 +5,7 @@ import argparse
 
 import torch
 
+from distill.commands import data_options
 from distill.eval import TASKS, evaluate
 from distill.eval.models import parse_model_args
 from distill.eval.readers import READERS
@@ -40,6 +41,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--resolutions", metavar="R1,R2,...",
                         help="zeroshot-seg/linear-seg/depth/knn: evaluate at each input size (short side and window; "
                              "knn: square side), metrics keyed metric@R, e.g. 224,336,448,672")
+    parser.add_argument("--data-option", action="append", default=None, metavar="KEY=VALUE",
+                        help="retrieval/fidelity: an option of the image set's data source, as a recipe's "
+                             "data.options (repeatable), e.g. split=test, index=captions.csv")
     parser.add_argument("--resolution", type=int, help="retrieval/zeroshot-cls/fidelity square input side "
                                                        "(default: the model's native size)")
     parser.add_argument("--reference", metavar="NAME", help="fidelity: the teacher model (default: the first --model)")
@@ -82,6 +86,8 @@ def task_options(args: argparse.Namespace) -> dict:
     if args.task == "fidelity":
         options["reference"] = args.reference
     options.update({name: getattr(args, name) for name in _WHEN_GIVEN if getattr(args, name) is not None})
+    if args.data_option is not None:
+        options["data_options"] = data_options(args.data_option)
     return options
 
 

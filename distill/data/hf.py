@@ -6,10 +6,13 @@ image is skipped and counted like everywhere else instead of raising inside `dat
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from tipscore.errors import UserError
+
+log = logging.getLogger(__name__)
 
 from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS
 from distill.data.source import MapSource, RawRecord, pick_columns
@@ -63,10 +66,15 @@ def load(path_or_id: str, split: str, name: str | None, builder: str | None, cac
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded:
                 raise UserError(f"hf {path_or_id} has no split {split!r} (splits: {', '.join(loaded)}); set split")
+            log.info("hf %s: reading split %r of %s (option split=NAME to choose)", path_or_id, split, ", ".join(loaded))
             loaded = loaded[split]
         return loaded
     if path.exists() and not path.is_dir():
         raise UserError(f"hf:{path_or_id} is a file: expected a dataset directory or a hub id")
+    head, sep, tail = path_or_id.rpartition(":")
+    if sep and Path(head).expanduser().is_dir():  # `hf:DIR:test` reads as a hub id otherwise
+        raise UserError(f"hf:{path_or_id}: a split is an option, not part of the path: hf:{head} with split={tail} "
+                        f"(data.options.split in a recipe, --data-option split={tail} on the command line)")
     try:
         if builder is not None:  # e.g. "imagefolder" when the files would suggest another format
             return datasets.load_dataset(builder, name, data_dir=str(path), split=split, cache_dir=cache_dir)

@@ -30,7 +30,7 @@ from transformers.models.tipsv2_dpt.modeling_tipsv2_dpt import (Tipsv2DptDecoder
                                                                 Tipsv2DptNeck, Tipsv2DptPreTrainedModel)
 
 from distill.eval.dense import upsample, whole_image_patches
-from distill.eval.inputs import batches, resized_sample
+from distill.eval.inputs import Batches, resized_sample
 from distill.eval.metrics import DepthMeter
 from distill.eval.probe import (FeatureStore, Features, LinearHead, ProbeOptions, extract_training_set,
                                 patch_and_cls_features, predict, seeded_init, train_head)
@@ -183,7 +183,7 @@ def score(model, trained: TrainedHead, name: str, device: torch.device, val: Dep
           opts: DepthOptions, out_dir: Path, baseline: DepthMeter | None) -> dict:
     """The depth errors on the val split; `baseline`, if given, also scores the constant train-mean predictor."""
     meter = DepthMeter(val.min_depth, val.max_depth, val.eigen_crop)
-    loader = batches(val, protocol.batch_size, opts.limit, opts.workers, partial(resized_sample, protocol.size))
+    loader = Batches(val, protocol.batch_size, opts.limit, opts.workers, partial(resized_sample, protocol.size))
     seen = 0
     for batch in tqdm(loader, desc=f"depth {name}", unit="batch"):
         depths = predict(model, trained.head, trained.features_of, [pixels for _, pixels in batch], protocol.size,

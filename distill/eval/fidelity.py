@@ -4,12 +4,13 @@ Each non-reference model gives tokens in the reference's width: a student checkp
 projection heads (`Student.teacher_space()`), anything else as it encodes. Per token type:
 mean cosine (CLS1, registers, patches); on patch tokens also linear CKA over the whole set. When the
 patch grids differ (patch size or resolution) the student's grid is resized bilinearly to the teacher's.
-Baselines: the reference against itself on *other* images (batch rolled by one), i.e. what unrelated
+Baselines: the reference against itself on *other* images (each image against the one before it in the data,
+whatever the batch size), i.e. what unrelated
 tokens score.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
-from distill.eval.inputs import batches, open_image_set, patch_multiple, square_crop
+from distill.eval.inputs import Batches, open_image_set, patch_multiple, square_crop
 from distill.eval.metrics import LinearCKA
 from distill.eval.report import pca_panel, save_png
 from distill.eval.task import ModelLoader, TaskResult, check_positive
@@ -33,6 +34,7 @@ class FidelityOptions:
     batch_size: int = 16
     limit: int | None = None
     workers: int = 0
+    data_options: dict = field(default_factory=dict)  # the image set's source options (split, index, ...)
 
     def __post_init__(self):
         check_positive(self, "resolution", "batch_size", "limit")
@@ -82,6 +84,10 @@ class _Scores:
         return out
 
 
+def target_parts(tokens: ImageTokens) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return tokens.cls, tokens.registers, tokens.patches
+
+
 def _prepare(resolution: int, sample) -> torch.Tensor:
     return square_crop(sample.image, resolution)
 
@@ -96,16 +102,20 @@ def run(models: dict, dataset: str, out_dir: Path, opts: FidelityOptions, load: 
     teacher, device = load(models[reference])
     students = {name: load.student(spec) for name, spec in models.items() if name != reference}
     resolution = patch_multiple(opts.resolution or teacher.image_size, teacher.patch_size)
-    images = open_image_set(dataset)
+    images = open_image_set(dataset, opts.data_options)
     scores = {name: _Scores() for name in students}
-    shuffled = _Scores()
+    shuffled, previous = _Scores(), None
     first = True
-    for pixels in tqdm(batches(images, opts.batch_size, opts.limit, opts.workers, partial(_prepare, resolution)),
-                       desc="fidelity", unit="batch"):
+    loader = Batches(images, opts.batch_size, opts.limit, opts.workers, partial(_prepare, resolution))
+    for pixels in tqdm(loader, desc="fidelity", unit="batch"):
         pixels = torch.stack(pixels).to(device)
         target = teacher.encode_image(pixels)
-        if pixels.shape[0] > 1:
-            shuffled.compare(target.map(lambda t: t.roll(1, 0)), target)
+        if previous is not None:
+            shuffled.compare(ImageTokens(*(torch.cat([p, t[:-1]]) for p, t in zip(previous, target_parts(target)))),
+                             target)
+        else:
+            shuffled.compare(target.map(lambda t: t[:-1]), target.map(lambda t: t[1:]))
+        previous = [t[-1:] for t in target_parts(target)]
         for name, student in students.items():
             tokens = teacher_space_tokens(student, pixels)
             if tokens.cls.shape[-1] != target.cls.shape[-1]:
@@ -117,7 +127,7 @@ def run(models: dict, dataset: str, out_dir: Path, opts: FidelityOptions, load: 
         if first:
             save_png(pca_panel(TF.to_pil_image(pixels[0].cpu()), target.patches[0]), out_dir / "pca" / f"{reference}.png")
             first = False
-    result = TaskResult(str(dataset), {name: s.result() for name, s in scores.items()})
+    result = TaskResult(str(dataset), {name: s.result() for name, s in scores.items()}, counts=loader.counts())
     result.baselines = {f"shuffled_{k}": v for k, v in shuffled.result().items()} if shuffled.counts else {}
     result.baselines["reference"] = reference
     return result

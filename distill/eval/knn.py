@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torchvision.datasets import ImageFolder
 from tqdm.auto import tqdm
 
-from distill.eval.inputs import batches, patch_multiple
+from distill.eval.inputs import Batches, patch_multiple
 from distill.eval.metrics import topk_accuracy
 from distill.eval.task import (ModelLoader, TaskResult, check_positive, check_positive_number, parse_resolutions,
                                per_resolution)
@@ -51,15 +51,16 @@ def open_train_val(dataset: str) -> tuple[ImageFolder, ImageFolder]:
 
 
 @torch.inference_mode()
-def embed(model, name: str, folders: ImageFolder, resolution: int, opts: KnnOptions, device: torch.device
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L2-normalised CLS1 embeddings (N, D), class indices (N,))."""
+def embed(model, name: str, folders: ImageFolder, resolution: int, opts: KnnOptions, device: torch.device,
+          counts: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L2-normalised CLS1 embeddings (N, D), class indices (N,)); `counts[name]`: what was scored and skipped."""
     features, targets = [], []
-    for batch in tqdm(batches(folders, opts.batch_size, opts.limit, opts.workers, partial(prepare_item, resolution)),
-                      desc=f"knn {name}", unit="batch"):
+    loader = Batches(folders, opts.batch_size, opts.limit, opts.workers, partial(prepare_item, resolution))
+    for batch in tqdm(loader, desc=f"knn {name}", unit="batch"):
         cls = model.encode_image(torch.stack([pixels for pixels, _ in batch]).to(device)).cls
         features.append(F.normalize(cls.float(), dim=-1).cpu())
         targets.extend(target for _, target in batch)
+    counts[name] = loader.counts()
     return torch.cat(features), torch.tensor(targets)
 
 
@@ -77,16 +78,17 @@ def knn_votes(train: torch.Tensor, train_labels: torch.Tensor, query: torch.Tens
 
 def run(models: dict, dataset: str, out_dir: Path, opts: KnnOptions, load: ModelLoader) -> TaskResult:
     train, val = open_train_val(dataset)
-    classes = len(train.classes)
+    classes, counts = len(train.classes), {}
 
     def evaluate(model, name, device, resolution, _):
         size = patch_multiple(resolution or model.image_size, model.patch_size)
-        bank, bank_labels = embed(model, f"{name} train", train, size, opts, device)
-        query, query_labels = embed(model, f"{name} val", val, size, opts, device)
+        bank, bank_labels = embed(model, "train", train, size, opts, device, counts)
+        query, query_labels = embed(model, "val", val, size, opts, device, counts)
         votes = knn_votes(bank, bank_labels, query, opts.k, opts.temperature, classes)
         return {f"top{k}": v for k, v in topk_accuracy(votes, query_labels, KS).items()}
 
     runs = [(r, None) for r in opts.resolutions] if opts.resolutions else [(None, None)]
-    result = TaskResult(f"folder:{Path(train.root).parent}", per_resolution(models, load, runs, evaluate))
+    result = TaskResult(f"folder:{Path(train.root).parent}", per_resolution(models, load, runs, evaluate),
+                        counts=counts)
     result.baselines = {f"chance_top{k}": 100.0 * min(k, classes) / classes for k in KS}
     return result

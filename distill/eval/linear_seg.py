@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from distill.eval.inputs import batches, resized_sample
+from distill.eval.inputs import Batches, resized_sample
 from distill.eval.metrics import IGNORE_INDEX
 from distill.eval.probe import (FeatureStore, LinearHead, ProbeOptions, extract_training_set, patch_features, predict,
                                 seeded_init, train_head)
@@ -52,7 +52,7 @@ def train_linear_head(model, name: str, device: torch.device, train: SegDataset,
 def score(model, head: LinearHead, name: str, device: torch.device, val: SegDataset, protocol: ProbeProtocol,
           opts: ProbeOptions, out_dir: Path) -> SegScorer:
     scorer = SegScorer(val, name, out_dir, opts.overlays)
-    loader = batches(val, protocol.batch_size, opts.limit, opts.workers, partial(resized_sample, protocol.size))
+    loader = Batches(val, protocol.batch_size, opts.limit, opts.workers, partial(resized_sample, protocol.size))
     for batch in tqdm(loader, desc=f"linear-seg {name}", unit="batch"):
         logits = predict(model, head, patch_features, [pixels for _, pixels in batch], protocol.size,
                          protocol.batch_size, device)

@@ -25,7 +25,7 @@ from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
 from distill.eval.dense import slide_average, to_patch_multiple, window_boxes
-from distill.eval.inputs import batches, resize_short_side
+from distill.eval.inputs import Batches, resize_short_side
 from distill.eval.readers import ProbeProtocol
 from distill.eval.task import check_positive, check_positive_number, parse_resolutions
 from tipscore.errors import UserError
@@ -149,7 +149,7 @@ def extract_training_set(model, device: torch.device, dataset, features_of: Feat
     data workers, so it must be picklable when `workers` > 0.
     """
     prepare = partial(_training_windows, protocol.size, target_of)
-    for samples in tqdm(batches(dataset, protocol.batch_size, opts.limit, opts.workers, prepare),
+    for samples in tqdm(Batches(dataset, protocol.batch_size, opts.limit, opts.workers, prepare),
                         desc=f"{desc} features", unit="batch"):
         windows = [w for sample_windows in samples for w in sample_windows]
         for start in range(0, len(windows), protocol.batch_size):

@@ -57,11 +57,14 @@ def _best(label: str, numbers: list) -> float:
 
 
 def _table(header: str, names: list[str], rows: dict[str, list]) -> list[str]:
-    """Markdown rows, one column per model; with several models the best value of a row is bold."""
+    """Markdown rows, one column per model; with several models the best value of a row is bold, when one model
+    alone reaches it (a tie bolds nothing)."""
     lines = [f"| {header} | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
     for label, values in rows.items():
         numbers = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
         best = _best(label, numbers) if len(names) > 1 and numbers else None
+        if best is not None and numbers.count(best) > 1:
+            best = None
         cells = [f"**{_cell(v)}**" if best is not None and v == best else _cell(v) for v in values]
         lines.append(f"| {label} | {' | '.join(cells)} |")
     return lines

@@ -7,7 +7,7 @@ short captions such as "a red circle").
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from distill.data.sample import CAPTION_KEYS
-from distill.eval.inputs import batches, open_image_set, patch_multiple, square_crop
+from distill.eval.inputs import Batches, open_image_set, patch_multiple, square_crop
 from distill.eval.metrics import recall_at_k
 from distill.eval.task import ModelLoader, TaskResult, check_positive
 from tipscore.errors import UserError
@@ -32,6 +32,7 @@ class RetrievalOptions:
     batch_size: int = 32
     limit: int | None = None
     workers: int = 0
+    data_options: dict = field(default_factory=dict)  # the image set's source options (split, index, ...)
 
     def __post_init__(self):
         check_positive(self, "resolution", "batch_size", "limit")
@@ -53,12 +54,12 @@ def _prepare(resolution: int, keys: tuple[str, ...], sample) -> tuple[torch.Tens
 
 @torch.inference_mode()
 def evaluate_model(model, name: str, images, opts: RetrievalOptions, device: torch.device
-                   ) -> tuple[dict, torch.Tensor]:
-    """(recalls, the image x text positive matrix)."""
+                   ) -> tuple[dict, torch.Tensor, dict]:
+    """(recalls, the image x text positive matrix, what was scored and skipped)."""
     if not getattr(model, "has_text", True):
         raise UserError(f"model {name} has no text tower; retrieval needs one")
     resolution = patch_multiple(opts.resolution or model.image_size, model.patch_size)
-    loader = batches(images, opts.batch_size, opts.limit, opts.workers, partial(_prepare, resolution, opts.caption_keys))
+    loader = Batches(images, opts.batch_size, opts.limit, opts.workers, partial(_prepare, resolution, opts.caption_keys))
     image_embeddings, captions = [], []
     for batch in tqdm(loader, desc=f"retrieval {name}", unit="batch"):
         tokens = model.encode_image(torch.stack([p for p, _ in batch]).to(device))
@@ -77,7 +78,25 @@ def evaluate_model(model, name: str, images, opts: RetrievalOptions, device: tor
         for i in range(0, len(texts), opts.batch_size)
     ])
     similarity = torch.cat(image_embeddings) @ text_embeddings.T
-    return _recalls(similarity, positives), positives
+    return _recalls(similarity, positives), positives, {**loader.counts(), "texts_scored": len(texts)}
+
+
+def expected_random_recall(positives: torch.Tensor, k: int) -> float:
+    """The expected recall@k of a uniformly random ranking, exactly: a query with m positives among N candidates
+    misses them all with probability C(N - m, k) / C(N, k)."""
+    n = positives.shape[1]
+    m = positives.sum(1).double()
+    m = m[m > 0]
+    miss = torch.ones_like(m)
+    for i in range(min(k, n)):  # C(N - m, k) / C(N, k) as a product of k ratios
+        miss = miss * ((n - m - i) / (n - i)).clamp(min=0)
+    return float(100.0 * (1 - miss).mean()) if len(m) else float("nan")
+
+
+def expected_random_recalls(positives: torch.Tensor) -> dict:
+    """The same keys as `_recalls`, for a random ranking (its expected value, not one draw)."""
+    return {**{f"i2t_r{k}": expected_random_recall(positives, k) for k in KS},
+            **{f"t2i_r{k}": expected_random_recall(positives.T, k) for k in KS}}
 
 
 def _recalls(similarity: torch.Tensor, positives: torch.Tensor) -> dict:
@@ -89,13 +108,11 @@ def _recalls(similarity: torch.Tensor, positives: torch.Tensor) -> dict:
 
 
 def run(models: dict, dataset: str, out_dir: Path, opts: RetrievalOptions, load: ModelLoader) -> TaskResult:
-    images = open_image_set(dataset)
+    images = open_image_set(dataset, opts.data_options)
     result = TaskResult(str(dataset))
     for name, spec in models.items():
         model, device = load(spec)
-        result.models[name], positives = evaluate_model(model, name, images, opts, device)
+        result.models[name], positives, result.counts = evaluate_model(model, name, images, opts, device)
         del model  # free it before the next model loads
-    # A random ranking on the same positives: what recall means by chance on this data.
-    chance = torch.rand(positives.shape, generator=torch.Generator().manual_seed(0))
-    result.baselines = {f"random_{k}": v for k, v in _recalls(chance, positives).items()}
+    result.baselines = {f"random_{k}": v for k, v in expected_random_recalls(positives).items()}
     return result

@@ -55,6 +55,7 @@ def evaluate(models: dict, task: str, dataset: str, out_dir, *, device: str | No
         "dataset": result.dataset,
         "models": result.models,
         "baselines": result.baselines,
+        **({"counts": result.counts} if result.counts else {}),
         "sources": {name: {"spec": spec_text(spec), "fingerprint": loader.fingerprints.get(spec_text(spec))}
                     for name, spec in models.items()},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()},

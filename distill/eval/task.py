@@ -117,3 +117,4 @@ class TaskResult:
     dataset: str
     models: dict[str, dict] = field(default_factory=dict)
     baselines: dict = field(default_factory=dict)
+    counts: dict = field(default_factory=dict)  # images (and texts) scored and skipped, where a task reads files

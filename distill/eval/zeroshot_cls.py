@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 from tqdm.auto import tqdm
 
-from distill.eval.inputs import batches, patch_multiple, square_crop
+from distill.eval.inputs import DECODE_ERRORS, Batches, Unusable, patch_multiple, square_crop
 from distill.eval.metrics import topk_accuracy
 from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
 from distill.eval.task import ModelLoader, TaskResult, check_positive
@@ -47,26 +47,31 @@ def open_class_folders(dataset: str) -> ImageFolder:
         raise UserError(f"{path} is not a folder-per-class image set ({str(exc).splitlines()[0]})") from None
 
 
-def prepare_item(resolution: int, item: tuple[str, int]) -> tuple[torch.Tensor, int]:
+def prepare_item(resolution: int, item: tuple[str, int]) -> tuple[torch.Tensor, int] | Unusable:
     path, target = item
-    with Image.open(path) as image:
-        return square_crop(image.convert("RGB"), resolution), target
+    try:
+        with Image.open(path) as image:
+            return square_crop(image.convert("RGB"), resolution), target
+    except DECODE_ERRORS as exc:
+        return Unusable(path, type(exc).__name__)
 
 
 @torch.inference_mode()
-def evaluate_model(model, name: str, folders: ImageFolder, opts: ClsOptions, device: torch.device) -> dict:
+def evaluate_model(model, name: str, folders: ImageFolder, opts: ClsOptions, device: torch.device
+                   ) -> tuple[dict, dict]:
+    """(top-k accuracies, what was scored and skipped)."""
     if not getattr(model, "has_text", True):
         raise UserError(f"model {name} has no text tower; zero-shot classification needs one")
     text = class_embeddings(model, folders.classes, opts.templates).to(device)
     resolution = patch_multiple(opts.resolution or model.image_size, model.patch_size)
     logits, targets = [], []
-    for batch in tqdm(batches(folders, opts.batch_size, opts.limit, opts.workers, partial(prepare_item, resolution)),
-                      desc=f"zeroshot-cls {name}", unit="batch"):
+    loader = Batches(folders, opts.batch_size, opts.limit, opts.workers, partial(prepare_item, resolution))
+    for batch in tqdm(loader, desc=f"zeroshot-cls {name}", unit="batch"):
         image = F.normalize(model.encode_image(torch.stack([p for p, _ in batch]).to(device)).cls.float(), dim=-1)
         logits.append((image @ text.T).cpu())
         targets.extend(t for _, t in batch)
     acc = topk_accuracy(torch.cat(logits), torch.tensor(targets), KS)
-    return {f"top{k}": v for k, v in acc.items()}
+    return {f"top{k}": v for k, v in acc.items()}, loader.counts()
 
 
 def run(models: dict, dataset: str, out_dir: Path, opts: ClsOptions, load: ModelLoader) -> TaskResult:
@@ -74,7 +79,7 @@ def run(models: dict, dataset: str, out_dir: Path, opts: ClsOptions, load: Model
     result = TaskResult(f"folder:{folders.root}")
     for name, spec in models.items():
         model, device = load(spec)
-        result.models[name] = evaluate_model(model, name, folders, opts, device)
+        result.models[name], result.counts = evaluate_model(model, name, folders, opts, device)
         del model  # free it before the next model loads
     n = len(folders.classes)
     result.baselines = {f"chance_top{k}": 100.0 * min(k, n) / n for k in KS}

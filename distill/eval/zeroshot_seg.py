@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from distill.eval.dense import slide_average, to_patch_multiple
-from distill.eval.inputs import batches, resized_sample
+from distill.eval.inputs import Batches, resized_sample
 from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
 from distill.eval.readers import SegDataset, open_segmentation
 from distill.eval.seg_scoring import SegScorer
@@ -92,7 +92,7 @@ def evaluate_model(model, name: str, dataset: SegDataset, opts: SegOptions, out_
         raise UserError(f"model {name} has no text tower; zero-shot segmentation needs one")
     text = class_embeddings(model, dataset.class_names, opts.templates).to(device)
     scorer = SegScorer(dataset, name, out_dir, opts.overlays, opts.save_predictions)
-    loader = batches(dataset, opts.batch_size, opts.limit, opts.workers, partial(resized_sample, opts.short_side))
+    loader = Batches(dataset, opts.batch_size, opts.limit, opts.workers, partial(resized_sample, opts.short_side))
     for batch in tqdm(loader, desc=f"zeroshot-seg {name}", unit="batch"):
         scores = class_scores(model, [pixels for _, pixels in batch], text, opts)
         for (sample, pixels), sample_scores in zip(batch, scores):
