@@ -390,7 +390,9 @@ def _train(recipe: Recipe, out: Path, accelerator: Accelerator, checkpoint: Path
     log.info("%s %s -> %s: %d steps, batch %d (%d per process x %d processes x %d accumulation)", run.desc,
              run.teacher.get("spec") or "(self)", recipe.student.name, t.max_steps, t.batch_size,
              per_process_batch(recipe, accelerator.num_processes), accelerator.num_processes, t.grad_accum_steps)
-    log.info(data_summary(recipe, run.dataset))
+    line, scalars = data_summary(recipe, run.dataset)
+    log.info(line)
+    accelerator.log(scalars, step=progress.step)
     start, first_step = time.perf_counter(), progress.step
     train_loop(run, progress, stop_at=stop_at, show_progress=show_progress)
     finished = progress.step >= t.max_steps
@@ -409,12 +411,18 @@ def _train(recipe: Recipe, out: Path, accelerator: Accelerator, checkpoint: Path
     return result
 
 
-def data_summary(recipe: Recipe, dataset) -> str:
-    """What the run will read, before its first step: images, caption granularities, epochs."""
+def data_summary(recipe: Recipe, dataset) -> tuple[str, dict[str, int]]:
+    """What the run will read, before its first step: images, captions per granularity, epochs; as a log line
+    and as tracker scalars."""
     t = recipe.train
     images = t.max_steps * t.batch_size
     if isinstance(dataset, IterableDataset):
-        return f"data: {recipe.data.source} (streaming shards); {t.max_steps} steps x {t.batch_size} = {images} images"
-    keys = ", ".join(_caption_keys(dataset)) or "none (image-only)"
-    return (f"data: {recipe.data.source}, {len(dataset)} images, captions: {keys}; {t.max_steps} steps x "
+        return (f"data: {recipe.data.source} (streaming shards); {t.max_steps} steps x {t.batch_size} = {images} "
+                "images", {})
+    counting = getattr(dataset, "caption_counts", None)  # a dataset of the caller's own may not count
+    captions = counting() if counting else {}
+    keys = (", ".join(f"{key} {n}" for key, n in captions.items()) if counting else ", ".join(_caption_keys(dataset))
+            ) or "none (image-only)"
+    line = (f"data: {recipe.data.source}, {len(dataset)} images, captions: {keys}; {t.max_steps} steps x "
             f"{t.batch_size} = {images} images = {images / len(dataset):.1f} epochs")
+    return line, {"data/images": len(dataset), **{f"data/captions/{key}": n for key, n in captions.items()}}

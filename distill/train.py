@@ -302,8 +302,8 @@ def _log_step(accelerator: Accelerator, sums: dict[str, torch.Tensor], step: int
 def _log_data_stats(accelerator: Accelerator, stats: DataStats, step: int) -> None:
     """Samples drawn and data problems met so far, summed over processes: a log line and tracker scalars."""
     merged = DataStats()
-    for counts in gather_object([stats.as_dict(prefix="")]):
-        merged.add([k for k, n in counts.items() if k != "samples" for _ in range(n)], counts.get("samples", 0))
+    for part in gather_object([stats]):
+        merged.merge(part)
     accelerator.log(merged.as_dict(), step=step)
     if accelerator.is_main_process:
         log.info(merged.summary())

@@ -72,12 +72,18 @@ def test_messy_folder_loads_and_reports(messy_folder):
     assert {names[i] for i in indices} <= {"good0.png", "good1.png", "good2.png", "cmyk.jpg", "rgba.png",
                                            "gray.png", "gray16.png", "palette.gif"}
     summary = stats.summary()
-    assert "skipped 3 (empty_file 1, truncated 1, unreadable 1)" in summary
-    assert "captions dropped 1 (short 1)" in summary and "captions repaired 1 (short 1)" in summary
+    # Per reason: how many files, and which (the first few).
+    assert ("skipped 3 (empty_file 1: zero.jpg; truncated 1: truncated.jpg; unreadable 1: garbage.png)"
+            in summary)
+    assert "captions dropped 1 (short 1: good0.png)" in summary
+    assert "captions repaired 1 (short 1: good1.png)" in summary
     assert stats.as_dict()["data/skipped/truncated"] == 1
     # Worker processes report through the batches: the same counts, the same samples.
     in_workers, worker_indices = epoch_stats(ds, workers=2)
     assert in_workers == stats and worker_indices == indices
+    # A second epoch draws every file again: the samples double, the files counted do not.
+    stats.merge(epoch_stats(ds, workers=0)[0])
+    assert stats.samples == 22 and stats.total("skipped") == 3 and stats.examples("converted/P") == ["palette.gif"]
 
 
 def test_conversions_keep_the_picture(messy_folder):
@@ -103,7 +109,7 @@ def _png16(value: int) -> bytes:
 
 def test_captions_repaired_at_word_boundary(messy_folder):
     ds = build_dataset(f"folder:{messy_folder}", max_caption_chars=1000)
-    sample = next(ds[i] for i in range(len(ds)) if "caption_repaired/short" in ds[i].events)
+    sample = next(ds[i] for i in range(len(ds)) if ("caption_repaired/short", "good1.png") in ds[i].events)
     text = sample.captions["short"]
     assert len(text) <= 1000 and LONG_CAPTION.startswith(text) and LONG_CAPTION[len(text)] == " "
     assert truncate_at_word("aaaa bbbb", 6) == "aaaa"
@@ -117,7 +123,7 @@ def test_bad_item_is_replaced_by_the_next_valid_one(messy_folder):
     names = [r.image.split("/")[-1] for r in ds._records]
     bad = names.index("truncated.jpg")
     sample = ds[bad]
-    assert sample.events == ("skipped/truncated",)
+    assert sample.events == (("skipped/truncated", "truncated.jpg"),)
     # Sorted order: truncated.jpg, zero.jpg (bad too), then round to the first file.
     assert names[bad + 1] == "zero.jpg" and names[sample.index] == names[0] == "cmyk.jpg"
     again = build_dataset(f"folder:{messy_folder}")[bad]  # a fresh process-like instance agrees

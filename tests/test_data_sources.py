@@ -93,10 +93,10 @@ def test_folder_csv_metadata_found_automatically(tmp_path):
     assert len(ds) == 3
     assert ds.caption_keys == ("short", "medium")  # `text` is the HF imagefolder name for the short caption
     assert ds[0].captions == {"short": "one", "medium": "image one"}
-    assert ds[1].captions == {"short": "zero"} and ds[1].events == ("caption_dropped/medium",)
+    assert ds[1].captions == {"short": "zero"} and ds[1].events == (("caption_dropped/medium", "img0.png"),)
     # A missing file is skipped and replaced by the next valid row (wrapping round).
     replaced = ds[2]
-    assert replaced.index == 0 and replaced.events == ("skipped/missing_file",)
+    assert replaced.index == 0 and replaced.events == (("skipped/missing_file", "missing.png"),)
     # The csv file itself is a valid spec too.
     assert len(build_dataset(str(tmp_path / "metadata.csv"))) == 3
 
@@ -116,7 +116,7 @@ def test_hf_save_to_disk(tmp_path):
     assert len(ds) == 4 and ds.caption_keys == ("short", "long")
     assert [image_id(ds[i]) for i in range(4)] == [0, 1, 2, 3]
     assert ds[1].captions == {"short": "alt 1", "long": "a long one"}
-    assert ds[0].events == ("caption_dropped/long",)
+    assert ds[0].events == (("caption_dropped/long", "row 0"),)  # images held as bytes: named by row
 
     val = build_dataset(f"hf:{tmp_path / 'dict'}", split="validation", caption_columns={"short": "alt"})
     assert len(val) == 1 and image_id(val[0]) == 3
@@ -238,8 +238,8 @@ def test_webdataset_skips_bad_samples_and_counts_them(tmp_path):
         add_member(tar, "4.txt", b"x" * 3000)
     samples = list(build_dataset(f"wds:{tmp_path}/a.tar", shuffle=False, max_caption_chars=100))
     assert [image_id(s) for s in samples] == [0, 4]
-    assert samples[1].events == ("skipped/empty_file", "skipped/unreadable", "skipped/no_image",
-                                 "caption_repaired/short")
+    assert samples[1].events == (("skipped/empty_file", "a.tar#1"), ("skipped/unreadable", "a.tar#2"),
+                                 ("skipped/no_image", "a.tar#3"), ("caption_repaired/short", "a.tar#4"))
     assert samples[1].captions["short"] == "x" * 100  # no word boundary: cut hard
 
     # A shard cut off mid-file: what came before is kept, the rest of the shard is reported lost.
@@ -249,7 +249,8 @@ def test_webdataset_skips_bad_samples_and_counts_them(tmp_path):
     samples = list(build_dataset(f"wds:{tmp_path}/shard-{{000..001}}.tar", shuffle=False))
     assert 4 < len(samples) < 8 and [image_id(s) for s in samples] == list(range(len(samples)))
     tail = list(build_dataset(f"wds:{tmp_path}/shard-{{001,000}}.tar", shuffle=False))
-    assert tail[len(samples) - 4].events == ("skipped/corrupt_shard",)  # reported by shard 000's first sample
+    (event, where), = tail[len(samples) - 4].events  # reported by shard 000's first sample
+    assert event == "skipped/corrupt_shard" and where.startswith("shard-001.tar#")
 
 
 def test_webdataset_errors(tmp_path):

@@ -146,6 +146,35 @@ def test_images_without_captions_train_image_only(tiny_tipsv2_dir, tmp_path, cap
     assert load_student(final).text is None
 
 
+def test_the_log_and_tensorboard_say_what_the_data_holds_before_step_1_and_name_bad_files(
+        tiny_tipsv2_dir, tmp_path, caplog):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(7):
+        Image.new("RGB", (40, 48), (30 * i, 0, 0)).save(folder / f"{i}.png")
+        if i < 5:
+            (folder / f"{i}.txt").write_text(f"red {i}")
+    (folder / "3.medium.txt").write_text("a red square")
+    (folder / "9.png").write_bytes(b"")  # broken: skipped, named in the log
+    recipe = tiny_recipe(tiny_tipsv2_dir, f"data.source=folder:{folder}", "data.options={}", "max_steps=4",
+                         "batch_size=4")
+    with caplog.at_level(logging.INFO, logger="distill"):
+        run_training(recipe, tmp_path / "run")
+    lines = caplog.text.splitlines()
+    summary = next(i for i, line in enumerate(lines) if "8 images, captions: short 5, medium 1; 4 steps x 4 = 16 "
+                   "images = 2.0 epochs" in line)
+    # After training, two epochs have drawn 9.png twice: one file skipped, by name.
+    counted = next(i for i, line in enumerate(lines) if "data: 16 samples drawn; skipped 1 (empty_file 1: 9.png)" in line)
+    assert summary < counted
+    events = EventAccumulator(str(next((tmp_path / "run" / "logs").rglob("events.out.tfevents.*")))).Reload()
+    assert {"data/images", "data/captions/short", "data/captions/medium", "data/skipped/empty_file"} <= set(
+        events.Tags()["scalars"])
+    assert events.Scalars("data/captions/short")[0].value == 5
+    assert events.Scalars("data/skipped/empty_file")[-1].value == 1
+
+
 def test_other_options_frozen_teacher_text_and_grid_resize(tiny_tipsv2_dir, tmp_path, caplog):
     # Teacher at 48 px (6x6 patches), student at 32 px (4x4): the student grid is resized, and it says so once.
     recipe = tiny_recipe(tiny_tipsv2_dir, "teacher.image_size=48", "max_steps=2", "batch_size=4",

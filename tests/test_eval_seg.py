@@ -85,7 +85,8 @@ def test_perfect_model_scores_100_and_writes_the_report(tmp_path, window):
     assert json.loads((tmp_path / "out/report.json").read_text()) == report
     assert set(report) >= {"task", "dataset", "models", "baselines"} and report["task"] == "zeroshot-seg"
     md = (tmp_path / "out/report.md").read_text()
-    assert "| metric | a | b |" in md and "**100.00**" in md and "| per_class_iou | a | b |" in md
+    assert "| metric | a | b |" in md and "| per_class_iou | a | b |" in md
+    assert "**" not in md  # two perfect models tie everywhere: nothing is bolded
     for name in ("a", "b"):
         assert (tmp_path / f"out/pca/{name}.png").is_file()
         assert len(list((tmp_path / f"out/overlays/{name}").glob("*.png"))) == 3
@@ -217,3 +218,29 @@ def test_whole_image_mode_matches_the_notebook():
             cos = torch.einsum("cd,hwd->chw", text, feats)
             expected = F.interpolate(cos[None], size=label, mode="bilinear", align_corners=False)[0].argmax(0)
             assert np.array_equal(argmax_labels(upsample(ours, label)), expected.numpy())
+
+
+def test_overlays_draw_scene_classes_in_their_own_colours_with_a_legend():
+    from distill.eval.readers.scenes import read_scenes
+    from distill.eval.report import legend, overlay_panel
+
+    scenes = read_scenes("length=1")
+    sample = scenes[0]
+    names = scenes.class_names
+    red = names.index("red")
+    pred = np.full_like(sample.label, red)
+    panel = np.asarray(overlay_panel(sample.image, sample.label, pred, names, scenes.colours))
+    # Three 64 px panels, enlarged 3x to 192 px, then the legend strip below.
+    assert panel.shape[1] == 3 * 192 and panel.shape[0] > 192
+    prediction = panel[:192:3, 2 * 192::3].astype(int)  # back to one pixel per label pixel
+    rgb = np.asarray(sample.image.convert("RGB"), dtype=np.float32)
+    expected = (0.45 * rgb + 0.55 * np.array([220, 40, 40], np.float32)).astype(int)  # "red" drawn red
+    assert np.abs(prediction - expected).max() <= 1
+    shown = set(np.unique(sample.label).tolist()) | {red}
+    strip = panel[192:].reshape(-1, 3)
+    swatches = {tuple(c) for c in np.unique(strip, axis=0).tolist()}
+    assert {tuple(scenes.colours[k].tolist()) for k in shown} <= swatches  # one swatch per class shown
+    assert not {tuple(scenes.colours[k].tolist()) for k in range(len(names)) if k not in shown} & swatches
+    # Many entries wrap onto more rows instead of running off the strip.
+    entries = [(f"class {i}", (i, i, i)) for i in range(40)]
+    assert legend(200, entries).height > legend(200, entries[:2]).height

@@ -21,7 +21,7 @@ from tipscore.errors import UserError
 
 from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS
 from distill.data.sample import CAPTION_KEYS
-from distill.data.source import MapSource, RawRecord, pick_columns
+from distill.data.source import MapSource, RawRecord, has_text, pick_columns
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,9 @@ class FolderSource(MapSource):
 
     def __len__(self) -> int:
         return len(self._records)
+
+    def caption_counts(self) -> dict[str, int]:
+        return {key: sum(has_text(r.captions.get(key)) for r in self._records) for key in self.caption_keys}
 
     def image_file(self, index: int) -> str | None:
         # Without reading the sidecar captions that `raw` reads.

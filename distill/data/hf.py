@@ -15,7 +15,7 @@ from tipscore.errors import UserError
 log = logging.getLogger(__name__)
 
 from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS
-from distill.data.source import MapSource, RawRecord, pick_columns
+from distill.data.source import MapSource, RawRecord, has_text, pick_columns
 
 
 class HFSource(MapSource):
@@ -44,6 +44,9 @@ class HFSource(MapSource):
 
     def __len__(self) -> int:
         return len(self._dataset)
+
+    def caption_counts(self) -> dict[str, int]:
+        return {key: sum(map(has_text, self._dataset[column])) for key, column in self.columns.items()}
 
     def raw(self, index: int) -> RawRecord:
         row = self._dataset[index]

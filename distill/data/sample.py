@@ -10,31 +10,46 @@ from PIL import Image
 CAPTION_KEYS = ("short", "medium", "long")
 
 
+# An event met while producing a sample, and the item it is about (a file, a row, a shard record).
+Event = tuple[str, str]
+EXAMPLES = 3  # item names the log gives per event
+
+
 @dataclass
 class Sample:
     image: Image.Image  # always mode RGB
     captions: dict[str, str]  # keys among CAPTION_KEYS; absent = no caption of that granularity
     index: int  # stable source index: the crop RNG and the teacher-target cache are keyed by it
-    # Data-quality events met while producing this sample ("skipped/truncated", "converted/CMYK", ...).
-    # They travel with the sample because workers run in other processes; the collate sums them.
-    events: tuple[str, ...] = ()
+    # Data-quality events met while producing this sample (("skipped/truncated", "a/cat.jpg"), ...).
+    # They travel with the sample because workers run in other processes; the collate gathers them.
+    events: tuple[Event, ...] = ()
 
 
 @dataclass
 class DataStats:
-    """Counts per event: `skipped/<reason>` (image dropped, replaced by the next valid one),
+    """Items per event: `skipped/<reason>` (image dropped, replaced by the next valid one),
     `converted/<mode>` (image converted to RGB), `caption_dropped/<key>` (empty or not text) and
-    `caption_repaired/<key>` (over the length limit, cut at a word boundary)."""
+    `caption_repaired/<key>` (over the length limit, cut at a word boundary). An item met again in a
+    later epoch counts once, so the counts are of files (rows, records), not of draws; `samples` counts draws."""
 
     samples: int = 0
-    counts: Counter = field(default_factory=Counter)
+    # (event, item) pairs in the order first met: a dict is an ordered set that pickles across processes.
+    items: dict[Event, None] = field(default_factory=dict)
 
-    def add(self, events: tuple[str, ...] | list[str], samples: int = 0) -> None:
-        self.counts.update(events)
+    def add(self, events: tuple[Event, ...] | list[Event], samples: int = 0) -> None:
+        self.items.update(dict.fromkeys(events))
         self.samples += samples
 
     def merge(self, other: DataStats) -> None:
-        self.add(list(other.counts.elements()), other.samples)
+        self.add(list(other.items), other.samples)
+
+    @property
+    def counts(self) -> Counter:
+        return Counter(event for event, _ in self.items)
+
+    def examples(self, event: str) -> list[str]:
+        """The first few items met with `event`."""
+        return [item for seen, item in self.items if seen == event][:EXAMPLES]
 
     def total(self, kind: str) -> int:
         return sum(n for key, n in self.counts.items() if key.startswith(kind + "/"))
@@ -46,12 +61,13 @@ class DataStats:
         return out
 
     def summary(self) -> str:
-        """One log line, e.g. `data: 98 samples; skipped 2 (truncated 1, empty_file 1); ...`."""
-        parts = [f"data: {self.samples} samples"]
+        """One log line, e.g. `data: 98 samples drawn; skipped 2 (truncated 1: a.jpg; empty_file 1: b.png)`."""
+        parts = [f"data: {self.samples} samples drawn"]
+        counts = self.counts
         for kind, label in (("skipped", "skipped"), ("converted", "converted to RGB"),
                             ("caption_dropped", "captions dropped"), ("caption_repaired", "captions repaired")):
-            detail = ", ".join(f"{key.split('/', 1)[1]} {n}" for key, n in sorted(self.counts.items())
-                               if key.startswith(kind + "/"))
+            detail = "; ".join(f"{key.split('/', 1)[1]} {n}: {', '.join(self.examples(key))}{', ...' * (n > EXAMPLES)}"
+                               for key, n in sorted(counts.items()) if key.startswith(kind + "/"))
             if detail:
                 parts.append(f"{label} {self.total(kind)} ({detail})")
         return "; ".join(parts)

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from distill.data.sample import Sample
+from distill.data.sample import CAPTION_KEYS, Sample
 from tipscore.errors import UserError
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -271,6 +271,9 @@ class SceneDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> Sample:
         scene = self.scene(index)
         return Sample(image=scene.image, captions=dict(scene.captions), index=index)
+
+    def caption_counts(self) -> dict[str, int]:
+        return dict.fromkeys(CAPTION_KEYS, self.length)  # every scene has all three granularities
 
     def item_name(self, index: int) -> str:
         return f"{self.split}_{self.seed}_{index:06d}"

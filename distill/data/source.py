@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -15,17 +16,23 @@ from distill.data.clean import (DEFAULT_MAX_CAPTION_CHARS, BadSample, check_max_
 from distill.data.sample import CAPTION_KEYS, Sample
 
 
+def has_text(value: Any) -> bool:
+    """A raw caption value that is there at all (cleaning may still drop it)."""
+    return value is not None and not (isinstance(value, str) and not value.strip())
+
+
 @dataclass
 class RawRecord:
     image: bytes | str | os.PathLike  # encoded bytes or a file path
     captions: dict[str, Any]  # CAPTION_KEYS -> raw value (anything; cleaned later)
 
 
-def clean_record(raw: RawRecord, index: int, max_caption_chars: int, max_image_pixels: int | None) -> Sample:
-    """Raises BadSample when the image is unusable."""
+def clean_record(raw: RawRecord, index: int, name: str, max_caption_chars: int, max_image_pixels: int | None
+                 ) -> Sample:
+    """Raises BadSample when the image is unusable; `name` is the item the sample's events are about."""
     image, image_events = decode_image(raw.image, max_image_pixels)
     captions, caption_events = clean_captions(raw.captions, max_caption_chars)
-    return Sample(image, captions, index, image_events + caption_events)
+    return Sample(image, captions, index, tuple((event, name) for event in image_events + caption_events))
 
 
 # Column names tried, in order, when a granularity's column is not given (HF imagefolder uses `text`).
@@ -67,6 +74,7 @@ class MapSource(Dataset):
 
     name = "source"
     caption_keys: tuple[str, ...] = ()
+    root: Path | None = None  # the directory relative file names are read from
 
     def __init__(self, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS, max_image_pixels: int | None = None):
         if max_caption_chars < 1:
@@ -82,6 +90,10 @@ class MapSource(Dataset):
     def raw(self, index: int) -> RawRecord:
         raise NotImplementedError
 
+    def caption_counts(self) -> dict[str, int]:
+        """Items with a caption of each granularity, before cleaning (no image is read)."""
+        raise NotImplementedError
+
     def image_file(self, index: int) -> str | None:
         """The file item `index` is read from; None when the source holds encoded bytes (or no image)."""
         image = self.raw(index).image
@@ -89,12 +101,25 @@ class MapSource(Dataset):
             return os.fspath(image) or None
         return None
 
+    def item_name(self, index: int, image: bytes | str | os.PathLike | None = None) -> str:
+        """How the logs name item `index` (whose raw image is `image`, when already read): its file,
+        relative to the source's `root`, or its row when the source holds encoded bytes."""
+        if image is None:
+            file = self.image_file(index)
+        else:
+            file = (os.fspath(image) or None) if isinstance(image, (str, os.PathLike)) else None
+        if file is None:
+            return f"row {index}"
+        return os.path.relpath(file, self.root) if self.root is not None else file
+
     def load(self, index: int) -> Sample:
         """Item `index` itself; raises BadSample."""
         if index in self._bad:
             raise BadSample(self._bad[index])
         try:
-            return clean_record(self.raw(index), index, self.max_caption_chars, self.max_image_pixels)
+            raw = self.raw(index)
+            return clean_record(raw, index, self.item_name(index, raw.image), self.max_caption_chars,
+                                self.max_image_pixels)
         except BadSample as exc:
             self._bad[index] = exc.reason
             raise
@@ -103,7 +128,7 @@ class MapSource(Dataset):
         try:
             return self.load(index)
         except BadSample as exc:
-            own = (f"skipped/{exc.reason}",)
+            own = ((f"skipped/{exc.reason}", self.item_name(index)),)
         for candidate in self._after(index):
             try:
                 found = self.load(candidate)

@@ -16,6 +16,7 @@ import re
 import tarfile
 import zlib
 from collections import Counter
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -25,7 +26,7 @@ from tipscore.errors import UserError
 
 from distill.data.augment import keyed_generator
 from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS, BadSample, check_max_image_pixels
-from distill.data.sample import CAPTION_KEYS, Sample
+from distill.data.sample import CAPTION_KEYS, Event, Sample
 from distill.data.source import DEFAULT_COLUMNS, RawRecord, check_caption_columns, clean_record
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff", "gif")
@@ -159,15 +160,20 @@ class WebDatasetSource(IterableDataset):
     def clean(self, index: int, group: dict[str, bytes] | None) -> Sample:
         if group is None:
             raise BadSample("corrupt_shard")
-        return clean_record(group_record(group, self.columns), index, self.max_caption_chars, self.max_image_pixels)
+        return clean_record(group_record(group, self.columns), index, self.item_name(index), self.max_caption_chars,
+                            self.max_image_pixels)
+
+    def item_name(self, index: int) -> str:
+        """`shard.tar#position` of the record `index` (shard << 32 | position)."""
+        return f"{Path(self.shards[index >> 32]).name}#{index & 0xFFFFFFFF}"
 
     def samples(self, groups) -> Iterator[Sample]:
-        pending: list[str] = []  # skips are reported by the next valid sample
+        pending: list[Event] = []  # skips are reported by the next valid sample
         for index, group in groups:
             try:
                 sample = self.clean(index, group)
             except BadSample as exc:
-                pending.append(f"skipped/{exc.reason}")
+                pending.append((f"skipped/{exc.reason}", self.item_name(index)))
                 continue
             sample.events = tuple(pending) + sample.events
             pending = []

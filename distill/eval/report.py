@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from distill.eval.metrics import IGNORE_INDEX, LOWER_IS_BETTER
 from tipscore.atomic import write_atomic
@@ -179,20 +179,22 @@ def depth_panel(image: Image.Image, depth: np.ndarray, pred: np.ndarray, max_dep
     return _viewable(Image.fromarray(np.concatenate([rgb, grey(depth), grey(pred)], axis=1).astype(np.uint8)))
 
 
-def palette(num_classes: int) -> np.ndarray:
-    """(C + 1, 3) uint8 colours, deterministic; the extra last row is black for ignored pixels."""
+def palette(num_classes: int, known: np.ndarray | None = None) -> np.ndarray:
+    """(C + 1, 3) uint8 colours: the dataset's own (`known`, (C, 3)) when it has them, else deterministic
+    random ones; the extra last row is black for ignored pixels."""
     rng = np.random.default_rng(0)
     colours = rng.integers(40, 256, (num_classes + 1, 3)).astype(np.uint8)
+    if known is not None:
+        colours[:num_classes] = known
     colours[-1] = 0
     return colours
 
 
-def label_png(label: np.ndarray, num_classes: int) -> Image.Image:
+def label_png(label: np.ndarray, num_classes: int, known: np.ndarray | None = None) -> Image.Image:
     """A palette PNG whose pixel values are the class indices (readable back with np.asarray)."""
     image = Image.fromarray(label.astype(np.uint8))
-    colours = palette(num_classes)
     flat = np.zeros((256, 3), np.uint8)
-    flat[:num_classes] = colours[:num_classes]
+    flat[:num_classes] = palette(num_classes, known)[:num_classes]
     image.putpalette(flat.reshape(-1).tolist())  # L -> P, indices unchanged
     return image
 
@@ -202,12 +204,42 @@ def _colourise(label: np.ndarray, colours: np.ndarray) -> np.ndarray:
     return colours[index]
 
 
-def overlay_panel(image: Image.Image, label: np.ndarray, pred: np.ndarray, num_classes: int) -> Image.Image:
-    """image | ground truth over image | prediction over image (ignored pixels black in the middle panel)."""
+def overlay_panel(image: Image.Image, label: np.ndarray, pred: np.ndarray, class_names: list[str],
+                  known: np.ndarray | None = None) -> Image.Image:
+    """image | ground truth over image | prediction over image (ignored pixels black in the middle panel),
+    above a legend of the classes either map shows."""
     rgb = np.asarray(image.convert("RGB").resize(label.shape[::-1]), dtype=np.float32)
-    colours = palette(num_classes)
+    colours = palette(len(class_names), known)
     panels = [rgb] + [0.45 * rgb + 0.55 * _colourise(m, colours) for m in (label, pred)]
-    return _viewable(Image.fromarray(np.concatenate(panels, axis=1).clip(0, 255).astype(np.uint8)))
+    top = _viewable(Image.fromarray(np.concatenate(panels, axis=1).clip(0, 255).astype(np.uint8)))
+    shown = sorted(set(np.unique(label).tolist()) | set(np.unique(pred).tolist()))
+    entries = [(class_names[k], tuple(colours[k].tolist())) for k in shown if k != IGNORE_INDEX]
+    if IGNORE_INDEX in shown:
+        entries.append(("ignored", (0, 0, 0)))
+    key = legend(top.width, entries)
+    canvas = Image.new("RGB", (top.width, top.height + key.height), "white")
+    canvas.paste(top, (0, 0))
+    canvas.paste(key, (0, top.height))
+    return canvas
+
+
+def legend(width: int, entries: list[tuple[str, tuple[int, int, int]]]) -> Image.Image:
+    """A white strip `width` wide: a colour swatch and the name of each entry, wrapped onto more rows as needed."""
+    font, pad, box = ImageFont.load_default(), 6, 12
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    placed, x, y = [], pad, pad
+    for name, colour in entries:
+        cell = box + 4 + math.ceil(measure.textlength(name, font=font)) + 2 * pad
+        if x + cell > width and x > pad:
+            x, y = pad, y + box + pad
+        placed.append((x, y, name, colour))
+        x += cell
+    strip = Image.new("RGB", (width, y + box + pad), "white")
+    draw = ImageDraw.Draw(strip)
+    for x, y, name, colour in placed:
+        draw.rectangle((x, y, x + box, y + box), fill=colour, outline=(0, 0, 0))
+        draw.text((x + box + 4, y), name, fill=(0, 0, 0), font=font)
+    return strip
 
 
 def pca_panel(image: Image.Image, patches: torch.Tensor) -> Image.Image:

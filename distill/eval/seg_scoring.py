@@ -52,9 +52,10 @@ class SegScorer:
         if self.things is not None:
             self.things.update(*things_only(scores, sample.label, self.dataset.things))
         if self.save_predictions is not None:
-            save_png(label_png(pred, classes), self.save_predictions / self.name / f"{sample.name}.png")
+            save_png(label_png(pred, classes, self.dataset.colours),
+                     self.save_predictions / self.name / f"{sample.name}.png")
         if self.seen < self.overlays:
-            save_png(overlay_panel(sample.image, sample.label, pred, classes),
+            save_png(overlay_panel(sample.image, sample.label, pred, self.dataset.class_names, self.dataset.colours),
                      self.out_dir / "overlays" / self.name / f"{sample.name}.png")
         if self.seen == 0:
             save_png(pca_panel(TF.to_pil_image(pixels), whole_image_patches(model, pixels, device)),

@@ -44,6 +44,7 @@ class SegDataset(torch.utils.data.Dataset):
     class_names: list[str]
     background: int | None
     things: tuple[int, ...] | None = None
+    colours: np.ndarray | None = None  # (C, 3) uint8: the colour each class is drawn in, when the data has its own
     short_side: int = 448  # the protocol's resize of the shorter image side for this data
     probe: ProbeProtocol = ProbeProtocol()
 

@@ -1,11 +1,11 @@
-"""The built-in procedural scenes (`distill.data.scenes`): texture (stuff) and colour (thing) classes, every
-pixel labelled, as in ADE20K. Evaluation reads the held-out split; the probes train on the train split
+"""The built-in procedural scenes (`distill.data.scenes`): material (stuff) and colour (thing) classes, every
+pixel labelled, as in ADE20K; overlays draw each class in its own colour (a material in its tone). Evaluation reads the held-out split; the probes train on the train split
 (same size and seed, disjoint scenes)."""
 from __future__ import annotations
 
 import numpy as np
 
-from distill.data.scenes import SCENE_CLASSES, THING_CLASSES, SceneDataset
+from distill.data.scenes import COLOURS, MATERIALS, SCENE_CLASSES, THING_CLASSES, SceneDataset
 from distill.eval.readers.base import ProbeProtocol, SegDataset, SegSample
 from tipscore.errors import UserError
 
@@ -24,6 +24,8 @@ class Scenes(SegDataset):
         self.class_names = list(SCENE_CLASSES)
         self.background = None
         self.things = tuple(SCENE_CLASSES.index(name) for name in THING_CLASSES)
+        self.colours = np.array([MATERIALS[name].tone if name in MATERIALS else COLOURS[name] for name in SCENE_CLASSES],
+                                dtype=np.uint8)
         self.name = scenes_name(length, size, seed, split)
         self.short_side = size  # models are evaluated at the scene size they were trained at
         self.probe = scene_probe(size)
