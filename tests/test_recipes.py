@@ -115,7 +115,7 @@ def test_switching_the_source_kind_drops_the_other_kinds_options(tmp_path, caplo
         recipe = load_recipe("micro", [f"data.source=folder:{tmp_path}"])
     assert recipe.data.options == {} and "dropping the recipe's data.options" in caplog.text
     kept = load_recipe("micro", ["data.source=scenes:heldout"])  # same kind: the options stay
-    assert kept.data.options == {"size": 64, "length": 512}
+    assert kept.data.options == {"size": 64, "length": 100000}
     explicit = load_recipe("micro", [f"data.source=folder:{tmp_path}", "data.options={index: captions.csv}"])
     assert explicit.data.options == {"index": "captions.csv"}
 
