@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--pretrain-steps", type=int, default=400,
-                        help="teacher pretraining steps per arm (400: 5 seeds fit in about an hour on 2 cores)")
+                        help="teacher pretraining steps per arm (400: 5 seeds take about two CPU-hours)")
     parser.add_argument("--student-steps", type=int, default=300, help="distillation steps per student (the default job's)")
     parser.add_argument("--limit", type=int, default=256, help="held-out scenes scored per model")
     parser.add_argument("--work", type=Path, help="run directory, reused to continue (default: a temp dir)")
