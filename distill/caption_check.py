@@ -1,7 +1,7 @@
 """Do the run's captions suit the text tower? Measured once at run start on the captions of the first items.
 
 Two ways a first run on one's own captions goes wrong without an error:
-- the tokenizer does not fit them: a tiny vocabulary (the packaged micro teacher's has 171 pieces) splits real
+- the tokenizer does not fit them: a tiny vocabulary (the packaged micro teacher's has 194 pieces) splits real
   captions into single characters, so they run past `max_length` and are cut; a vocabulary of another language
   turns them into `<unk>`;
 - the `short` captions are not alt-text: a folder's `.txt` sidecars holding whole documents become "short"
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 SAMPLE = 256  # items whose captions are measured
 # Non-space characters per token below which words are split into characters: a subword vocabulary keeps common
-# words whole (4-5 characters per token on English captions), the micro teacher's 171 pieces give 1.2-1.5.
+# words whole (4-5 characters per token on English captions), the micro teacher's 194 pieces give 1.2-1.5.
 CHARACTER_LEVEL = 2.0
 MOSTLY = 0.5  # share of captions cut at max_length, or of tokens that are <unk>, that makes a warning
 # Alt-text is a phrase or a sentence. 300 characters is ~50 words, a paragraph, and more than the 64 tokens TIPSv2
