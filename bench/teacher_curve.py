@@ -2,7 +2,7 @@
 `recipes/micro-teacher.yaml` for several step counts (each a full run with its own cosine schedule), and of a
 student distilled from each with the default job's settings; prints one JSON object (with `--out`, also a PNG).
 
-Usage: python bench/teacher_curve.py [--steps 150 300 600 1200] [--seed 0] [--limit 256] [--no-students]
+Usage: python bench/teacher_curve.py [--steps 150 300 600 1200 2400 4800] [--seed 0] [--limit 256] [--no-students]
                                      [--work DIR] [--out bench/results/teacher_curve.json] [--quick]
 A finished run is never redone with the same --work directory.
 """
@@ -45,7 +45,7 @@ def plot_curve(path: Path, result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, nargs="+", default=[150, 300, 600, 1200])
+    parser.add_argument("--steps", type=int, nargs="+", default=[150, 300, 600, 1200, 2400, 4800])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--student-steps", type=int, default=300, help="the default job's (the micro recipe's)")
     parser.add_argument("--limit", type=int, default=256, help="held-out scenes scored per model")

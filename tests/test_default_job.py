@@ -21,7 +21,7 @@ def test_default_job_distils_and_reports_teacher_and_student(tmp_path, capsys):
     teacher, base = report["models"]["teacher"], report["baselines"]
     # The packaged teacher is fixed: its patch-text alignment must beat the trivial predictions.
     assert teacher["miou"] > base["majority_class_miou"] + 5
-    assert teacher["things_pixel_acc"] > 2 * base["chance_things_pixel_acc"]
+    assert teacher["things_pixel_acc"] > base["majority_things_pixel_acc"] + 10
 
 
 def test_default_job_refuses_a_used_run_directory(tmp_path, capsys):
