@@ -25,3 +25,8 @@ class ImageTokens:
 
     def map(self, fn) -> "ImageTokens":
         return ImageTokens(fn(self.cls), fn(self.registers), fn(self.patches))
+
+    @staticmethod
+    def cat(parts: "list[ImageTokens]") -> "ImageTokens":
+        """The tokens of several batches as one batch, in order."""
+        return ImageTokens(*(torch.cat([getattr(p, name) for p in parts]) for name in ("cls", "registers", "patches")))

@@ -79,8 +79,7 @@ def _run_teacher(teacher, dataset, images: range, pre: Preprocessing, k: int, ba
             if len(pixels) == batch_size:
                 flush()
     flush()
-    tokens = ImageTokens(*(torch.cat([getattr(o, name) for o in outs]) for name in ("cls", "registers", "patches")))
-    return torch.stack(crops), tokens
+    return torch.stack(crops), ImageTokens.cat(outs)
 
 
 def _start_or_resume(out: Path, fresh: CacheManifest) -> CacheManifest:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from tipscore.errors import UserError
 
-log = logging.getLogger(__name__)
-
 from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS
 from distill.data.source import MapSource, RawRecord, has_text, pick_columns
+
+log = logging.getLogger(__name__)
 
 
 class HFSource(MapSource):

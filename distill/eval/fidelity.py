@@ -84,10 +84,6 @@ class _Scores:
         return out
 
 
-def target_parts(tokens: ImageTokens) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return tokens.cls, tokens.registers, tokens.patches
-
-
 def _prepare(resolution: int, sample) -> torch.Tensor:
     return square_crop(sample.image, resolution)
 
@@ -111,11 +107,10 @@ def run(models: dict, dataset: str, out_dir: Path, opts: FidelityOptions, load: 
         pixels = torch.stack(pixels).to(device)
         target = teacher.encode_image(pixels)
         if previous is not None:
-            shuffled.compare(ImageTokens(*(torch.cat([p, t[:-1]]) for p, t in zip(previous, target_parts(target)))),
-                             target)
+            shuffled.compare(ImageTokens.cat([previous, target.map(lambda t: t[:-1])]), target)
         else:
             shuffled.compare(target.map(lambda t: t[:-1]), target.map(lambda t: t[1:]))
-        previous = [t[-1:] for t in target_parts(target)]
+        previous = target.map(lambda t: t[-1:])
         for name, student in students.items():
             tokens = teacher_space_tokens(student, pixels)
             if tokens.cls.shape[-1] != target.cls.shape[-1]:

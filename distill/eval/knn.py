@@ -51,16 +51,16 @@ def open_train_val(dataset: str) -> tuple[ImageFolder, ImageFolder]:
 
 
 @torch.inference_mode()
-def embed(model, name: str, folders: ImageFolder, resolution: int, opts: KnnOptions, device: torch.device,
-          counts: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L2-normalised CLS1 embeddings (N, D), class indices (N,)); `counts[name]`: what was scored and skipped."""
+def embed(model, name: str, split: str, folders: ImageFolder, resolution: int, opts: KnnOptions,
+          device: torch.device, counts: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L2-normalised CLS1 embeddings (N, D), class indices (N,)); `counts[split]`: what was scored and skipped."""
     features, targets = [], []
     loader = Batches(folders, opts.batch_size, opts.limit, opts.workers, partial(prepare_item, resolution))
-    for batch in tqdm(loader, desc=f"knn {name}", unit="batch"):
+    for batch in tqdm(loader, desc=f"knn {name} {split}", unit="batch"):
         cls = model.encode_image(torch.stack([pixels for pixels, _ in batch]).to(device)).cls
         features.append(F.normalize(cls.float(), dim=-1).cpu())
         targets.extend(target for _, target in batch)
-    counts[name] = loader.counts()
+    counts[split] = loader.counts()
     return torch.cat(features), torch.tensor(targets)
 
 
@@ -82,8 +82,8 @@ def run(models: dict, dataset: str, out_dir: Path, opts: KnnOptions, load: Model
 
     def evaluate(model, name, device, resolution, _):
         size = patch_multiple(resolution or model.image_size, model.patch_size)
-        bank, bank_labels = embed(model, "train", train, size, opts, device, counts)
-        query, query_labels = embed(model, "val", val, size, opts, device, counts)
+        bank, bank_labels = embed(model, name, "train", train, size, opts, device, counts)
+        query, query_labels = embed(model, name, "val", val, size, opts, device, counts)
         votes = knn_votes(bank, bank_labels, query, opts.k, opts.temperature, classes)
         return {f"top{k}": v for k, v in topk_accuracy(votes, query_labels, KS).items()}
 

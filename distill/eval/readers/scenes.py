@@ -1,6 +1,6 @@
 """The built-in procedural scenes (`distill.data.scenes`): material (stuff) and colour (thing) classes, every
-pixel labelled, as in ADE20K; overlays draw each class in its own colour (a material in its tone). Evaluation reads the held-out split; the probes train on the train split
-(same size and seed, disjoint scenes)."""
+pixel labelled, as in ADE20K; overlays draw each class in its own colour (a material in its tone). Evaluation
+reads the held-out split; the probes train on the train split (same size and seed, disjoint scenes)."""
 from __future__ import annotations
 
 import numpy as np
