@@ -17,23 +17,24 @@ from pathlib import Path
 from distill.config import load_recipe
 from distill.default_job import DEFAULT_OVERRIDES, EVAL_DATASET
 from distill.eval import evaluate
+from distill.eval.models import TEACHER_SPACE
 from distill.run import run_training
 
 SEG_METRICS = ("miou", "things_miou", "pixel_acc")
 RETRIEVAL_METRICS = ("i2t_r1", "t2i_r1")
-# Two-sided 95% quantiles of Student's t distribution by degrees of freedom (any statistics table).
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
-         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
-         20: 2.086, 25: 2.060, 30: 2.042}
+ALPHA = 0.05  # family-wise error rate of all the lab's verdicts together (Holm)
+# An "equal quality" claim is shown when both one-sided tests against +-MARGIN reject (TOST, Schuirmann 1987),
+# Holm-corrected with the rest; the margin is stated here, before any run, in the metrics' points.
+MARGIN = 2.0
 
 
 @dataclass
 class Lab:
     work: Path
-    eval_limit: int  # held-out scenes scored per model
+    eval_limit: int  # scenes scored per model
     quick: list[str] = field(default_factory=list)  # overrides that shrink every run (the --quick smoke test)
     quick_pretrain: list[str] = field(default_factory=list)  # and pretraining runs (the `pretrain:` section)
-    dataset: str = EVAL_DATASET  # held-out scenes
+    dataset: str = EVAL_DATASET  # held-out scenes; `scenes:split=validation` where the lab chooses
     records: dict[str, dict] = field(default_factory=dict)
 
     def __post_init__(self):
@@ -70,15 +71,22 @@ class Lab:
         return self._record({"name": name, "model": str(model), **scores, "seconds": time.perf_counter() - start})
 
     def distill(self, name: str, teacher: str, overrides: list[str]) -> dict:
-        """A student distilled from `teacher` with the default job's settings + overrides, scored zero-shot."""
+        """A student distilled from `teacher` with the default job's settings + overrides, scored zero-shot in its
+        teacher's space."""
         if name in self.records:
             return self.records[name]
         start = time.perf_counter()
-        recipe = load_recipe("micro", [*DEFAULT_OVERRIDES, f"teacher.spec={teacher}", f"student.text_init={teacher}",
-                                       *overrides, *self.quick])
+        recipe = load_recipe("micro", [*DEFAULT_OVERRIDES, f"teacher.spec={teacher}", *overrides, *self.quick])
         student = self._train(recipe, name)
-        scores = self.score(str(student), name, retrieval=False)
+        scores = self.score(f"{student}{TEACHER_SPACE}", name, retrieval=False)
         return self._record({"name": name, "model": str(student), **scores, "seconds": time.perf_counter() - start})
+
+    def teacher(self, spec: str) -> dict:
+        """The teacher the students distil from, scored as they are (no retrieval: they are not scored on it)."""
+        name = f"teacher-{Path(spec).name}"
+        if name in self.records:
+            return self.records[name]
+        return self._record({"name": name, "model": spec, **self.score(spec, name, retrieval=False)})
 
     def score(self, spec: str, name: str, retrieval: bool) -> dict:
         seg = evaluate({"model": spec}, "zeroshot-seg", self.dataset, self.work / f"eval-{name}", quiet=True,
@@ -97,35 +105,67 @@ def summary(values: list[float]) -> dict:
             "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
-def t_quantile(dof: int) -> float:
-    known = [d for d in T_975 if d <= dof]
-    return T_975[max(known)] if known else float("nan")
-
-
 def paired(reference: list[float], other: list[float]) -> dict:
-    """Per-seed differences reference - other, their mean, standard deviation and 95% confidence interval
-    (Student's t, n - 1 degrees of freedom)."""
+    """Per-seed differences reference - other: their mean, standard deviation, 95% confidence interval (Student's
+    t, n - 1 degrees of freedom), the two-sided p-value of "no difference" and the TOST p-value of "a difference
+    inside +-MARGIN"."""
+    from scipy import stats
+
     diffs = [a - b for a, b in zip(reference, other, strict=True)]
-    mean = statistics.fmean(diffs)
-    if len(diffs) < 2:
-        return {"differences": diffs, "mean": mean, "std": 0.0, "ci95": [float("nan"), float("nan")]}
+    mean, n = statistics.fmean(diffs), len(diffs)
+    if n < 2:
+        nan = float("nan")
+        return {"differences": diffs, "mean": mean, "std": 0.0, "ci95": [nan, nan], "p": nan, "p_equal": nan}
     sd = statistics.stdev(diffs)
-    half = t_quantile(len(diffs) - 1) * sd / math.sqrt(len(diffs))
-    return {"differences": diffs, "mean": mean, "std": sd, "ci95": [mean - half, mean + half]}
+    se = sd / math.sqrt(n)
+    half = stats.t.ppf(0.975, n - 1) * se
+    if se == 0:
+        p = 0.0 if mean else 1.0
+        p_equal = 0.0 if abs(mean) < MARGIN else 1.0
+    else:
+        p = float(2 * stats.t.sf(abs(mean) / se, n - 1))
+        p_equal = float(max(stats.t.sf((mean + MARGIN) / se, n - 1), stats.t.cdf((mean - MARGIN) / se, n - 1)))
+    return {"differences": diffs, "mean": mean, "std": sd, "ci95": [mean - half, mean + half], "p": p,
+            "p_equal": p_equal}
 
 
-def verdict(ci: list[float], expect: str) -> str:
-    """expect: 'positive' (reference better), 'equal' (no difference claimed)."""
-    low, high = ci
-    if math.isnan(low):
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (Holm 1979): sorted ascending, p_(i) * (m - i + 1), made monotone;
+    rejecting where the adjusted value is <= ALPHA is Holm's procedure at family-wise level ALPHA."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted, running = [1.0] * m, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def verdict(comparison: dict, expect: str) -> str:
+    """expect: 'positive' (reference better) or 'equal'; comparison holds the Holm-adjusted `p_holm` and, for
+    'equal', `p_equal_holm`."""
+    if math.isnan(comparison["p"]):
         return "too few seeds"
+    different = comparison["p_holm"] <= ALPHA
     if expect == "equal":
-        return "consistent (the CI includes 0)" if low <= 0 <= high else "contradicted (the CI excludes 0)"
-    if low > 0:
-        return "reproduced (the CI is above 0)"
-    if high < 0:
-        return "contradicted (the CI is below 0)"
-    return "not shown (the CI includes 0)"
+        if comparison["p_equal_holm"] <= ALPHA:
+            return f"equal within +-{MARGIN:g} (TOST, Holm)"
+        return "different (Holm)" if different else f"not shown (neither different nor within +-{MARGIN:g})"
+    if different:
+        return "reproduced (Holm)" if comparison["mean"] > 0 else "contradicted (Holm)"
+    return "not shown (Holm)"
+
+
+def with_verdicts(comparisons: list[dict]) -> list[dict]:
+    """Holm over the whole family: every test the lab reports (difference tests, and TOST tests of equal claims)."""
+    tests = [(i, "p") for i in range(len(comparisons))]
+    tests += [(i, "p_equal") for i, c in enumerate(comparisons) if c["expect"] == "equal"]
+    adjusted = holm([comparisons[i][key] if not math.isnan(comparisons[i][key]) else 1.0 for i, key in tests])
+    for (i, key), value in zip(tests, adjusted):
+        comparisons[i][f"{key}_holm"] = value
+    for c in comparisons:
+        c["verdict"] = verdict(c, c["expect"])
+    return comparisons
 
 
 def markdown(rows: list[list[str]], header: list[str]) -> str:

@@ -76,8 +76,11 @@ _TIMM_B = "vit_base_patch14_reg1_tipsv2"
 
 register_student(StudentArch("tipsv2-nano", _small(32, 2, 2, 8, 32), _TIMM_B,
                              "test size: the shapes of the tests' tiny TIPSv2 checkpoints"))
+register_student(StudentArch("tipsv2-pico", _small(48, 3, 3, 8, 64), _TIMM_B,
+                             "CPU size, the default job's student: about 5x fewer vision parameters and FLOPs than "
+                             "the packaged micro teacher"))
 register_student(StudentArch("tipsv2-micro", _small(96, 4, 4, 8, 64), _TIMM_B,
-                             "CPU size: trains in minutes on 64 px images"))
+                             "CPU size (the packaged micro teacher's shape): trains in minutes on 64 px images"))
 register_student(StudentArch("tipsv2-s14", _resized("b14", width=384, heads=6), _TIMM_B,
                              "ViT-S/14 in the TIPSv2 layout (no released TIPSv2 S/14)"))
 register_student(StudentArch("tipsv2-b14", tipsv2_config("b14"), _TIMM_B, "released TIPSv2 B/14 shapes"))

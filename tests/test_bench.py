@@ -25,9 +25,11 @@ def bench(script: str, tmp_path: Path, *args: str) -> dict:
 @pytest.mark.slow
 def test_the_lab_runs_every_arm_and_reports_paired_statistics(tmp_path):
     result = bench("ablation", tmp_path)
-    assert result["setup"]["seeds"] == [0, 1]
+    assert result["setup"]["student_seeds"] == [0, 1] and result["setup"]["pretraining"]["seeds"] == [0, 1]
     assert set(result["arms"]) == {"ibot++", "ibot", "contrastive_only", "full_ema", "short_captions", "all_tokens",
-                                   "masked_tokens", "cls_only", "no_contrastive", "cosine"}
+                                   "masked_tokens", "cls_only", "no_contrastive", "cosine", "teacher"}
+    assert all("p_holm" in c and c["verdict"] for c in result["claims"])
+    assert all("p_equal_holm" in c for c in result["claims"] if c["expect"] == "equal")
     claim = next(c for c in result["claims"] if c["claim"] == "iBOT++ vs iBOT" and c["metric"] == "miou")
     ibot_pp, ibot = result["arms"]["ibot++"]["miou"]["values"], result["arms"]["ibot"]["miou"]["values"]
     assert claim["differences"] == pytest.approx([a - b for a, b in zip(ibot_pp, ibot)])
@@ -50,15 +52,25 @@ def test_the_teacher_curve_runs_and_reuses_finished_runs(tmp_path):
 
 def test_paired_statistics_by_hand():
     sys.path.insert(0, str(ROOT / "bench"))
-    from lab import paired, verdict
+    from lab import MARGIN, holm, paired, with_verdicts
 
     stats = paired([3.0, 5.0, 4.0], [1.0, 2.0, 2.0])  # differences 2, 3, 2: mean 7/3, sd 0.577
     assert stats["differences"] == [2.0, 3.0, 2.0] and stats["mean"] == pytest.approx(7 / 3)
-    half = 4.303 * stats["std"] / 3 ** 0.5  # t(0.975, 2 dof)
-    assert stats["ci95"] == pytest.approx([7 / 3 - half, 7 / 3 + half])
-    assert verdict(stats["ci95"], "positive").startswith("reproduced")
-    assert verdict([-1.0, 2.0], "positive").startswith("not shown")
-    assert verdict([-1.0, 2.0], "equal").startswith("consistent")
+    se = stats["std"] / 3 ** 0.5
+    half = 4.303 * se  # t(0.975, 2 dof) from a table
+    assert stats["ci95"] == pytest.approx([7 / 3 - half, 7 / 3 + half], rel=1e-3)
+    assert stats["p"] == pytest.approx(0.0198, abs=1e-4)  # t = 7 with 2 dof, two-sided
+    # Holm by hand: sorted 0.01, 0.02, 0.04 -> 3 x 0.01, 2 x 0.02, 1 x 0.04 -> 0.03, 0.04, 0.04 (monotone)
+    assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert holm([0.5, 0.01]) == pytest.approx([0.5, 0.02])
+    # An interval far wider than the margin is no evidence of equality; a tight one around 0 is.
+    wide = {"expect": "equal", **paired([0.0, 30.0, -25.0, 10.0], [0.0] * 4)}
+    tight = {"expect": "equal", **paired([0.1, -0.1, 0.2, 0.0, -0.2], [0.0] * 5)}
+    better = {"expect": "positive", **paired([5.0, 5.5, 6.0, 5.2, 5.8], [0.0] * 5)}
+    verdicts = [c["verdict"] for c in with_verdicts([wide, tight, better])]
+    assert verdicts[0].startswith("not shown") and verdicts[1] == f"equal within +-{MARGIN:g} (TOST, Holm)"
+    assert verdicts[2] == "reproduced (Holm)"
+    assert wide["p_holm"] >= wide["p"] and "p_equal_holm" in tight and "p_equal_holm" not in better
 
 
 @pytest.mark.slow

@@ -40,6 +40,19 @@ def test_patch_loss_covers_visible_tokens_only_in_ibot_plus_plus(kind):
     assert {"cls", "register", "patch", "patch_masked", "patch_visible"} <= set(parts)
 
 
+def test_masked_patch_loss_averages_over_masked_images_only():
+    """Half the images unmasked (mask_probability 0.5) must not halve the patch term's weight."""
+    pred, target = tokens(b=4), tokens(b=4, seed=1)
+    mask = torch.zeros(4, 9, dtype=torch.bool)
+    mask[:2, :4] = True  # images 2 and 3 carry no mask
+    _, parts = patch_distill_loss(pred, target, mask, "cosine", PatchDistillWeights(), tokens="masked")
+    per_patch = token_distance(pred.patches, target.patches, "cosine").reshape(4, 9)
+    assert torch.allclose(parts["patch"], per_patch[:2, :4].mean())
+    _, none = patch_distill_loss(pred, target, torch.zeros(4, 9, dtype=torch.bool), "cosine", PatchDistillWeights(),
+                                 tokens="masked")
+    assert none["patch"] == 0
+
+
 def test_patch_loss_values():
     pred, target = tokens(), tokens(seed=1)
     total, parts = patch_distill_loss(pred, target, None, "mse", PatchDistillWeights(cls=2.0, register=0.0, patch=1.0))

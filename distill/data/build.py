@@ -7,7 +7,7 @@ import os
 
 from tipscore.errors import UserError
 
-SPEC_HELP = "folder:PATH, hf:PATH_OR_ID, wds:PATTERN, scenes[:train|heldout] or an existing directory"
+SPEC_HELP = "folder:PATH, hf:PATH_OR_ID, wds:PATTERN, scenes[:train|validation|heldout] or an existing directory"
 # kind -> (module, class); imported on use so `datasets` loads only for hf: specs.
 SOURCES = {
     "folder": ("distill.data.folder", "FolderSource"),

@@ -2,7 +2,8 @@
 with exact per-pixel classes, exact per-pixel depth and captions at three granularities.
 
 This is the data of the embedded default (no download): the micro teacher is pretrained on the train
-split and teacher and students are evaluated on the held-out split.
+split, every choice (teacher step count, recipe settings) is made on the validation split, and teacher and
+students are reported on the held-out split.
 
 Modelled on ADE20K, the paper's benchmark: every pixel belongs to a class that the captions name and
 that looks like something, and no class is a catch-all "background".
@@ -23,8 +24,8 @@ upright billboards standing on the floor: an object at depth Z has its base on t
 and a pixel size of f * (metric size) / Z, so nearer objects are larger and lower. They are painted far
 to near, so the depth map is that of the visible surface, exactly.
 
-Every scene is a pure function of (seed, split, index): the train and held-out splits draw from disjoint
-seed sequences, and the class and depth maps are the very arrays the image is painted through.
+Every scene is a pure function of (seed, split, index): the train, validation and held-out splits draw from
+disjoint seed sequences, and the class and depth maps are the very arrays the image is painted through.
 """
 from __future__ import annotations
 
@@ -64,7 +65,9 @@ MATERIALS: dict[str, Material] = {
 STUFF_CLASSES: tuple[str, ...] = tuple(MATERIALS)
 THING_CLASSES: tuple[str, ...] = tuple(COLOURS)
 SCENE_CLASSES: tuple[str, ...] = (*STUFF_CLASSES, *THING_CLASSES)
-SPLITS = {"train": 0, "heldout": 1}
+# Disjoint seed streams: train for training, validation for every choice (step counts, recipes, the lab's
+# settings), heldout only for the figures reported after the choices are made.
+SPLITS = {"train": 0, "heldout": 1, "validation": 2}
 
 CAMERA_HEIGHT = 1.5  # metres
 _HORIZON = (0.05, 0.2)  # horizon row as a fraction of the image height

@@ -76,7 +76,8 @@ def open_image_set(spec: str, options: dict | None = None):
     """`options`: the data source's options, as a recipe's `data.options` (e.g. `split`, `index`)."""
     kind, _, rest = str(spec).partition(":")
     if kind == "scenes":
-        return SceneDataset("heldout", **parse_options(rest))
+        options = parse_options(rest)
+        return SceneDataset(options.pop("eval_split"), **options)
     source = build_dataset(spec, **(options or {}))
     return source if isinstance(source, IterableDataset) else ScoredAsIs(source)
 

@@ -2,22 +2,76 @@
 
 Every spec goes through `teachers.load_teacher` (hub ids, save_pretrained dirs, .npz pairs, timm names,
 HF encoders, student checkpoints and exported students), so evaluation needs no training state.
+`STUDENT_DIR@teacher` is a student read in its teacher's space: its tokens through its projection heads, and
+the text tower of the teacher it was distilled from. A student narrower than its teacher cannot reuse the
+teacher's text tower at its own width; AM-RADIO (arXiv 2312.06709) reads its students' zero-shot the same way,
+through the adaptor head of the CLIP teacher with that teacher's text encoder.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 
 import torch
 
 import teachers
+from students.checkpoint import is_student_dir, load_student
 from tipscore.errors import UserError
+
+TEACHER_SPACE = "@teacher"
 
 
 def load_model(spec, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     if isinstance(spec, (str, os.PathLike)):
+        if str(spec).endswith(TEACHER_SPACE):
+            return in_teacher_space(str(spec)[: -len(TEACHER_SPACE)], device, dtype)
         return teachers.load_teacher(str(spec), dtype=dtype, device=device)
     return spec
+
+
+class InTeacherSpace:
+    """A student's image tokens in its teacher's space (projection heads) and that teacher's text embeddings."""
+
+    def __init__(self, student, teacher):
+        self.space, self.teacher = student.teacher_space(), teacher
+        self.width, self.patch_size = self.space.width, self.space.patch_size
+        self.image_size, self.num_registers = self.space.image_size, self.space.num_registers
+        self.has_text, self.tokenizer, self.temperature = True, teacher.tokenizer, teacher.temperature
+        # Both halves decide every zero-shot figure: the report's fingerprint names both.
+        self.fingerprint = hashlib.sha256(f"{student.fingerprint}+{teacher.fingerprint}".encode()).hexdigest()
+        self.student = student
+
+    def encode_image(self, pixels: torch.Tensor, value_trick: bool = False):
+        return self.space.encode_image(pixels, value_trick)
+
+    def encode_text(self, texts: list[str]) -> torch.Tensor:
+        return self.teacher.encode_text(texts)
+
+    def parameters(self):
+        return self.student.parameters()
+
+
+def in_teacher_space(directory: str, device, dtype) -> InTeacherSpace:
+    """The teacher is the one the student's metadata names, checked by fingerprint: a packaged or local teacher
+    that changed since the distillation would pair the heads with a text tower they never saw."""
+    form = f"{directory}{TEACHER_SPACE}"
+    if not is_student_dir(directory):
+        raise UserError(f"{form}: {directory!r} is not a student checkpoint; expected DIR{TEACHER_SPACE} with a "
+                        "student.json inside")
+    student = load_student(directory).to(device=device, dtype=dtype).eval()
+    recorded = student.metadata.get("teacher") or {}
+    if student.heads is None or not recorded.get("spec"):
+        raise UserError(f"{form}: the student has no projection heads or no recorded teacher; expected a student "
+                        "written by `tipsdistill distill`")
+    teacher = teachers.load_teacher(recorded["spec"], dtype=dtype, device=device)
+    if recorded.get("fingerprint") and teacher.fingerprint != recorded["fingerprint"]:
+        raise UserError(f"{form}: teacher {recorded['spec']!r} has fingerprint {teacher.fingerprint[:12]}, the "
+                        f"student was distilled from {recorded['fingerprint'][:12]}; expected the same teacher")
+    if not teacher.has_text or teacher.width != student.teacher_width:
+        raise UserError(f"{form}: teacher {recorded['spec']!r} has no text tower of width {student.teacher_width}; "
+                        "expected a TIPSv2-style teacher whose text meets its patch tokens")
+    return InTeacherSpace(student, teacher)
 
 
 def model_device(model) -> torch.device:

@@ -88,7 +88,17 @@ def markdown_table(report: dict) -> str:
     baselines = {k: v for k, v in report.get("baselines", {}).items() if not isinstance(v, _TABLE_SKIPS)}
     if baselines:
         lines += ["", "baselines: " + ", ".join(f"{k} {_cell(v)}" for k, v in baselines.items())]
+    lines += _bootstrap_lines(report.get("bootstrap"))
     return "\n".join(lines)
+
+
+def _bootstrap_lines(bootstrap: dict | None) -> list[str]:
+    """The paired differences' 95% intervals: whether a gap between two columns is more than sampling error."""
+    if not bootstrap or not bootstrap.get("differences"):
+        return []
+    parts = [f"{pair} {metric} {d['difference']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
+             for pair, metrics in bootstrap["differences"].items() for metric, d in metrics.items()]
+    return ["", f"differences, 95% bootstrap intervals over {bootstrap['images']} images: " + "; ".join(parts)]
 
 
 def per_class_tables(report: dict) -> str:

@@ -56,6 +56,7 @@ def evaluate(models: dict, task: str, dataset: str, out_dir, *, device: str | No
         "models": result.models,
         "baselines": result.baselines,
         **({"counts": result.counts} if result.counts else {}),
+        **({"bootstrap": result.bootstrap} if result.bootstrap else {}),
         "sources": {name: {"spec": spec_text(spec), "fingerprint": loader.fingerprints.get(spec_text(spec))}
                     for name, spec in models.items()},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()},

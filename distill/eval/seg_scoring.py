@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torchvision.transforms import functional as TF
 
+from distill.eval.bootstrap import PerImage
 from distill.eval.dense import upsample, whole_image_patches
 from distill.eval.metrics import (IGNORE_INDEX, ConfusionMatrix, per_image_majority, segmentation_baselines,
                                   segmentation_scores, things_scores)
@@ -29,6 +30,13 @@ def things_only(scores: torch.Tensor, label: np.ndarray, things: tuple[int, ...]
     return argmax_labels(scores[list(things)]), lookup[label]
 
 
+def _accumulate(total: ConfusionMatrix, per_image: PerImage, pred, label) -> None:
+    image = ConfusionMatrix(total.num_classes, total.ignore_index)
+    image.update(pred, label)
+    total.matrix += image.matrix
+    per_image.add(image.matrix)
+
+
 @dataclass
 class SegScorer:
     dataset: SegDataset
@@ -41,16 +49,21 @@ class SegScorer:
         classes = len(self.dataset.class_names)
         self.confusion, self.oracle = ConfusionMatrix(classes), ConfusionMatrix(classes)
         self.things = ConfusionMatrix(len(self.dataset.things)) if self.dataset.things else None
+        # for the bootstrap over images: {metric: per-image confusions}
+        self.per_image = {"miou": PerImage(classes)}
+        if self.things is not None:
+            self.per_image["things_miou"] = PerImage(len(self.dataset.things))
         self.seen = 0
 
     def add(self, sample: SegSample, pixels: torch.Tensor, scores: torch.Tensor, model, device) -> None:
         """scores (C, h, w): upsampled bilinearly to the label, argmax."""
         scores = upsample(scores, sample.label.shape)
         pred, classes = argmax_labels(scores), len(self.dataset.class_names)
-        self.confusion.update(pred, sample.label)
+        _accumulate(self.confusion, self.per_image["miou"], pred, sample.label)
         self.oracle.matrix += per_image_majority(sample.label, classes)
         if self.things is not None:
-            self.things.update(*things_only(scores, sample.label, self.dataset.things))
+            _accumulate(self.things, self.per_image["things_miou"],
+                        *things_only(scores, sample.label, self.dataset.things))
         if self.save_predictions is not None:
             save_png(label_png(pred, classes, self.dataset.colours),
                      self.save_predictions / self.name / f"{sample.name}.png")

@@ -118,3 +118,4 @@ class TaskResult:
     models: dict[str, dict] = field(default_factory=dict)
     baselines: dict = field(default_factory=dict)
     counts: dict = field(default_factory=dict)  # images (and texts) scored and skipped, where a task reads files
+    bootstrap: dict = field(default_factory=dict)  # sampling error over images, where a task computes it

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from distill.eval.bootstrap import bootstrap_scores
 from distill.eval.dense import slide_average, to_patch_multiple
 from distill.eval.inputs import Batches, resized_sample
 from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
@@ -115,4 +116,5 @@ def run(models: dict, dataset: str, out_dir: Path, opts: SegOptions, load: Model
         runs = [(resolution, opts.at(resolution)) for resolution in opts.resolutions]
     result = TaskResult(data.name, per_resolution(models, load, runs, evaluate))
     result.baselines = scored[-1].baselines()  # the labels' alone
+    result.bootstrap = bootstrap_scores({s.name: s.per_image for s in scored}, {s.name: s.metrics() for s in scored})
     return result

@@ -48,8 +48,11 @@ def patch_distill_loss(pred: ImageTokens, target: ImageTokens, mask: torch.Tenso
         if mask is None:
             raise ValueError("patch tokens 'masked' needs a student mask (mask_ratio > 0)")
         hidden = mask.to(per_patch.dtype)
-        # Per-image mean over hidden tokens; an image without hidden tokens contributes 0.
-        patch = ((per_patch * hidden).sum(1) / hidden.sum(1).clamp(min=1)).mean()
+        # Per-image mean over hidden tokens, averaged over the images that have some: counting unmasked images
+        # as 0 would weight the patch term by the masking probability, not by loss.patch_weight.
+        masked = hidden.sum(1) > 0
+        per_image = (per_patch * hidden).sum(1) / hidden.sum(1).clamp(min=1)
+        patch = per_image[masked].mean() if masked.any() else (per_patch * 0).sum()
     parts["patch"] = patch.detach()
     total = weights.cls * cls + weights.register * register + weights.patch * patch
     return total, parts

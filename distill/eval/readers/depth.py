@@ -21,8 +21,7 @@ from PIL import Image
 
 from distill.data.scenes import SceneDataset
 from distill.eval.readers.base import ProbeProtocol, open_image, require
-from distill.eval.readers.scenes import SPLITS as SCENE_SPLITS
-from distill.eval.readers.scenes import parse_options, scene_probe, scenes_name
+from distill.eval.readers.scenes import parse_options, scene_probe, scene_split, scenes_name
 from tipscore.errors import UserError
 
 LABELED = "nyu_depth_v2_labeled.mat"
@@ -151,9 +150,10 @@ def _list_entry(root: Path, line: str, lists: Path) -> tuple[Path, Path]:
 class SceneDepth(DepthDataset):
     """The built-in scenes' exact depth (metres along the optical axis; every pixel measured)."""
 
-    def __init__(self, length: int = 256, size: int = 64, seed: int = 0, split: str = "val"):
-        self.scenes = SceneDataset(SCENE_SPLITS[split], size=size, length=length, seed=seed)
-        self.name = scenes_name(length, size, seed, split)
+    def __init__(self, length: int = 256, size: int = 64, seed: int = 0, split: str = "val",
+                 eval_split: str = "heldout"):
+        self.scenes = SceneDataset(scene_split(split, eval_split), size=size, length=length, seed=seed)
+        self.name = scenes_name(length, size, seed, split, eval_split)
         self.probe = scene_probe(size)
         # The heads' cost on a CPU is in the per-pixel bin distributions: fewer bins (0.13 m each over the
         # scenes' 1.5-10 m) and a narrower DPT (the micro models are 96 wide) keep the scenes a matter of seconds.
@@ -169,7 +169,7 @@ class SceneDepth(DepthDataset):
 
 
 _FORMS = (f"nyu:PATH (PATH: {LABELED} or a directory with it and splits.mat, or a directory with "
-          f"{' and '.join(SPLIT_LISTS.values())}) or scenes[:length=N,size=S,seed=K]")
+          f"{' and '.join(SPLIT_LISTS.values())}) or scenes[:length=N,size=S,seed=K,split=heldout|validation]")
 
 
 def open_depth(spec: str, split: str = "val") -> DepthDataset:
