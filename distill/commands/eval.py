@@ -68,6 +68,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
     parser.add_argument("--dtype", choices=list(_DTYPES), default="fp32")
+    parser.add_argument("--no-cost", action="store_true",
+                        help="leave out the cost rows (parameters, GFLOPs/image, images/s, peak memory) and their "
+                             "measurement")
     parser.set_defaults(func=run)
     return parser
 
@@ -96,5 +99,5 @@ def run(args: argparse.Namespace) -> int:
 
     with OutputLock(args.out):  # before any model loads: a busy or unwritable --out fails at once
         evaluate(parse_model_args(args.model), args.task, args.dataset, args.out, device=args.device,
-                 dtype=getattr(torch, _DTYPES[args.dtype]), **task_options(args))
+                 dtype=getattr(torch, _DTYPES[args.dtype]), cost=not args.no_cost, **task_options(args))
     return 0

@@ -32,11 +32,15 @@ def window_boxes(height: int, width: int, window: int | None, stride: int) -> li
             for y in _starts(height, window, stride) for x in _starts(width, window, stride)]
 
 
+def ceil_to_patch(size: int, patch: int) -> int:
+    return math.ceil(size / patch) * patch
+
+
 def to_patch_multiple(pixels: torch.Tensor, patch: int) -> torch.Tensor:
     """Bicubic resize up to the next multiple of the patch size, as the official notebook does (not clamped,
     as there: bicubic overshoots [0,1] a little, which teachers tolerate)."""
     h, w = pixels.shape[-2:]
-    size = (math.ceil(h / patch) * patch, math.ceil(w / patch) * patch)
+    size = (ceil_to_patch(h, patch), ceil_to_patch(w, patch))
     if size == (h, w):
         return pixels
     return F.interpolate(pixels[None], size=size, mode="bicubic", align_corners=False)[0]
@@ -78,6 +82,11 @@ def slide_average(images: list[torch.Tensor], window_maps: Callable[[torch.Tenso
                 sums[i][:, y0:y1, x0:x1] += maps
                 counts[i][y0:y1, x0:x1] += 1
     return [s / c for s, c in zip(sums, counts)]
+
+
+def window_side(model, _, protocol) -> int:
+    """`per_resolution`'s input side for the probes: their windows are the crop, the image's short side."""
+    return ceil_to_patch(protocol.size, model.patch_size)
 
 
 def whole_image_patches(model, pixels: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -29,7 +29,7 @@ from transformers import Tipsv2DptConfig
 from transformers.models.tipsv2_dpt.modeling_tipsv2_dpt import (Tipsv2DptDecoder, Tipsv2DptFeaturesToDepth,
                                                                 Tipsv2DptNeck, Tipsv2DptPreTrainedModel)
 
-from distill.eval.dense import upsample, whole_image_patches
+from distill.eval.dense import upsample, whole_image_patches, window_side
 from distill.eval.inputs import Batches, resized_sample
 from distill.eval.metrics import DepthMeter
 from distill.eval.probe import (FeatureStore, Features, LinearHead, ProbeOptions, extract_training_set,
@@ -217,7 +217,7 @@ def run(models: dict, dataset: str, out_dir: Path, opts: DepthOptions, load: Mod
         return score(model, trained, tagged(name, resolution), device, val, protocol, opts, out_dir,
                      baseline if first else None)
 
-    result = TaskResult(val.name, per_resolution(models, load, opts.runs(val.probe), evaluate))
+    result = TaskResult(val.name, per_resolution(models, load, opts.runs(val.probe), evaluate, window_side))
     constant = {f"train_mean_{k}": v for k, v in baseline.result().items()}
     result.baselines = {"train_mean_depth": train_means[0], **constant}
     return result

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torchvision.transforms import functional as TF
 from tqdm.auto import tqdm
 
-from distill.eval.inputs import Batches, open_image_set, patch_multiple, square_crop
+from distill.eval.inputs import Batches, open_image_set, patch_multiple, square_crop, square_side
 from distill.eval.metrics import LinearCKA
 from distill.eval.report import pca_panel, save_png
 from distill.eval.task import ModelLoader, TaskResult, check_positive
@@ -97,7 +97,7 @@ def run(models: dict, dataset: str, out_dir: Path, opts: FidelityOptions, load: 
         raise UserError("fidelity compares models with a reference; expected at least two --model")
     teacher, device = load(models[reference])
     students = {name: load.student(spec) for name, spec in models.items() if name != reference}
-    resolution = patch_multiple(opts.resolution or teacher.image_size, teacher.patch_size)
+    resolution = square_side(opts.resolution, teacher)
     images = open_image_set(dataset, opts.data_options)
     scores = {name: _Scores() for name in students}
     shuffled, previous = _Scores(), None
@@ -122,6 +122,8 @@ def run(models: dict, dataset: str, out_dir: Path, opts: FidelityOptions, load: 
         if first:
             save_png(pca_panel(TF.to_pil_image(pixels[0].cpu()), target.patches[0]), out_dir / "pca" / f"{reference}.png")
             first = False
+    for name, model in {reference: teacher, **students}.items():
+        load.measure(name, model, resolution)
     result = TaskResult(str(dataset), {name: s.result() for name, s in scores.items()}, counts=loader.counts())
     result.baselines = {f"shuffled_{k}": v for k, v in shuffled.result().items()} if shuffled.counts else {}
     result.baselines["reference"] = reference

@@ -44,6 +44,11 @@ def patch_multiple(size: int, patch: int) -> int:
     return max(patch, size // patch * patch)
 
 
+def square_side(resolution: int | None, model) -> int:
+    """The side of the square crops a model sees: `resolution` (None: its native size), down to a patch multiple."""
+    return patch_multiple(resolution or model.image_size, model.patch_size)
+
+
 @dataclass(frozen=True)
 class Unusable:
     """An image that could not be read: skipped, counted and named in the report."""

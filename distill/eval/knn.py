@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torchvision.datasets import ImageFolder
 from tqdm.auto import tqdm
 
-from distill.eval.inputs import Batches, patch_multiple
+from distill.eval.inputs import Batches, square_side
 from distill.eval.metrics import topk_accuracy
 from distill.eval.task import (ModelLoader, TaskResult, check_positive, check_positive_number, parse_resolutions,
                                per_resolution)
@@ -80,15 +80,18 @@ def run(models: dict, dataset: str, out_dir: Path, opts: KnnOptions, load: Model
     train, val = open_train_val(dataset)
     classes, counts = len(train.classes), {}
 
+    def side(model, resolution, _):
+        return square_side(resolution, model)
+
     def evaluate(model, name, device, resolution, _):
-        size = patch_multiple(resolution or model.image_size, model.patch_size)
+        size = side(model, resolution, None)
         bank, bank_labels = embed(model, name, "train", train, size, opts, device, counts)
         query, query_labels = embed(model, name, "val", val, size, opts, device, counts)
         votes = knn_votes(bank, bank_labels, query, opts.k, opts.temperature, classes)
         return {f"top{k}": v for k, v in topk_accuracy(votes, query_labels, KS).items()}
 
     runs = [(r, None) for r in opts.resolutions] if opts.resolutions else [(None, None)]
-    result = TaskResult(f"folder:{Path(train.root).parent}", per_resolution(models, load, runs, evaluate),
+    result = TaskResult(f"folder:{Path(train.root).parent}", per_resolution(models, load, runs, evaluate, side),
                         counts=counts)
     result.baselines = {f"chance_top{k}": 100.0 * min(k, classes) / classes for k in KS}
     return result

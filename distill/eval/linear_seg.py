@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from distill.eval.dense import window_side
 from distill.eval.inputs import Batches, resized_sample
 from distill.eval.metrics import IGNORE_INDEX
 from distill.eval.probe import (FeatureStore, LinearHead, ProbeOptions, extract_training_set, patch_features, predict,
@@ -70,6 +71,6 @@ def run(models: dict, dataset: str, out_dir: Path, opts: ProbeOptions, load: Mod
         scored.append(score(model, head, tagged(name, resolution), device, val, protocol, opts, out_dir))
         return scored[-1].metrics()
 
-    result = TaskResult(val.name, per_resolution(models, load, opts.runs(val.probe), evaluate))
+    result = TaskResult(val.name, per_resolution(models, load, opts.runs(val.probe), evaluate, window_side))
     result.baselines = scored[-1].baselines()  # the labels' alone, which every evaluation saw alike
     return result

@@ -51,23 +51,67 @@ def _cell(value) -> str:
     return f"{value:.2f}" if isinstance(value, float) else str(value)
 
 
+def _cost_cell(value) -> str:
+    """Micro models cost hundredths of a GFLOP and of a million parameters: 3 significant digits below 1."""
+    if isinstance(value, float) and 0 < abs(value) < 1:
+        return f"{value:.3g}"
+    return _cell(value)
+
+
 def _best(label: str, numbers: list) -> float:
     """Depth errors (`rmse`, `rmse@448`) are best when lowest, every other metric when highest."""
     return min(numbers) if label.partition("@")[0] in LOWER_IS_BETTER else max(numbers)
 
 
-def _table(header: str, names: list[str], rows: dict[str, list]) -> list[str]:
-    """Markdown rows, one column per model; with several models the best value of a row is bold, when one model
-    alone reaches it (a tie bolds nothing)."""
-    lines = [f"| {header} | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"]
+def _cheapest(label: str, numbers: list) -> float | None:
+    """Cost rows: the most images/s, the fewest parameters, GFLOPs and MiB; the input side is no contest."""
+    if label.startswith("input"):
+        return None
+    return max(numbers) if label.startswith("images/s") else min(numbers)
+
+
+def _rows(names: list[str], rows: dict[str, list], best=_best, cell=_cell) -> list[str]:
+    """Markdown rows, one column per model; with several models the best value of a row (`best(label, numbers)`)
+    is bold, when one model alone reaches it (a tie bolds nothing)."""
+    lines = []
     for label, values in rows.items():
         numbers = [v for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
-        best = _best(label, numbers) if len(names) > 1 and numbers else None
-        if best is not None and numbers.count(best) > 1:
-            best = None
-        cells = [f"**{_cell(v)}**" if best is not None and v == best else _cell(v) for v in values]
+        top = best(label, numbers) if len(names) > 1 and numbers else None
+        if top is not None and numbers.count(top) > 1:
+            top = None
+        cells = [f"**{cell(v)}**" if top is not None and v == top else cell(v) for v in values]
         lines.append(f"| {label} | {' | '.join(cells)} |")
     return lines
+
+
+def _table(header: str, names: list[str], rows: dict[str, list]) -> list[str]:
+    return [f"| {header} | {' | '.join(names)} |", "|---" * (len(names) + 1) + "|"] + _rows(names, rows)
+
+
+def _millions(count: int | None) -> float | None:
+    return None if count is None else count / 1e6
+
+
+def cost_rows(names: list[str], costs: dict) -> dict[str, list]:
+    """The cost of each model as table rows; the input side gets a row of its own only when models differ."""
+    measured = [costs.get(name, {}) for name in names]
+    sides = {c.get("resolution") for c in measured}
+    at = f" @{sides.pop()}" if len(sides) == 1 else ""
+    rows = {"vision params (M)": [_millions(c.get("vision_params")) for c in measured],
+            "text params (M)": [_millions(c.get("text_params")) for c in measured]}
+    if not at:
+        rows["input side (px)"] = [c.get("resolution") for c in measured]
+    batch = next((c["batch_size"] for c in measured if "batch_size" in c), "?")
+    rows[f"GFLOPs/image{at}"] = [c.get("gflops_per_image") for c in measured]
+    rows[f"images/s @batch {batch}"] = [c.get("images_per_s") for c in measured]
+    rows["peak MiB"] = [c.get("peak_memory_mib") for c in measured]
+    return rows
+
+
+def _cost_note(costs: dict) -> str:
+    first = next(iter(costs.values()))
+    return (f"cost: {first['device']}, {first['threads']} threads, batch {first['batch_size']}; "
+            f"peak memory: {first['peak_memory_method']}")
 
 
 def _by_metric(keys) -> list[str]:
@@ -78,16 +122,26 @@ def _by_metric(keys) -> list[str]:
     return sorted(keys, key=lambda k: bases.index(k.partition("@")[0]))
 
 
+def _scalar_metrics(report: dict) -> list[str]:
+    scores = list(report["models"].values())
+    return [m for m in _by_metric(k for v in scores for k in v)
+            if not any(isinstance(v.get(m), _TABLE_SKIPS) for v in scores)]
+
+
 def markdown_table(report: dict) -> str:
-    """Scalar metrics side by side (bold: the highest, the lowest for depth errors), then the baselines."""
+    """Scalar metrics side by side (bold: the highest, the lowest for depth errors), the cost rows under them
+    when measured (bold: the cheapest, the fastest), then the baselines and how the cost was measured."""
     names = list(report["models"])
     scores = [report["models"][n] for n in names]
-    metrics = [m for m in _by_metric(k for v in scores for k in v)
-               if not any(isinstance(v.get(m), _TABLE_SKIPS) for v in scores)]
-    lines = _table("metric", names, {m: [v.get(m) for v in scores] for m in metrics})
+    lines = _table("metric", names, {m: [v.get(m) for v in scores] for m in _scalar_metrics(report)})
+    costs = report.get("cost")
+    if costs:
+        lines += _rows(names, cost_rows(names, costs), _cheapest, _cost_cell)
     baselines = {k: v for k, v in report.get("baselines", {}).items() if not isinstance(v, _TABLE_SKIPS)}
     if baselines:
         lines += ["", "baselines: " + ", ".join(f"{k} {_cell(v)}" for k, v in baselines.items())]
+    if costs:
+        lines += ["", _cost_note(costs)]
     lines += _bootstrap_lines(report.get("bootstrap"))
     return "\n".join(lines)
 
@@ -161,12 +215,53 @@ def card_sections(reports: list[dict], fingerprint: str | None) -> list[str]:
     return sections
 
 
+def tradeoff_points(report: dict) -> tuple[str, list[tuple[str, float, float]]]:
+    """(the task's main metric: its first scalar one, e.g. miou; [(model, images/s, metric)]), the metric taken
+    at the resolution the cost was measured at (`miou@448`) when several were evaluated."""
+    metrics = _scalar_metrics(report)
+    main = metrics[0].partition("@")[0] if metrics else ""
+    points = []
+    for name, scores in report["models"].items():
+        cost = report.get("cost", {}).get(name, {})
+        value = scores.get(f"{main}@{cost.get('resolution')}", scores.get(main))
+        if isinstance(value, (int, float)) and isinstance(cost.get("images_per_s"), (int, float)):
+            points.append((name, cost["images_per_s"], value))
+    return main, points
+
+
+QUALITY_VS_THROUGHPUT = "quality_vs_throughput.png"
+
+
+def write_tradeoff_png(path: Path, report: dict) -> None:
+    """The main metric against images/s, one labelled point per model, when two or more have both.
+    matplotlib is optional (the `test` and `bench` extras): without it there is no plot."""
+    metric, points = tradeoff_points(report)
+    if len(points) < 2:
+        return
+    try:
+        from matplotlib.figure import Figure  # no pyplot: no global backend or figure state to disturb
+    except ImportError:
+        return
+    cost = report["cost"][points[0][0]]
+    figure = Figure(figsize=(5, 4), layout="constrained")
+    axes = figure.add_subplot()
+    axes.scatter([x for _, x, _ in points], [y for _, _, y in points])
+    for name, x, y in points:
+        axes.annotate(name, (x, y), textcoords="offset points", xytext=(4, 4))
+    axes.set_xlabel(f"images/s (batch {cost['batch_size']}, {cost['device']}, {cost['threads']} threads)")
+    axes.set_ylabel(metric)
+    axes.set_title(f"{report['task']} on {report['dataset']}", fontsize="medium")
+    write_atomic(path, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+
+
 def write_report(out_dir: Path, report: dict) -> str:
-    """report.json + report.md; returns the summary table (without the per-class tables)."""
+    """report.json + report.md (+ the quality-vs-throughput plot); returns the summary table (without the
+    per-class tables)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     table = f"{report['task']} on {report['dataset']}\n\n{markdown_table(report)}\n"
     details = per_class_tables(report)
     write_text(out_dir / "report.md", table + (f"\n{details}\n" if details else ""))
+    write_tradeoff_png(out_dir / QUALITY_VS_THROUGHPUT, report)
     write_json(out_dir / "report.json", report)  # last: its presence means the run finished
     return table
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from distill.data.sample import CAPTION_KEYS
-from distill.eval.inputs import Batches, open_image_set, patch_multiple, square_crop
+from distill.eval.inputs import Batches, open_image_set, square_crop, square_side
 from distill.eval.metrics import recall_at_k
 from distill.eval.task import ModelLoader, TaskResult, check_positive
 from tipscore.errors import UserError
@@ -58,7 +58,7 @@ def evaluate_model(model, name: str, images, opts: RetrievalOptions, device: tor
     """(recalls, the image x text positive matrix, what was scored and skipped)."""
     if not getattr(model, "has_text", True):
         raise UserError(f"model {name} has no text tower; retrieval needs one")
-    resolution = patch_multiple(opts.resolution or model.image_size, model.patch_size)
+    resolution = square_side(opts.resolution, model)
     loader = Batches(images, opts.batch_size, opts.limit, opts.workers, partial(_prepare, resolution, opts.caption_keys))
     image_embeddings, captions = [], []
     for batch in tqdm(loader, desc=f"retrieval {name}", unit="batch"):
@@ -113,6 +113,7 @@ def run(models: dict, dataset: str, out_dir: Path, opts: RetrievalOptions, load:
     for name, spec in models.items():
         model, device = load(spec)
         result.models[name], positives, result.counts = evaluate_model(model, name, images, opts, device)
+        load.measure(name, model, square_side(opts.resolution, model))
         del model  # free it before the next model loads
     result.baselines = {f"random_{k}": v for k, v in expected_random_recalls(positives).items()}
     return result

@@ -33,12 +33,13 @@ def _task_options(task: str, options: dict):
 
 
 def evaluate(models: dict, task: str, dataset: str, out_dir, *, device: str | None = None,
-             dtype: torch.dtype = torch.float32, quiet: bool = False, **options) -> dict:
+             dtype: torch.dtype = torch.float32, quiet: bool = False, cost: bool = True, **options) -> dict:
     """Evaluate `models` ({name: spec or loaded model}) on `task` and write `out_dir/report.json`.
 
     Returns the report: {"task", "dataset", "models": {name: {metric: value}}, "baselines",
-    "sources": {name: {"spec", "fingerprint"}}, "options"}. Models are loaded one at a time (fidelity: all
-    at once), so a giant teacher and its students need not fit in memory together.
+    "sources": {name: {"spec", "fingerprint"}}, "options", "cost": {name: distill.eval.cost.model_cost}}.
+    Models are loaded one at a time (fidelity: all at once), so a giant teacher and its students need not fit
+    in memory together; `cost=False` leaves out the cost (parameters, GFLOPs, images/s, peak memory).
     Options are the fields of the task's options dataclass (e.g. `SegOptions`).
     """
     if task not in TASKS:
@@ -48,7 +49,7 @@ def evaluate(models: dict, task: str, dataset: str, out_dir, *, device: str | No
     opts = _task_options(task, options)
     device = resolve_device(device)
     out_dir = Path(out_dir)
-    loader = ModelLoader(device, dtype)
+    loader = ModelLoader(device, dtype, costs={} if cost else None)
     result = TASKS[task][0](dict(models), dataset, out_dir, opts, loader)
     report = json_safe({
         "task": task,
@@ -60,6 +61,7 @@ def evaluate(models: dict, task: str, dataset: str, out_dir, *, device: str | No
         "sources": {name: {"spec": spec_text(spec), "fingerprint": loader.fingerprints.get(spec_text(spec))}
                     for name, spec in models.items()},
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in dataclasses.asdict(opts).items()},
+        **({"cost": loader.costs} if cost else {}),
     })
     table = write_report(out_dir, report)
     if not quiet:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from distill.eval.cost import model_cost
 from distill.eval.models import load_model, model_device
 from students.checkpoint import is_student_dir, load_student
 from tipscore.errors import UserError
@@ -58,16 +59,19 @@ def tagged(name: str, resolution: int | None) -> str:
     return name if resolution is None else f"{name}@{resolution}"
 
 
-def per_resolution(models: dict, load: "ModelLoader", runs: list, evaluate) -> dict[str, dict]:
+def per_resolution(models: dict, load: "ModelLoader", runs: list, evaluate, side) -> dict[str, dict]:
     """{name: metrics}: each model loaded in turn (and freed before the next, so a giant teacher and its
     students need not fit in memory together), then `evaluate(model, name, device, resolution, setting)`
-    for each (resolution, setting) of `runs`, the metric keys suffixed `@RES` when resolution is not None."""
+    for each (resolution, setting) of `runs`, the metric keys suffixed `@RES` when resolution is not None.
+    `side(model, resolution, setting)` is the side of the square inputs the model saw; its cost is measured
+    once, at the largest, after the evaluations (which some tests watch from their first call)."""
     scores: dict[str, dict] = {}
     for name, spec in models.items():
         model, device = load(spec)
         scores[name] = {}
         for resolution, setting in runs:
             scores[name].update(at_resolution(evaluate(model, name, device, resolution, setting), resolution))
+        load.measure(name, model, max(side(model, resolution, setting) for resolution, setting in runs))
         del model
     return scores
 
@@ -90,6 +94,8 @@ class ModelLoader:
     dtype: torch.dtype = torch.float32
     # spec -> fingerprint of what it loaded, so the report says which weights produced each column
     fingerprints: dict[str, str | None] = field(default_factory=dict)
+    # name -> `model_cost` of each model, measured while it is loaded; None: not measured (`cost=False`)
+    costs: dict[str, dict] | None = None
 
     def __call__(self, spec):
         """(model, the device its inputs go to); specs are loaded only when their turn comes."""
@@ -102,6 +108,11 @@ class ModelLoader:
             student = load_student(spec).to(device=self.device, dtype=self.dtype).eval()
             return self._remember(spec, student.teacher_space())
         return self._remember(spec, load_model(spec, device=self.device, dtype=self.dtype))
+
+    def measure(self, name: str, model, side: int) -> None:
+        """The cost of `model` at square inputs of `side` px on its own device, unless costs are off."""
+        if self.costs is not None:
+            self.costs[name] = model_cost(model, side, model_device(model))
 
     def _remember(self, spec, model):
         self.fingerprints[spec_text(spec)] = getattr(model, "fingerprint", None)

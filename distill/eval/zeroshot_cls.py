@@ -15,7 +15,7 @@ from PIL import Image
 from torchvision.datasets import ImageFolder
 from tqdm.auto import tqdm
 
-from distill.eval.inputs import DECODE_ERRORS, Batches, Unusable, patch_multiple, square_crop
+from distill.eval.inputs import DECODE_ERRORS, Batches, Unusable, square_crop, square_side
 from distill.eval.metrics import topk_accuracy
 from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
 from distill.eval.task import ModelLoader, TaskResult, check_positive
@@ -63,7 +63,7 @@ def evaluate_model(model, name: str, folders: ImageFolder, opts: ClsOptions, dev
     if not getattr(model, "has_text", True):
         raise UserError(f"model {name} has no text tower; zero-shot classification needs one")
     text = class_embeddings(model, folders.classes, opts.templates).to(device)
-    resolution = patch_multiple(opts.resolution or model.image_size, model.patch_size)
+    resolution = square_side(opts.resolution, model)
     logits, targets = [], []
     loader = Batches(folders, opts.batch_size, opts.limit, opts.workers, partial(prepare_item, resolution))
     for batch in tqdm(loader, desc=f"zeroshot-cls {name}", unit="batch"):
@@ -80,6 +80,7 @@ def run(models: dict, dataset: str, out_dir: Path, opts: ClsOptions, load: Model
     for name, spec in models.items():
         model, device = load(spec)
         result.models[name], result.counts = evaluate_model(model, name, folders, opts, device)
+        load.measure(name, model, square_side(opts.resolution, model))
         del model  # free it before the next model loads
     n = len(folders.classes)
     result.baselines = {f"chance_top{k}": 100.0 * min(k, n) / n for k in KS}

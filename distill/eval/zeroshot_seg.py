@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from distill.eval.bootstrap import bootstrap_scores
-from distill.eval.dense import slide_average, to_patch_multiple
+from distill.eval.dense import ceil_to_patch, slide_average, to_patch_multiple
 from distill.eval.inputs import Batches, resized_sample
 from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
 from distill.eval.readers import SegDataset, open_segmentation
@@ -62,6 +62,11 @@ class SegOptions:
             return replace(self, short_side=resolution, resolutions=None)
         stride = max(1, round(resolution * self.stride / self.window))
         return replace(self, short_side=resolution, window=resolution, stride=stride, resolutions=None)
+
+
+def input_side(model, _, opts: SegOptions) -> int:
+    """The side the model sees: the window (an image smaller than it is one window), else the short side."""
+    return ceil_to_patch(min(opts.window or opts.short_side, opts.short_side), model.patch_size)
 
 
 def _cosine_maps(model, pixels: torch.Tensor, text: torch.Tensor, value_trick: bool) -> torch.Tensor:
@@ -114,7 +119,7 @@ def run(models: dict, dataset: str, out_dir: Path, opts: SegOptions, load: Model
         runs = [(None, opts)]
     else:
         runs = [(resolution, opts.at(resolution)) for resolution in opts.resolutions]
-    result = TaskResult(data.name, per_resolution(models, load, runs, evaluate))
+    result = TaskResult(data.name, per_resolution(models, load, runs, evaluate, input_side))
     result.baselines = scored[-1].baselines()  # the labels' alone
     result.bootstrap = bootstrap_scores({s.name: s.per_image for s in scored}, {s.name: s.metrics() for s in scored})
     return result
