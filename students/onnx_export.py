@@ -76,8 +76,8 @@ class _TextGraph(nn.Module):
 
 def _resize_antialias(g, pixels, output_size, align_corners, scale_factors):
     """ONNX symbolic for aten::_upsample_bilinear2d_aa (size given, align_corners=False: what transformers calls)."""
-    shape = g.op("Shape", pixels)
-    leading = g.op("Slice", shape, g.op("Constant", value_t=torch.tensor([0])), g.op("Constant", value_t=torch.tensor([2])))
+    start, stop = g.op("Constant", value_t=torch.tensor([0])), g.op("Constant", value_t=torch.tensor([2]))
+    leading = g.op("Slice", g.op("Shape", pixels), start, stop)  # batch, channels
     sizes = g.op("Concat", leading, g.op("Cast", output_size, to_i=7), axis_i=0)  # 7: INT64
     empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
     return g.op("Resize", pixels, empty, empty, sizes, antialias_i=1, exclude_outside_i=1,

@@ -128,3 +128,22 @@ def test_parity_failure_writes_nothing(checkpoint, tmp_path, monkeypatch, capsys
     err = capsys.readouterr().err
     assert "vision.onnx: onnxruntime differs from PyTorch" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_vision_only_student_exports_without_text_graph(tmp_path, capsys):
+    students.build_student("tipsv2-nano", text=False).save(tmp_path / "ckpt")
+    assert _export(tmp_path / "ckpt", tmp_path / "out") == 0
+    assert "no text.onnx" in capsys.readouterr().out
+    assert not (tmp_path / "out" / "text.onnx").exists()
+    model = load_teacher(f"onnx:{tmp_path / 'out'}")
+    assert not model.has_text and model.encode_image(torch.rand(2, 3, 32, 32)).patches.shape == (2, 4, 4, 32)
+
+
+def test_missing_onnxruntime_is_a_one_line_error(checkpoint, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` then raises ImportError
+    assert _export(checkpoint, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "tipsdistill[onnx]" in err and "onnxruntime is missing" in err and len(err.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no output, no temp left beside it
