@@ -1,4 +1,5 @@
-"""Export a student checkpoint to the formats users load: transformers (`hf`), timm, official `.npz`.
+"""Export a student checkpoint to the formats users load: transformers (`hf`), timm, official `.npz`, ONNX
+(`students.onnx_export`, optionally int8-quantised).
 
 Every export is built in a temp dir beside `out` and renamed into place at the end, so a failure
 leaves nothing half-written, and an existing non-empty `out` is only replaced with `overwrite`.
@@ -24,11 +25,12 @@ from students.checkpoint import load_student
 from students.heads import ProjectionHeads
 from students.model import Student
 from students.model_card import model_card
+from students.onnx_export import QUANTIZATIONS, export_onnx
 from students.zoo import get_arch
 from tipscore.errors import UserError
 from teachers.official_npz import HEADS_FILE, official_from_tipsv2, write_npz
 
-FORMATS = ("hf", "timm", "npz")
+FORMATS = ("hf", "timm", "npz", "onnx")
 HEADS_WEIGHTS = "teacher_space_heads.safetensors"
 HEADS_MANIFEST = "teacher_space_heads.json"
 TIMM_WEIGHTS = "model.safetensors"
@@ -53,10 +55,15 @@ def export_student(
     with_heads: bool = False,
     overwrite: bool = False,
     evaluation: list[str] = (),
+    quantize: str | None = None,
 ) -> ExportResult:
-    """`evaluation`: markdown sections for the model card (`distill.eval.report.card_sections`)."""
+    """`evaluation`: markdown sections for the model card (`distill.eval.report.card_sections`);
+    `quantize`: "int8" (onnx only)."""
     if fmt not in FORMATS:
         raise UserError(f"export format {fmt!r} is unknown; expected one of {', '.join(FORMATS)}")
+    if quantize is not None and (fmt != "onnx" or quantize not in QUANTIZATIONS):
+        raise UserError(f"--quantize {quantize} with --format {fmt}; expected --format onnx and one of "
+                        f"{', '.join(QUANTIZATIONS)}")
     if Path(out).resolve() == Path(checkpoint).resolve():
         raise UserError(f"--out {out} is the checkpoint itself; expected another directory")
     student = load_student(checkpoint)
@@ -64,7 +71,10 @@ def export_student(
         raise UserError(f"--with-heads: {checkpoint} has no projection heads (built without teacher_width)")
     student.eval()
     with atomic_directory(out, overwrite=overwrite) as tmp:
-        notes = _EXPORTERS[fmt](student, tmp, list(evaluation))
+        if fmt == "onnx":  # the heads go into its vision graphs (and beside them, as in every format)
+            notes = export_onnx(student, tmp, list(evaluation), with_heads=with_heads, quantize=quantize)
+        else:
+            notes = _EXPORTERS[fmt](student, tmp, list(evaluation))
         if with_heads:
             _write_heads(student.heads, tmp)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())

@@ -48,7 +48,7 @@ def model_card(student: Student, evaluation: list[str], fmt: str, usage: str) ->
     v = student.vision.config
     meta = student.metadata
     lines = [
-        "---", "library_name: " + ("transformers" if fmt == "transformers" else "timm" if fmt == "timm" else "tips"),
+        "---", "library_name: " + (fmt if fmt in ("transformers", "timm", "onnx") else "tips"),
         "license: apache-2.0", "tags: [tipsv2, tipsdistill, distillation, vision-language]", "---", "",
         f"# {student.name} (tipsdistill student, {fmt} format)", "",
         f"A TIPSv2 student distilled with tipsdistill. Vision: width {v.hidden_size}, depth {v.num_hidden_layers}, "

@@ -6,6 +6,7 @@ Spec forms:
   DIR with *_vision.npz [*_text.npz tokenizer.model]   the same, found in a directory
   timm:NAME[,checkpoint=PATH][,KEY=VALUE...]    timm ViT, vision only
   DIR with student.json                         a tipsdistill student checkpoint
+  onnx:DIR                                      a student exported with --format onnx, run by onnxruntime
   micro                                         the packaged micro TIPSv2 teacher (a local directory named
                                                 `micro` is `./micro`)
 `KEY=VALUE` items in a spec and keyword options are the same thing (options win).
@@ -21,7 +22,7 @@ from transformers import AutoConfig
 
 from teachers.base import Teacher
 from tipscore.errors import UserError
-from teachers.sources import hf_encoder, hf_tipsv2, official, student, timm_source
+from teachers.sources import hf_encoder, hf_tipsv2, official, onnx_source, student, timm_source
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 # Teachers shipped inside the package, by name: the embedded default's micro TIPSv2 teacher (pretrained by
@@ -30,7 +31,7 @@ PACKAGED = {"micro": Path(__file__).resolve().parent / "assets" / "micro_teacher
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 _FORMS = ("micro, a save_pretrained directory or hub id, npz:VISION.npz[,TEXT.npz], a directory with *_vision.npz, "
-          "timm:NAME[,checkpoint=PATH] or a student checkpoint directory")
+          "timm:NAME[,checkpoint=PATH], onnx:DIR or a student checkpoint directory")
 
 
 def teacher_dtype(device: str | torch.device, precision: str | None) -> torch.dtype:
@@ -56,6 +57,8 @@ def _build(spec: str, options: dict) -> Teacher:
     if spec.startswith("timm:"):
         (name,), items = _split(spec[len("timm:"):], 1, 1, spec)
         return _call(timm_source.load, name, options={**items, **options})
+    if spec.startswith("onnx:"):
+        return _call(onnx_source.load, Path(spec[len("onnx:"):]), options=options)
     if spec.startswith("npz:"):
         paths, items = _split(spec[len("npz:"):], 1, 2, spec)
         vision, text = Path(paths[0]).expanduser(), (Path(paths[1]).expanduser() if len(paths) > 1 else None)

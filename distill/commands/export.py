@@ -1,4 +1,5 @@
-"""`tipsdistill export CHECKPOINT --format hf|timm|npz --out DIR [--with-heads] [--report R] [--overwrite]`."""
+"""`tipsdistill export CHECKPOINT --format hf|timm|npz|onnx --out DIR [--quantize int8] [--with-heads] [--report R]
+[--overwrite]`."""
 from __future__ import annotations
 
 import argparse
@@ -6,14 +7,18 @@ import argparse
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
     from students.export import FORMATS
+    from students.onnx_export import QUANTIZATIONS
 
     parser = subparsers.add_parser(
-        "export", help="export a student checkpoint for transformers, timm or the official .npz layout",
+        "export", help="export a student checkpoint for transformers, timm, the official .npz layout or ONNX",
         description="Export a student checkpoint (a dir written by student.save) to a loadable format.")
     parser.add_argument("checkpoint", help="student checkpoint directory (model.safetensors + student.json)")
     parser.add_argument("--format", required=True, choices=FORMATS,
                         help="hf: AutoModel/AutoProcessor dir; timm: timm.create_model checkpoint; "
-                             "npz: official google-deepmind/tips arrays")
+                             "npz: official google-deepmind/tips arrays; onnx: onnxruntime graphs (vision, "
+                             "vision with the value trick, text), checked against PyTorch")
+    parser.add_argument("--quantize", choices=QUANTIZATIONS,
+                        help="onnx only: int8 = onnxruntime dynamic quantisation of the graphs")
     parser.add_argument("--out", required=True, help="output directory (built in a temp dir, renamed at the end)")
     parser.add_argument("--with-heads", action="store_true",
                         help="also store the projection heads to the teacher's width (teacher_space_heads.*)")
@@ -39,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
                                [Path(r) for r in args.report])
         fingerprint = load_fingerprint(args.checkpoint) if reports else None
         result = export_student(args.checkpoint, args.format, args.out, with_heads=args.with_heads,
-                                overwrite=args.overwrite, evaluation=card_sections(reports, fingerprint))
+                                overwrite=args.overwrite, evaluation=card_sections(reports, fingerprint),
+                                quantize=args.quantize)
     print(f"exported {args.checkpoint} as {result.format} to {result.out}: {', '.join(result.files)}")
     for note in result.notes:
         print(f"note: {note}")

@@ -1,0 +1,119 @@
+"""A student exported with `tipsdistill export --format onnx`, run by onnxruntime: spec `onnx:DIR`.
+
+The directory holds `vision.onnx` (pixels -> cls, registers, patches), `vision_value.onnx` (the same with the
+MaskCLIP value trick in the last block), optionally `text.onnx` (input_ids, attention_mask -> pooled text
+features) with the tokenizer files, and `onnx_config.json` (sizes, temperature, quantisation). The graphs run
+on onnxruntime's CPU execution provider, so tokens and text embeddings are float32 CPU tensors whatever
+device evaluation asks for. onnx and onnxruntime are the optional extra `tipsdistill[onnx]`, imported here only.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+from teachers.base import Teacher
+from teachers.tokenizer import load_tokenizer, tokenize
+from tipscore.errors import UserError
+from tipscore.types import ImageTokens
+
+VISION, VISION_VALUE, TEXT, CONFIG = "vision.onnx", "vision_value.onnx", "text.onnx", "onnx_config.json"
+FORMAT = "tipsdistill-onnx"
+TOKEN_OUTPUTS = ("cls", "registers", "patches")
+TEXT_INPUTS, TEXT_OUTPUT = ("input_ids", "attention_mask"), "text_features"
+
+
+def onnxruntime():
+    """The onnxruntime module, or a one-line error naming the extra that installs it."""
+    try:
+        import onnx  # noqa: F401  (the exporter and the quantiser need it beside the runtime)
+        import onnxruntime as ort
+    except ImportError as err:
+        raise UserError(f"ONNX export and onnx: models need the optional packages onnx and onnxruntime "
+                        f"({err.name} is missing); pip install 'tipsdistill[onnx]'") from None
+    return ort
+
+
+def open_session(path: Path):
+    ort = onnxruntime()
+    options = ort.SessionOptions()
+    # As many threads as torch uses, so OMP_NUM_THREADS / torch.set_num_threads limit both runtimes alike.
+    options.intra_op_num_threads = torch.get_num_threads()
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class OnnxTeacher(Teacher):
+    def __init__(self, directory: Path, config: dict, vision, vision_value, text, tokenizer):
+        super().__init__(
+            width=config["width"], patch_size=config["patch_size"], image_size=config["image_size"],
+            num_registers=config["num_registers"], fingerprint=_fingerprint(directory),
+            temperature=config.get("temperature"), tokenizer=tokenizer if text is not None else None,
+        )
+        self.directory = directory
+        self.quantization = config.get("quantization")
+        self.text_max_length = config.get("text_max_length")
+        self.vision, self.vision_value, self.text = vision, vision_value, text
+
+    @property
+    def has_text(self) -> bool:
+        return self.text is not None and self.tokenizer is not None
+
+    # No torch parameters to ask: the graphs take float32 on the CPU.
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float32
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def _image_tokens(self, pixels: torch.Tensor, value_trick: bool) -> ImageTokens:
+        session = self.vision_value if value_trick else self.vision
+        if session is None:
+            raise UserError(f"{self.directory} has no {VISION_VALUE}; re-export it with tipsdistill export "
+                            f"--format onnx, or evaluate with value_trick off")
+        outputs = session.run(list(TOKEN_OUTPUTS), {"pixels": pixels.contiguous().numpy()})
+        return ImageTokens(*(torch.from_numpy(array) for array in outputs))
+
+    def _text_embeddings(self, texts: list[str]) -> torch.Tensor:
+        batch = tokenize(self.tokenizer, texts, self.text_max_length)
+        (features,) = self.text.run([TEXT_OUTPUT], {name: batch[name].numpy() for name in TEXT_INPUTS})
+        return torch.from_numpy(features)
+
+
+def _fingerprint(directory: Path) -> str:
+    """sha256 of every file but the model card: graphs (and any external data), tokenizer and config, so an int8
+    export differs from its fp32 one."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.iterdir() if p.is_file() and p.name != "README.md"):
+        digest.update(f"\n{path.name}\n".encode())
+        with path.open("rb") as file:
+            for chunk in iter(lambda: file.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_config(directory: Path) -> dict:
+    if not directory.is_dir():
+        raise UserError(f"onnx:{directory}: no such directory; expected a tipsdistill export --format onnx directory")
+    for name in (CONFIG, VISION):
+        if not (directory / name).is_file():
+            raise UserError(f"onnx:{directory} has no {name}; expected a tipsdistill export --format onnx directory")
+    config = json.loads((directory / CONFIG).read_text())
+    if config.get("format") != FORMAT:
+        raise UserError(f"onnx:{directory}/{CONFIG} has format {config.get('format')!r}; expected {FORMAT!r}")
+    return config
+
+
+def load(directory: Path) -> OnnxTeacher:
+    directory = Path(directory).expanduser()
+    config = read_config(directory)
+    value = directory / VISION_VALUE
+    text = directory / TEXT
+    has_tokenizer = (directory / "tokenizer_config.json").is_file()
+    return OnnxTeacher(
+        directory, config, open_session(directory / VISION), open_session(value) if value.is_file() else None,
+        open_session(text) if text.is_file() else None, load_tokenizer(directory) if has_tokenizer else None,
+    )
