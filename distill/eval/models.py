@@ -38,6 +38,7 @@ class InTeacherSpace:
         self.width, self.patch_size = self.space.width, self.space.patch_size
         self.image_size, self.num_registers = self.space.image_size, self.space.num_registers
         self.has_text, self.tokenizer, self.temperature = True, teacher.tokenizer, teacher.temperature
+        self.text = getattr(teacher, "text", None)  # the text tower, for the cost columns
         # Both halves decide every zero-shot figure: the report's fingerprint names both.
         self.fingerprint = hashlib.sha256(f"{student.fingerprint}+{teacher.fingerprint}".encode()).hexdigest()
         self.student = student
