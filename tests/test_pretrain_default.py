@@ -27,9 +27,24 @@ def test_default_recipe_points_at_the_packaged_teacher():
     from teachers import load_teacher
 
     recipe = load_recipe("micro", list(DEFAULT_OVERRIDES))
-    assert recipe.teacher.spec == "micro" and recipe.student.text_init == "micro" and recipe.data.source == "scenes"
-    assert recipe.data.crop.flip_p == 0.0
+    assert recipe.teacher.spec == "micro" and recipe.student.name == "tipsv2-pico" and recipe.data.source == "scenes"
+    assert recipe.loss.contrastive.text_tower == "teacher" and recipe.data.crop.flip_p == 0.0
     assert load_teacher("micro").fingerprint == load_teacher(str(TEACHER_DIR)).fingerprint
+
+
+def test_the_default_job_compresses_its_teacher():
+    """The promise is a smaller student: >= 4x fewer vision parameters (heads included) and >= 2x fewer FLOPs."""
+    from distill.eval.cost import gflops_per_image
+    from students import build_student
+    from teachers import load_teacher
+
+    teacher = load_teacher("micro")
+    student = build_student(load_recipe("micro").student.name, teacher_width=teacher.width, text=False).eval()
+    teacher_params = sum(p.numel() for p in teacher.vision.parameters())
+    student_params = sum(p.numel() for p in [*student.vision.parameters(), *student.heads.parameters()])
+    assert teacher_params >= 4 * student_params
+    cpu = torch.device("cpu")
+    assert gflops_per_image(teacher, 64, cpu) >= 2 * gflops_per_image(student.teacher_space(), 64, cpu)
 
 
 def test_packaging_round_trip_keeps_the_weights(tmp_path):

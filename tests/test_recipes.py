@@ -54,7 +54,7 @@ def test_resolution_phases_weight_the_compute_by_their_steps():
 
 @pytest.mark.parametrize("phases, words", [
     ("[{from_step: 0, student_size: 64}]", "from_step"),
-    ("[{from_step: 50, student_size: 60}]", "a multiple of tipsv2-micro's patch size 8"),
+    ("[{from_step: 50, student_size: 60}]", "a multiple of tipsv2-pico's patch size 8"),
     ("[{from_step: 200, student_size: 32}, {from_step: 100, student_size: 64}]", "from_step"),
 ])
 def test_bad_resolution_phases_are_refused(phases, words):
@@ -123,7 +123,7 @@ def test_switching_the_source_kind_drops_the_other_kinds_options(tmp_path, caplo
 @pytest.mark.parametrize("override, words", [("optim.lr=inf", "'optim.lr' is inf; expected a finite number"),
                                              ("loss.mix.cosine=nan", "'loss.mix.cosine' is nan"),
                                              ("seed=-1", "'seed' is -1; expected an int >= 0"),
-                                             ("student.image_size=60", "a multiple of tipsv2-micro's patch size 8")])
+                                             ("student.image_size=60", "a multiple of tipsv2-pico's patch size 8")])
 def test_non_finite_numbers_negative_seeds_and_sizes_off_the_patch_grid_are_refused(override, words):
     with pytest.raises(UserError, match=words.replace("(", r"\(").replace("'", "'")):
         load_recipe("micro", [override])
