@@ -45,6 +45,7 @@ def test_the_lab_runs_every_arm_and_reports_paired_statistics(tmp_path):
 def test_the_teacher_curve_runs_and_reuses_finished_runs(tmp_path):
     first = bench("teacher_curve", tmp_path)
     assert [p["steps"] for p in first["points"]] == [2, 4] and "student" in first["points"][0]
+    assert first["chosen_steps"] in (2, 4) and "validation" in first["setup"]["eval"]
     assert (tmp_path / "teacher_curve.png").stat().st_size > 1000
     again = bench("teacher_curve", tmp_path)  # every run is found in the work directory, nothing retrained
     assert again["points"] == first["points"]
