@@ -52,6 +52,9 @@ CHECKPOINTS = "checkpoints"
 STATE = "trainer_state.json"
 METRICS = "metrics.jsonl"
 SIZES = "sizes.json"
+RECIPE = "recipe.yaml"
+# What only a training run writes at its top level (its `recipe.yaml` comes first, before any step).
+RUN_MARKERS = (RECIPE, METRICS, CHECKPOINTS)
 
 
 @dataclass
@@ -84,6 +87,11 @@ class Run:
 
 
 # ---------------------------------------------------------------- checkpoints
+
+
+def run_marker(directory: Path) -> str | None:
+    """The first file showing that `directory` is a training run, None if it is not one."""
+    return next((name for name in RUN_MARKERS if (directory / name).exists()), None)
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -133,7 +141,7 @@ def _write_checkpoint(run: Run, progress: Progress, tmp: Path) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_exports(run, tmp / "student", progress.step)
-        (tmp / "recipe.yaml").write_text(dump_recipe(run.recipe))
+        (tmp / RECIPE).write_text(dump_recipe(run.recipe))
         sizes = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / SIZES).write_text(json.dumps(sizes, indent=1))
 

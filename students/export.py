@@ -57,8 +57,10 @@ def export_student(
     """`evaluation`: markdown sections for the model card (`distill.eval.report.card_sections`)."""
     if fmt not in FORMATS:
         raise UserError(f"export format {fmt!r} is unknown; expected one of {', '.join(FORMATS)}")
-    if Path(out).resolve() == Path(checkpoint).resolve():
-        raise UserError(f"--out {out} is the checkpoint itself; expected another directory")
+    source = Path(checkpoint).resolve()
+    if Path(out).resolve() in (source, *source.parents):
+        # --overwrite would replace the checkpoint along with --out.
+        raise UserError(f"--out {out} is or holds the checkpoint {checkpoint}; expected a directory outside it")
     student = load_student(checkpoint)
     if with_heads and student.heads is None:
         raise UserError(f"--with-heads: {checkpoint} has no projection heads (built without teacher_width)")

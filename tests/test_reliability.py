@@ -310,3 +310,22 @@ def test_cache_refuses_a_zero_batch_and_a_directory_that_is_not_a_cache(tiny_tip
     assert main(argv) == 2
     assert f"--out {tmp_path} is a non-empty directory without a cache" in error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-mine", "notes.txt"]
+
+
+def test_export_refuses_an_out_that_holds_the_checkpoint_or_a_run(tiny_tokenizer, tmp_path, capsys):
+    import students
+
+    run, other = tmp_path / "run", tmp_path / "other-run"
+    students.build_student("tipsv2-micro", tokenizer=tiny_tokenizer).save(run / "student")
+    (run / CHECKPOINTS / "step_00000001").mkdir(parents=True)
+    for directory in (run, other):
+        directory.mkdir(exist_ok=True)
+        (directory / METRICS).write_text('{"step": 1, "loss": 1.0}\n')
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for out, words in ((run / "student", "is or holds the checkpoint"), (run, "is a training run directory"),
+                       (tmp_path, "is or holds the checkpoint"),
+                       (other, f"--out {other} is a training run directory (it holds {METRICS})")):
+        assert main(["export", str(run / "student"), "--format", "timm", "--out", str(out), "--overwrite"]) == 2
+        assert words in error_line(capsys)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert main(["export", str(run / "student"), "--format", "timm", "--out", str(run / "timm")]) == 0
