@@ -42,7 +42,7 @@ from distill.config import Recipe, dump_recipe, recipe_to_dict
 from distill.data import DataStats
 from distill.data.loader import Sizes
 from distill.tasks import TrainingTask
-from tipscore.atomic import temp_name, write_atomic
+from tipscore.atomic import share_tree, temp_name, write_atomic
 from tipscore.errors import UserError, writing
 from tipscore.faults import crash_point
 
@@ -144,6 +144,7 @@ def _write_checkpoint(run: Run, progress: Progress, tmp: Path) -> None:
         (tmp / RECIPE).write_text(dump_recipe(run.recipe))
         sizes = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / SIZES).write_text(json.dumps(sizes, indent=1))
+        share_tree(tmp)  # Accelerate saves the weights through safetensors, owner-only
 
 
 def checkpoint_problem(checkpoint: Path) -> str | None:

@@ -74,6 +74,14 @@ def _share(path: Path, umask: int) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
+def share_tree(root: Path) -> None:
+    """`root` and everything under it get the modes the umask allows (see `_share`)."""
+    umask = current_umask()
+    for directory, _, files in os.walk(root):  # every directory is walked, as "."
+        for name in (".", *files):
+            _share(Path(directory, name), umask)
+
+
 @contextmanager
 def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yields an empty temp dir beside `target`; on success it becomes `target`.
@@ -91,10 +99,7 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> I
         tmp = temp_dir(target)
         try:
             yield tmp
-            umask = current_umask()
-            for directory, _, files in os.walk(tmp):  # every directory is walked, as "."
-                for name in (".", *files):
-                    _share(Path(directory, name), umask)
+            share_tree(tmp)
             _swap_in(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
