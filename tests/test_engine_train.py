@@ -24,6 +24,12 @@ TINY = [
 ]
 
 
+def overriding(base: list[str], *overrides: str) -> list[str]:
+    """`base` with `overrides` replacing its items of the same key: the command line refuses a key given twice."""
+    keys = {item.split("=", 1)[0] for item in overrides}
+    return [*(item for item in base if item.split("=", 1)[0] not in keys), *overrides]
+
+
 def tiny_recipe(teacher_dir: Path, *overrides: str):
     return load_recipe("micro", [f"teacher.spec={teacher_dir}", *TINY, *overrides])
 

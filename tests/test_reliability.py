@@ -25,7 +25,7 @@ from distill.train import CHECKPOINTS, METRICS
 from tipscore.atomic import TMP_PREFIX, atomic_directory, write_atomic
 from tipscore.errors import UserError
 from tipscore.lock import LOCK_NAME, OutputLock
-from test_engine_train import TINY, metrics
+from test_engine_train import TINY, metrics, overriding
 
 COMMANDS = ("distill", "pretrain", "cache", "eval", "export", "caption")
 BESIDE = {"export", "caption"}  # a directory replaced by a rename, a file: locked beside
@@ -33,7 +33,8 @@ CLI = [sys.executable, "-c", "import sys; from distill.cli import main; sys.exit
 
 
 def distill_args(teacher, *overrides: str) -> list[str]:
-    return ["distill", "--recipe", "micro", f"teacher.spec={teacher}", *TINY, "batch_size=8", *overrides]
+    return ["distill", "--recipe", "micro", f"teacher.spec={teacher}",
+            *overriding([*TINY, "batch_size=8"], *overrides)]
 
 
 def command(name: str, teacher, root: Path) -> tuple[list[str], Path]:
@@ -298,6 +299,17 @@ def test_bad_recipe_values_fail_before_anything_is_written(override, words, tiny
     assert main([*distill_args(tiny_tipsv2_dir, override), "--out", str(tmp_path / "run")]) == 2
     assert words in error_line(capsys)
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["distill", "pretrain", "cache"])
+def test_a_recipe_key_given_twice_is_refused_naming_it(name, tmp_path, capsys):
+    # What the shell makes of an unquoted `data.source=folder:{a,b}`; and one key under two spellings.
+    for twice, key in ((["data.source=folder:a", "data.source=folder:b"], "data.source"),
+                       (["max_steps=2", "train.max_steps=3"], "train.max_steps")):
+        extra = ["--augmentations", "1"] if name == "cache" else []
+        assert main([name, "--recipe", "micro", *twice, *extra, "--out", str(tmp_path / "out")]) == 2
+        assert f"recipe key '{key}' is given twice ({twice[0]!r}, {twice[1]!r})" in error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cache_refuses_a_zero_batch_and_a_directory_that_is_not_a_cache(tiny_tipsv2_dir, tmp_path, capsys):
