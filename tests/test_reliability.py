@@ -301,6 +301,17 @@ def test_bad_recipe_values_fail_before_anything_is_written(override, words, tiny
     assert not (tmp_path / "run").exists()
 
 
+def test_cache_reports_the_items_it_skipped(tiny_tipsv2_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for image in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(data / image)
+    (data / "c.png").write_bytes(b"")
+    assert main(["cache", "--teacher", str(tiny_tipsv2_dir), "--data", f"folder:{data}", "--out",
+                 str(tmp_path / "cache"), "--augmentations", "1"]) == 0
+    assert "data: 3 samples drawn; skipped 1 (empty_file 1: c.png)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("name", ["distill", "pretrain", "cache"])
 def test_a_recipe_key_given_twice_is_refused_naming_it(name, tmp_path, capsys):
     # What the shell makes of an unquoted `data.source=folder:{a,b}`; and one key under two spellings.
