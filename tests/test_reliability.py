@@ -246,6 +246,21 @@ def test_killed_writers_temps_go_and_the_users_own_files_stay(tmp_path):
         assert sorted(p.name for p in tmp_path.glob(TMP_PREFIX + "*")) == [f"{TMP_PREFIX}hf.v2.0123abcd"]
 
 
+def test_captions_keep_a_whole_last_record_without_its_newline_and_drop_a_torn_one(tmp_path, caplog):
+    from distill.captioning.output import append_rows, read_written
+
+    out = tmp_path / "metadata.jsonl"
+    out.write_text('{"file_name": "a.png", "short": "a cat"}\n{"file_name": "b.png", "short": "a dog"}')
+    assert read_written(out) == {"a.png": {"short"}, "b.png": {"short"}} and "torn" not in caplog.text
+    with open(out, "ab") as file:
+        append_rows(file, [{"file_name": "c.png", "short": "a cow"}])
+    assert [json.loads(line)["file_name"] for line in out.read_text().splitlines()] == ["a.png", "b.png", "c.png"]
+    with open(out, "a") as file:
+        file.write('{"file_name": "d.png", "sh')
+    assert set(read_written(out)) == {"a.png", "b.png", "c.png"} and "torn last line" in caplog.text
+    assert out.read_text().endswith('"a cow"}\n')
+
+
 # ---------------------------------------------------------------- bad input
 
 
