@@ -327,6 +327,23 @@ def test_cache_reports_the_items_it_skipped(tiny_tipsv2_dir, tmp_path, capsys):
     assert "data: 3 samples drawn; skipped 1 (empty_file 1: c.png)" in capsys.readouterr().out
 
 
+def test_index_paths_outside_the_data_root_are_skipped_unless_allowed(tiny_tipsv2_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for image in (data / "a.png", tmp_path / "x.png"):
+        Image.new("RGB", (8, 8), "red").save(image)
+    names = ["a.png", "../x.png", str(tmp_path / "x.png"), "../../../../../../../../etc/passwd"]
+    (data / "metadata.jsonl").write_text("".join(json.dumps({"file_name": name}) + "\n" for name in names))
+    dataset = build_dataset(f"folder:{data}")
+    events = [event for i in range(len(dataset)) for event, _ in dataset[i].events]
+    assert events == ["skipped/outside_root"] * 3
+    allowed = build_dataset(f"folder:{data}", allow_outside_root=True)
+    assert [event for i in range(3) for event in allowed[i].events] == []
+    assert main(["cache", "--teacher", str(tiny_tipsv2_dir), "--data", f"folder:{data}", "--out",
+                 str(tmp_path / "cache"), "--augmentations", "1"]) == 0
+    assert "skipped 2 (outside_root 2: ../x.png, " in capsys.readouterr().out  # x.png named twice, one file
+
+
 @pytest.mark.parametrize("name", ["distill", "pretrain", "cache"])
 def test_a_recipe_key_given_twice_is_refused_naming_it(name, tmp_path, capsys):
     # What the shell makes of an unquoted `data.source=folder:{a,b}`; and one key under two spellings.
