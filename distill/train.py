@@ -34,7 +34,7 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, send_to_device
+from accelerate.utils import gather_object, load, send_to_device
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
@@ -149,7 +149,8 @@ def _write_checkpoint(run: Run, progress: Progress, tmp: Path) -> None:
 
 def checkpoint_problem(checkpoint: Path) -> str | None:
     """Why `checkpoint` cannot be resumed from, None when it can: a file missing or of another size than
-    written, or a safetensors header that does not parse. Flipped bits inside tensor data pass (catching
+    written, a safetensors header that does not parse, or a torch-pickled state that Accelerate's own loader
+    refuses (a pickle holding objects other than tensors: loading it could run code). Flipped bits inside tensor data pass (catching
     them would mean hashing every byte at each checkpoint)."""
     try:
         sizes = json.loads((checkpoint / SIZES).read_text())
@@ -166,6 +167,11 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
                 pass
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged headers
             return f"{path.relative_to(checkpoint)} has no readable safetensors header ({str(exc).splitlines()[0]})"
+    for path in sorted(p for p in checkpoint.iterdir() if p.suffix in (".bin", ".pkl")):
+        try:
+            load(path, map_location="cpu", mmap=True)  # as `load_state` reads it (weights only), memory-mapped
+        except Exception as exc:  # noqa: BLE001 - a refused pickle, a torn archive: either way not resumable
+            return f"{path.name} is not a torch.save file of plain tensors ({str(exc).splitlines()[0]})"
     return None
 
 

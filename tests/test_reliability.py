@@ -179,6 +179,51 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_earlier_one(tiny_tipsv2_dir, 
     assert [m["step"] for m in metrics(out)] == [1, 2, 3] and leftovers(out) == []
 
 
+def test_a_full_disk_as_the_tensorboard_tracker_starts_is_one_line(tiny_tipsv2_dir, tmp_path, monkeypatch, capsys):
+    from accelerate.tracking import TensorBoardTracker
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(TensorBoardTracker, "__init__", full_disk)
+    out = tmp_path / "run"
+    assert main([*distill_args(tiny_tipsv2_dir, "max_steps=1"), "--out", str(out)]) == 2
+    assert f"cannot write {out / 'logs'}: No space left on device" in error_line(capsys)
+
+
+def test_a_full_disk_as_caption_closes_its_output_is_one_line(tmp_path, monkeypatch):
+    import builtins
+
+    from distill.captioning import job
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    out = tmp_path / "captions.jsonl"
+    dataset = job.open_images(f"folder:{tmp_path}", {}, out)
+    settings = job.CaptionSettings()
+    work = job.plan(dataset, out, {}, ("short",), settings)
+
+    class Captioner:
+        def caption(self, images, prompt):
+            return ["a black square"] * len(images)
+
+    class WriteBackFails:  # the file system reports the lost write when the file is closed
+        def __init__(self, *args):
+            self.file = builtins.open(*args)
+            self.name, self.write, self.flush, self.fileno = (self.file.name, self.file.write, self.file.flush,
+                                                              self.file.fileno)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(job, "open", WriteBackFails, raising=False)
+    with pytest.raises(UserError, match=f"cannot write {re.escape(str(out))}: No space left on device"):
+        job.caption_images(dataset, work, Captioner(), {"short": "<CAPTION>"}, out, settings)
+
+
 # ---------------------------------------------------------------- damage and kills
 
 
@@ -204,6 +249,24 @@ def test_resume_falls_back_from_a_truncated_checkpoint_and_drops_a_torn_metrics_
     assert sorted(p.name for p in (split / CHECKPOINTS).iterdir()) == ["step_00000002", "step_00000003",
                                                                       "step_00000004"]
     assert leftovers(split) == [] and not (split / LOCK_NAME).exists()
+
+
+def test_resume_refuses_a_checkpoint_whose_state_is_a_pickle_and_falls_back(tiny_tipsv2_dir, tmp_path, caplog):
+    import pickle
+
+    out = tmp_path / "run"
+    args = distill_args(tiny_tipsv2_dir, "max_steps=3", "checkpoint_every=1", "keep_checkpoints=3")
+    assert main([*args, "--out", str(out), "--stop-at", "2"]) == 0
+    checkpoint = out / CHECKPOINTS / "step_00000002"
+    (checkpoint / "optimizer.bin").write_bytes(pickle.dumps({"state": print}))  # a pickle naming a callable
+    sizes = json.loads((checkpoint / "sizes.json").read_text())
+    (checkpoint / "sizes.json").write_text(json.dumps({**sizes, "optimizer.bin": (checkpoint / "optimizer.bin")
+                                                       .stat().st_size}))
+    caplog.set_level("INFO", logger="distill.train")
+    assert main(["distill", "--out", str(out), "--resume"]) == 0
+    assert "step_00000002 is damaged (optimizer.bin is not a torch.save file of plain tensors" in caplog.text
+    assert "resumed from " + str(out / CHECKPOINTS / "step_00000001") in caplog.text
+    assert [m["step"] for m in metrics(out)] == [1, 2, 3]
 
 
 def test_a_kill_right_after_a_checkpoint_rename_keeps_keep_checkpoints(tiny_tipsv2_dir, tmp_path, caplog):
@@ -244,6 +307,26 @@ def test_killed_writers_temps_go_and_the_users_own_files_stay(tmp_path):
         (tmp_path / name).mkdir()
     with OutputLock(tmp_path / "hf", beside=True):
         assert sorted(p.name for p in tmp_path.glob(TMP_PREFIX + "*")) == [f"{TMP_PREFIX}hf.v2.0123abcd"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickled"])
+def test_eval_of_a_model_folder_with_damaged_or_pickled_weights_is_one_line(damage, tiny_tipsv2_dir, tmp_path,
+                                                                            capsys):
+    import pickle
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_tipsv2_dir, model)
+    weights = model / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        weights.unlink()
+        (model / "pytorch_model.bin").write_bytes(pickle.dumps({"weights": print}))
+    assert main(["eval", "--model", f"m={model}", "--task", "zeroshot-seg", "--dataset", "scenes", "--out",
+                 str(tmp_path / "eval")]) == 2
+    line = error_line(capsys)
+    assert str(model) in line and ("could not load the weights" if damage == "truncated" else "pickled") in line
 
 
 def test_captions_keep_a_whole_last_record_without_its_newline_and_drop_a_torn_one(tmp_path, caplog):
