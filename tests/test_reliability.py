@@ -283,6 +283,25 @@ def test_a_kill_right_after_a_checkpoint_rename_keeps_keep_checkpoints(tiny_tips
     assert (out / "student" / "model.safetensors").is_file() and not (out / LOCK_NAME).exists()
 
 
+def test_an_export_killed_between_its_renames_gets_the_old_one_back(tiny_tokenizer, tmp_path, caplog):
+    import students
+
+    students.build_student("tipsv2-micro", tokenizer=tiny_tokenizer).save(tmp_path / "student")
+    out = tmp_path / "timm"
+    out.mkdir()
+    (out / "old.txt").write_text("the previous export")
+    argv = ["export", str(tmp_path / "student"), "--format", "timm", "--out", str(out), "--overwrite"]
+    killed = subprocess.run([*CLI, *argv], capture_output=True,
+                            env={**os.environ, "TIPSDISTILL_CRASH_AT": "output-moved-aside:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    assert not out.exists()
+    with OutputLock(out, beside=True):
+        assert (out / "old.txt").read_text() == "the previous export"
+        assert f"{out}: restored the previous output from {tmp_path / TMP_PREFIX}timm." in caplog.text
+    assert leftovers(tmp_path) == []
+    assert main(argv) == 0 and (out / "model.safetensors").is_file() and not (out / "old.txt").exists()
+
+
 def test_killed_writers_temps_go_and_the_users_own_files_stay(tmp_path):
     target = tmp_path / "out" / "shard.safetensors"
     target.parent.mkdir()
