@@ -12,6 +12,7 @@ import sys
 
 from transformers.utils import logging as transformers_logging
 
+from distill.config import check_overrides_unique
 from tipscore.errors import UserError
 
 COMMANDS = ("distill", "pretrain", "eval", "export", "cache", "caption")
@@ -47,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        check_overrides_unique(getattr(args, "overrides", []))
         return int(args.func(args) or 0)
     except UserError as exc:
         error = str(exc)

@@ -513,6 +513,20 @@ def _drop_foreign_data_options(data: dict, old_source: str, overridden: set[str]
         data["data"]["options"] = {}
 
 
+def check_overrides_unique(overrides: list[str]) -> None:
+    """A key given twice on one command line is a slip (an unquoted `data.source={a,b}` the shell expanded into
+    two overrides), not a choice: only one would take effect, silently."""
+    seen = {}
+    for item in overrides:
+        if "=" not in item:
+            continue  # apply_overrides says what is wrong with it
+        key = ".".join(_resolve_key(item.split("=", 1)[0].strip()))
+        if key in seen:
+            raise UserError(f"recipe key {key!r} is given twice ({seen[key]!r}, {item!r}); expected it once "
+                            "(quote a value with braces: the shell expands {a,b} into two overrides)")
+        seen[key] = item
+
+
 def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
     data = recipe_to_dict(recipe)
     overridden = set()

@@ -38,7 +38,7 @@ from students import Student, build_student
 from students.zoo import STUDENTS
 from students.export import export_student
 from teachers import load_teacher, teacher_dtype
-from tipscore.errors import UserError
+from tipscore.errors import UserError, writing
 from teachers.tokenizer import build_tokenizer, load_tokenizer
 from tipscore.lock import OutputLock
 
@@ -385,7 +385,8 @@ def _train(recipe: Recipe, out: Path, accelerator: Accelerator, checkpoint: Path
         if norm is not None:
             norm.save(out / "target_norm.safetensors")
         truncate_metrics(out / METRICS, progress.step)
-    accelerator.init_trackers(run.desc, config=flat_recipe(recipe))
+    with writing(out / "logs"):  # the TensorBoard tracker creates its event file and writes the recipe at once
+        accelerator.init_trackers(run.desc, config=flat_recipe(recipe))
     t = recipe.train
     log.info("%s %s -> %s: %d steps, batch %d (%d per process x %d processes x %d accumulation)", run.desc,
              run.teacher.get("spec") or "(self)", recipe.student.name, t.max_steps, t.batch_size,

@@ -34,7 +34,7 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object, send_to_device
+from accelerate.utils import gather_object, load, send_to_device
 from safetensors import safe_open
 from tqdm.auto import tqdm
 
@@ -42,7 +42,7 @@ from distill.config import Recipe, dump_recipe, recipe_to_dict
 from distill.data import DataStats
 from distill.data.loader import Sizes
 from distill.tasks import TrainingTask
-from tipscore.atomic import temp_name, write_atomic
+from tipscore.atomic import share_tree, temp_name, write_atomic
 from tipscore.errors import UserError, writing
 from tipscore.faults import crash_point
 
@@ -52,6 +52,9 @@ CHECKPOINTS = "checkpoints"
 STATE = "trainer_state.json"
 METRICS = "metrics.jsonl"
 SIZES = "sizes.json"
+RECIPE = "recipe.yaml"
+# What only a training run writes at its top level (its `recipe.yaml` comes first, before any step).
+RUN_MARKERS = (RECIPE, METRICS, CHECKPOINTS)
 
 
 @dataclass
@@ -84,6 +87,11 @@ class Run:
 
 
 # ---------------------------------------------------------------- checkpoints
+
+
+def run_marker(directory: Path) -> str | None:
+    """The first file showing that `directory` is a training run, None if it is not one."""
+    return next((name for name in RUN_MARKERS if (directory / name).exists()), None)
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -133,14 +141,16 @@ def _write_checkpoint(run: Run, progress: Progress, tmp: Path) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_exports(run, tmp / "student", progress.step)
-        (tmp / "recipe.yaml").write_text(dump_recipe(run.recipe))
+        (tmp / RECIPE).write_text(dump_recipe(run.recipe))
         sizes = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / SIZES).write_text(json.dumps(sizes, indent=1))
+        share_tree(tmp)  # Accelerate saves the weights through safetensors, owner-only
 
 
 def checkpoint_problem(checkpoint: Path) -> str | None:
     """Why `checkpoint` cannot be resumed from, None when it can: a file missing or of another size than
-    written, or a safetensors header that does not parse. Flipped bits inside tensor data pass (catching
+    written, a safetensors header that does not parse, or a torch-pickled state that Accelerate's own loader
+    refuses (a pickle holding objects other than tensors: loading it could run code). Flipped bits inside tensor data pass (catching
     them would mean hashing every byte at each checkpoint)."""
     try:
         sizes = json.loads((checkpoint / SIZES).read_text())
@@ -157,6 +167,11 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
                 pass
         except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types for damaged headers
             return f"{path.relative_to(checkpoint)} has no readable safetensors header ({str(exc).splitlines()[0]})"
+    for path in sorted(p for p in checkpoint.iterdir() if p.suffix in (".bin", ".pkl")):
+        try:
+            load(path, map_location="cpu", mmap=True)  # as `load_state` reads it (weights only), memory-mapped
+        except Exception as exc:  # noqa: BLE001 - a refused pickle, a torn archive: either way not resumable
+            return f"{path.name} is not a torch.save file of plain tensors ({str(exc).splitlines()[0]})"
     return None
 
 

@@ -64,8 +64,10 @@ def export_student(
     if quantize is not None and (fmt != "onnx" or quantize not in QUANTIZATIONS):
         raise UserError(f"--quantize {quantize} with --format {fmt}; expected --format onnx and one of "
                         f"{', '.join(QUANTIZATIONS)}")
-    if Path(out).resolve() == Path(checkpoint).resolve():
-        raise UserError(f"--out {out} is the checkpoint itself; expected another directory")
+    source = Path(checkpoint).resolve()
+    if Path(out).resolve() in (source, *source.parents):
+        # --overwrite would replace the checkpoint along with --out.
+        raise UserError(f"--out {out} is or holds the checkpoint {checkpoint}; expected a directory outside it")
     student = load_student(checkpoint)
     if with_heads and student.heads is None:
         raise UserError(f"--with-heads: {checkpoint} has no projection heads (built without teacher_width)")

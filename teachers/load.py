@@ -14,10 +14,12 @@ Spec forms:
 from __future__ import annotations
 
 import inspect
+import pickle
 import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoConfig
 
 from teachers.base import Teacher
@@ -89,8 +91,12 @@ def _hugging_face(name_or_dir: str, options: dict) -> Teacher:
     source = hf_tipsv2 if config.model_type in hf_tipsv2.MODEL_TYPES else hf_encoder
     try:
         return _call(source.load, name_or_dir, config, options=options)
-    except OSError as err:
+    except (OSError, SafetensorError) as err:  # SafetensorError: a model.safetensors cut short or not one
         raise UserError(f"{name_or_dir}: could not load the weights ({str(err).splitlines()[0]})") from None
+    except pickle.UnpicklingError:
+        # torch.load refused a pickled pytorch_model.bin holding more than tensors; loading it could run its code.
+        raise UserError(f"{name_or_dir}: its pickled weights (pytorch_model.bin) hold objects other than tensors, "
+                        "refused; expected model.safetensors or plain tensors") from None
 
 
 def _split(body: str, least: int, most: int, spec: str) -> tuple[list[str], dict[str, str]]:

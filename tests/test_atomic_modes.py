@@ -39,3 +39,17 @@ def test_student_and_export_honour_the_umask(umask, tmp_path, tiny_tokenizer):
     export_student(tmp_path / "student", "npz", tmp_path / "export")
     _modes_follow_umask(tmp_path / "student", umask)
     _modes_follow_umask(tmp_path / "export", umask)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002])
+def test_a_training_run_and_its_checkpoints_honour_the_umask(mask, tiny_tipsv2_dir, tmp_path):
+    from distill.cli import main
+    from test_reliability import distill_args
+
+    previous = os.umask(mask)
+    try:
+        assert main([*distill_args(tiny_tipsv2_dir, "max_steps=1"), "--out", str(tmp_path / "run")]) == 0
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "run" / "checkpoints" / "step_00000001" / "model.safetensors").is_file()
+    _modes_follow_umask(tmp_path / "run", mask)

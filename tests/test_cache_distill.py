@@ -4,14 +4,16 @@ import json
 import pytest
 
 from distill.cli import main
+from test_engine_train import overriding
 
 STEPS = 4
 
 
 def recipe_args(teacher_dir, *extra):
-    return ["--recipe", "micro", f"teacher.spec={teacher_dir}", "student.name=tipsv2-nano", "student.image_size=32",
-            "data.options={size: 48, length: 8}", f"max_steps={STEPS}", "batch_size=4", "log_every=1",
-            "checkpoint_every=0", "warmup_steps=0", "loss.contrastive.kind=none", *extra]
+    return ["--recipe", "micro", *overriding([
+        f"teacher.spec={teacher_dir}", "student.name=tipsv2-nano", "student.image_size=32",
+        "data.options={size: 48, length: 8}", f"max_steps={STEPS}", "batch_size=4", "log_every=1",
+        "checkpoint_every=0", "warmup_steps=0", "loss.contrastive.kind=none"], *extra)]
 
 
 def losses(run_dir):

@@ -24,6 +24,12 @@ TINY = [
 ]
 
 
+def overriding(base: list[str], *overrides: str) -> list[str]:
+    """`base` with `overrides` replacing its items of the same key: the command line refuses a key given twice."""
+    keys = {item.split("=", 1)[0] for item in overrides}
+    return [*(item for item in base if item.split("=", 1)[0] not in keys), *overrides]
+
+
 def tiny_recipe(teacher_dir: Path, *overrides: str):
     return load_recipe("micro", [f"teacher.spec={teacher_dir}", *TINY, *overrides])
 
@@ -235,3 +241,25 @@ def test_a_resolution_phase_switches_both_views_and_resumes_exactly_across_the_s
         a, b = load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors")
         assert all(torch.equal(a[k], b[k]) for k in a)
         assert [m["loss"] for m in metrics(tmp_path / "straight")] == [m["loss"] for m in metrics(tmp_path / f"split{stop}")]
+
+
+def test_target_calibration_spans_calibration_batches(tiny_tipsv2_dir, tmp_path):
+    """The saved target statistics are those of the first `loss.calibration_batches` batches of epoch 0, all
+    of them: computed here by hand from the teacher's tokens."""
+    from distill.run import build_run
+
+    recipe = tiny_recipe(tiny_tipsv2_dir, "max_steps=2", "batch_size=8", "loss.target_norm=channel",
+                         "loss.calibration_batches=2")
+    run = build_run(recipe, tmp_path / "run")
+    run.loader.set_epoch(0)
+    batches = []
+    for batch in run.loader:
+        batches.append(run.targets.tokens(batch).patches.reshape(-1, run.targets.width).double())
+        if len(batches) == 2:
+            break
+    norm = run.unwrapped.norm
+    for rows in (torch.cat(batches), batches[0]):
+        matches = torch.allclose(norm.patches_mean.double(), rows.mean(0), atol=1e-5)
+        assert matches == (rows.shape[0] > batches[0].shape[0])  # the two batches, not the first alone
+    torch.testing.assert_close(norm.patches_std.double(), torch.cat(batches).std(0, correction=0), atol=1e-5,
+                               rtol=1e-4)

@@ -227,3 +227,21 @@ def test_dpt_head_needs_a_model_with_intermediate_layers(tmp_path, tiny_tipsv2_d
     with pytest.raises(UserError, match="model t has 2 blocks; the dpt head reads 4 different blocks"):
         evaluate({"t": str(tiny_tipsv2_dir)}, "depth", "scenes:length=2,size=32", tmp_path, quiet=True, head="dpt",
                  iterations=1)
+
+
+def test_nyu_ground_truth_outside_the_eigen_crop_does_not_count(tmp_path):
+    """The PNG layout is NYUv2, scored inside the Eigen crop only: a ground truth wrong only outside the crop
+    (rows 0-1, columns 0-1 and 30-31 of these 24x32 frames) leaves every score as it was."""
+    scores = {}
+    for case in ("whole", "wrong_outside"):
+        root = _png_folder(tmp_path / case)
+        if case == "wrong_outside":
+            for path in sorted(root.glob("room_0001/sync_depth_*.png")):  # the val (test) frames
+                depth = np.asarray(Image.open(path)).copy()
+                depth[:2], depth[:, :2], depth[:, 30:] = 9000, 9000, 9000  # 9 m: inside the valid range
+                Image.fromarray(depth).save(path)
+        report = evaluate({"m": ColourModel()}, "depth", f"nyu:{root}", tmp_path / f"out-{case}", quiet=True,
+                          workers=0, **FAST)
+        scores[case] = report["models"]["m"]
+    assert scores["wrong_outside"] == pytest.approx(scores["whole"])
+    assert eigen_crop_mask((H, W)).sum() == (24 - 2) * (30 - 2)  # the border above is exactly what it leaves out

@@ -245,3 +245,31 @@ def test_overlays_draw_scene_classes_in_their_own_colours_with_a_legend():
     # Many entries wrap onto more rows instead of running off the strip.
     entries = [(f"class {i}", (i, i, i)) for i in range(40)]
     assert legend(200, entries).height > legend(200, entries[:2]).height
+
+
+def test_class_embeddings_average_every_template_then_renormalise():
+    """Each prompt embedding normalised, averaged over all the templates, renormalised: a stub text tower
+    whose embedding depends on the template (and the class) shows a template left out or not normalised."""
+    from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
+
+    names = ["cat", "traffic-light"]
+    width = len(TCL_TEMPLATES) + len(names)
+    where = {t.format(n): (i, c) for c, n in enumerate(["cat", "traffic light"]) for i, t in enumerate(TCL_TEMPLATES)}
+
+    class PerTemplate:
+        def encode_text(self, texts):
+            out = torch.zeros(len(texts), width)
+            for row, text in enumerate(texts):
+                template, cls = where[text]
+                out[row, template] = 1.0 + template  # unnormalised, of another length per template
+                out[row, len(TCL_TEMPLATES) + cls] = 3.0
+            return out
+
+    got = class_embeddings(PerTemplate(), names, batch_size=4)  # chunks that cut across the classes
+    for cls in range(len(names)):
+        prompts = torch.zeros(len(TCL_TEMPLATES), width)
+        for template in range(len(TCL_TEMPLATES)):
+            prompts[template, template] = 1.0 + template
+            prompts[template, len(TCL_TEMPLATES) + cls] = 3.0
+        expected = F.normalize(F.normalize(prompts, dim=-1).mean(0), dim=-1)
+        torch.testing.assert_close(got[cls], expected)

@@ -10,6 +10,7 @@ import torch
 from distill.cli import main
 from distill.config import load_recipe
 from distill.run import run_training
+from test_engine_train import overriding
 
 # nano backbone at 32 px; 8 scenes = one batch, seen every step, so a working objective must fit it.
 # On one repeated batch the DINO/iBOT terms oscillate (collapse onto a prototype, then centering pushes
@@ -56,7 +57,7 @@ def test_pretraining_resumes_bitwise_and_checkpoints_hold_a_student(tmp_path):
     heads, prototype centres, masks, caption draws and extra views are all part of the state or keyed."""
     from safetensors.torch import load_file
 
-    args = [*TINY, "max_steps=4", "batch_size=4", "pretrain.local_crops=1", "loss.mask_ratio=0.3"]
+    args = overriding(TINY, "max_steps=4", "batch_size=4", "pretrain.local_crops=1", "loss.mask_ratio=0.3")
     assert main(["pretrain", "--out", str(tmp_path / "straight"), *args]) == 0
     assert main(["pretrain", "--out", str(tmp_path / "split"), *args, "--stop-at", "2"]) == 0
     assert (tmp_path / "split" / "checkpoints" / "step_00000002" / "student" / "student.json").is_file()

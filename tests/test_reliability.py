@@ -25,7 +25,7 @@ from distill.train import CHECKPOINTS, METRICS
 from tipscore.atomic import TMP_PREFIX, atomic_directory, write_atomic
 from tipscore.errors import UserError
 from tipscore.lock import LOCK_NAME, OutputLock
-from test_engine_train import TINY, metrics
+from test_engine_train import TINY, metrics, overriding
 
 COMMANDS = ("distill", "pretrain", "cache", "eval", "export", "caption")
 BESIDE = {"export", "caption"}  # a directory replaced by a rename, a file: locked beside
@@ -33,7 +33,8 @@ CLI = [sys.executable, "-c", "import sys; from distill.cli import main; sys.exit
 
 
 def distill_args(teacher, *overrides: str) -> list[str]:
-    return ["distill", "--recipe", "micro", f"teacher.spec={teacher}", *TINY, "batch_size=8", *overrides]
+    return ["distill", "--recipe", "micro", f"teacher.spec={teacher}",
+            *overriding([*TINY, "batch_size=8"], *overrides)]
 
 
 def command(name: str, teacher, root: Path) -> tuple[list[str], Path]:
@@ -178,6 +179,51 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_earlier_one(tiny_tipsv2_dir, 
     assert [m["step"] for m in metrics(out)] == [1, 2, 3] and leftovers(out) == []
 
 
+def test_a_full_disk_as_the_tensorboard_tracker_starts_is_one_line(tiny_tipsv2_dir, tmp_path, monkeypatch, capsys):
+    from accelerate.tracking import TensorBoardTracker
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(TensorBoardTracker, "__init__", full_disk)
+    out = tmp_path / "run"
+    assert main([*distill_args(tiny_tipsv2_dir, "max_steps=1"), "--out", str(out)]) == 2
+    assert f"cannot write {out / 'logs'}: No space left on device" in error_line(capsys)
+
+
+def test_a_full_disk_as_caption_closes_its_output_is_one_line(tmp_path, monkeypatch):
+    import builtins
+
+    from distill.captioning import job
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    out = tmp_path / "captions.jsonl"
+    dataset = job.open_images(f"folder:{tmp_path}", {}, out)
+    settings = job.CaptionSettings()
+    work = job.plan(dataset, out, {}, ("short",), settings)
+
+    class Captioner:
+        def caption(self, images, prompt):
+            return ["a black square"] * len(images)
+
+    class WriteBackFails:  # the file system reports the lost write when the file is closed
+        def __init__(self, *args):
+            self.file = builtins.open(*args)
+            self.name, self.write, self.flush, self.fileno = (self.file.name, self.file.write, self.file.flush,
+                                                              self.file.fileno)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(job, "open", WriteBackFails, raising=False)
+    with pytest.raises(UserError, match=f"cannot write {re.escape(str(out))}: No space left on device"):
+        job.caption_images(dataset, work, Captioner(), {"short": "<CAPTION>"}, out, settings)
+
+
 # ---------------------------------------------------------------- damage and kills
 
 
@@ -205,6 +251,24 @@ def test_resume_falls_back_from_a_truncated_checkpoint_and_drops_a_torn_metrics_
     assert leftovers(split) == [] and not (split / LOCK_NAME).exists()
 
 
+def test_resume_refuses_a_checkpoint_whose_state_is_a_pickle_and_falls_back(tiny_tipsv2_dir, tmp_path, caplog):
+    import pickle
+
+    out = tmp_path / "run"
+    args = distill_args(tiny_tipsv2_dir, "max_steps=3", "checkpoint_every=1", "keep_checkpoints=3")
+    assert main([*args, "--out", str(out), "--stop-at", "2"]) == 0
+    checkpoint = out / CHECKPOINTS / "step_00000002"
+    (checkpoint / "optimizer.bin").write_bytes(pickle.dumps({"state": print}))  # a pickle naming a callable
+    sizes = json.loads((checkpoint / "sizes.json").read_text())
+    (checkpoint / "sizes.json").write_text(json.dumps({**sizes, "optimizer.bin": (checkpoint / "optimizer.bin")
+                                                       .stat().st_size}))
+    caplog.set_level("INFO", logger="distill.train")
+    assert main(["distill", "--out", str(out), "--resume"]) == 0
+    assert "step_00000002 is damaged (optimizer.bin is not a torch.save file of plain tensors" in caplog.text
+    assert "resumed from " + str(out / CHECKPOINTS / "step_00000001") in caplog.text
+    assert [m["step"] for m in metrics(out)] == [1, 2, 3]
+
+
 def test_a_kill_right_after_a_checkpoint_rename_keeps_keep_checkpoints(tiny_tipsv2_dir, tmp_path, caplog):
     out = tmp_path / "run"
     argv = [*distill_args(tiny_tipsv2_dir, "max_steps=3", "checkpoint_every=1", "keep_checkpoints=1"),
@@ -217,6 +281,25 @@ def test_a_kill_right_after_a_checkpoint_rename_keeps_keep_checkpoints(tiny_tips
     assert "taking over the stale lock" in caplog.text
     assert sorted(p.name for p in (out / CHECKPOINTS).iterdir()) == ["step_00000003"]
     assert (out / "student" / "model.safetensors").is_file() and not (out / LOCK_NAME).exists()
+
+
+def test_an_export_killed_between_its_renames_gets_the_old_one_back(tiny_tokenizer, tmp_path, caplog):
+    import students
+
+    students.build_student("tipsv2-micro", tokenizer=tiny_tokenizer).save(tmp_path / "student")
+    out = tmp_path / "timm"
+    out.mkdir()
+    (out / "old.txt").write_text("the previous export")
+    argv = ["export", str(tmp_path / "student"), "--format", "timm", "--out", str(out), "--overwrite"]
+    killed = subprocess.run([*CLI, *argv], capture_output=True,
+                            env={**os.environ, "TIPSDISTILL_CRASH_AT": "output-moved-aside:1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+    assert not out.exists()
+    with OutputLock(out, beside=True):
+        assert (out / "old.txt").read_text() == "the previous export"
+        assert f"{out}: restored the previous output from {tmp_path / TMP_PREFIX}timm." in caplog.text
+    assert leftovers(tmp_path) == []
+    assert main(argv) == 0 and (out / "model.safetensors").is_file() and not (out / "old.txt").exists()
 
 
 def test_killed_writers_temps_go_and_the_users_own_files_stay(tmp_path):
@@ -243,6 +326,41 @@ def test_killed_writers_temps_go_and_the_users_own_files_stay(tmp_path):
         (tmp_path / name).mkdir()
     with OutputLock(tmp_path / "hf", beside=True):
         assert sorted(p.name for p in tmp_path.glob(TMP_PREFIX + "*")) == [f"{TMP_PREFIX}hf.v2.0123abcd"]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "pickled"])
+def test_eval_of_a_model_folder_with_damaged_or_pickled_weights_is_one_line(damage, tiny_tipsv2_dir, tmp_path,
+                                                                            capsys):
+    import pickle
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_tipsv2_dir, model)
+    weights = model / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        weights.unlink()
+        (model / "pytorch_model.bin").write_bytes(pickle.dumps({"weights": print}))
+    assert main(["eval", "--model", f"m={model}", "--task", "zeroshot-seg", "--dataset", "scenes", "--out",
+                 str(tmp_path / "eval")]) == 2
+    line = error_line(capsys)
+    assert str(model) in line and ("could not load the weights" if damage == "truncated" else "pickled") in line
+
+
+def test_captions_keep_a_whole_last_record_without_its_newline_and_drop_a_torn_one(tmp_path, caplog):
+    from distill.captioning.output import append_rows, read_written
+
+    out = tmp_path / "metadata.jsonl"
+    out.write_text('{"file_name": "a.png", "short": "a cat"}\n{"file_name": "b.png", "short": "a dog"}')
+    assert read_written(out) == {"a.png": {"short"}, "b.png": {"short"}} and "torn" not in caplog.text
+    with open(out, "ab") as file:
+        append_rows(file, [{"file_name": "c.png", "short": "a cow"}])
+    assert [json.loads(line)["file_name"] for line in out.read_text().splitlines()] == ["a.png", "b.png", "c.png"]
+    with open(out, "a") as file:
+        file.write('{"file_name": "d.png", "sh')
+    assert set(read_written(out)) == {"a.png", "b.png", "c.png"} and "torn last line" in caplog.text
+    assert out.read_text().endswith('"a cow"}\n')
 
 
 # ---------------------------------------------------------------- bad input
@@ -300,6 +418,45 @@ def test_bad_recipe_values_fail_before_anything_is_written(override, words, tiny
     assert not (tmp_path / "run").exists()
 
 
+def test_cache_reports_the_items_it_skipped(tiny_tipsv2_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for image in ("a.png", "b.png"):
+        Image.new("RGB", (8, 8)).save(data / image)
+    (data / "c.png").write_bytes(b"")
+    assert main(["cache", "--teacher", str(tiny_tipsv2_dir), "--data", f"folder:{data}", "--out",
+                 str(tmp_path / "cache"), "--augmentations", "1"]) == 0
+    assert "data: 3 samples drawn; skipped 1 (empty_file 1: c.png)" in capsys.readouterr().out
+
+
+def test_index_paths_outside_the_data_root_are_skipped_unless_allowed(tiny_tipsv2_dir, tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    for image in (data / "a.png", tmp_path / "x.png"):
+        Image.new("RGB", (8, 8), "red").save(image)
+    names = ["a.png", "../x.png", str(tmp_path / "x.png"), "../../../../../../../../etc/passwd"]
+    (data / "metadata.jsonl").write_text("".join(json.dumps({"file_name": name}) + "\n" for name in names))
+    dataset = build_dataset(f"folder:{data}")
+    events = [event for i in range(len(dataset)) for event, _ in dataset[i].events]
+    assert events == ["skipped/outside_root"] * 3
+    allowed = build_dataset(f"folder:{data}", allow_outside_root=True)
+    assert [event for i in range(3) for event in allowed[i].events] == []
+    assert main(["cache", "--teacher", str(tiny_tipsv2_dir), "--data", f"folder:{data}", "--out",
+                 str(tmp_path / "cache"), "--augmentations", "1"]) == 0
+    assert "skipped 2 (outside_root 2: ../x.png, " in capsys.readouterr().out  # x.png named twice, one file
+
+
+@pytest.mark.parametrize("name", ["distill", "pretrain", "cache"])
+def test_a_recipe_key_given_twice_is_refused_naming_it(name, tmp_path, capsys):
+    # What the shell makes of an unquoted `data.source=folder:{a,b}`; and one key under two spellings.
+    for twice, key in ((["data.source=folder:a", "data.source=folder:b"], "data.source"),
+                       (["max_steps=2", "train.max_steps=3"], "train.max_steps")):
+        extra = ["--augmentations", "1"] if name == "cache" else []
+        assert main([name, "--recipe", "micro", *twice, *extra, "--out", str(tmp_path / "out")]) == 2
+        assert f"recipe key '{key}' is given twice ({twice[0]!r}, {twice[1]!r})" in error_line(capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_cache_refuses_a_zero_batch_and_a_directory_that_is_not_a_cache(tiny_tipsv2_dir, tmp_path, capsys):
     argv = ["cache", "--teacher", str(tiny_tipsv2_dir), "--data", "scenes", "--data-option", "length=2",
             "--augmentations", "1", "--out", str(tmp_path)]
@@ -310,3 +467,22 @@ def test_cache_refuses_a_zero_batch_and_a_directory_that_is_not_a_cache(tiny_tip
     assert main(argv) == 2
     assert f"--out {tmp_path} is a non-empty directory without a cache" in error_line(capsys)
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tmp-mine", "notes.txt"]
+
+
+def test_export_refuses_an_out_that_holds_the_checkpoint_or_a_run(tiny_tokenizer, tmp_path, capsys):
+    import students
+
+    run, other = tmp_path / "run", tmp_path / "other-run"
+    students.build_student("tipsv2-micro", tokenizer=tiny_tokenizer).save(run / "student")
+    (run / CHECKPOINTS / "step_00000001").mkdir(parents=True)
+    for directory in (run, other):
+        directory.mkdir(exist_ok=True)
+        (directory / METRICS).write_text('{"step": 1, "loss": 1.0}\n')
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for out, words in ((run / "student", "is or holds the checkpoint"), (run, "is a training run directory"),
+                       (tmp_path, "is or holds the checkpoint"),
+                       (other, f"--out {other} is a training run directory (it holds {METRICS})")):
+        assert main(["export", str(run / "student"), "--format", "timm", "--out", str(out), "--overwrite"]) == 2
+        assert words in error_line(capsys)
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert main(["export", str(run / "student"), "--format", "timm", "--out", str(run / "timm")]) == 0

@@ -16,10 +16,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tipscore.errors import UserError, writing
+from tipscore.faults import crash_point
 
 # Specific to this tool, so that removing the temps a killed writer left (`tipscore.lock`) never touches a
 # user's own files.
 TMP_PREFIX = ".tipsdistill-tmp-"
+# Inside a temp of `target`: the old `target`, moved aside while the new one is renamed in (see `_swap_in`).
+REPLACED = "replaced"
 
 
 def temp_name(target: Path) -> Path:
@@ -74,6 +77,14 @@ def _share(path: Path, umask: int) -> None:
         path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
+def share_tree(root: Path) -> None:
+    """`root` and everything under it get the modes the umask allows (see `_share`)."""
+    umask = current_umask()
+    for directory, _, files in os.walk(root):  # every directory is walked, as "."
+        for name in (".", *files):
+            _share(Path(directory, name), umask)
+
+
 @contextmanager
 def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
     """Yields an empty temp dir beside `target`; on success it becomes `target`.
@@ -91,10 +102,7 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> I
         tmp = temp_dir(target)
         try:
             yield tmp
-            umask = current_umask()
-            for directory, _, files in os.walk(tmp):  # every directory is walked, as "."
-                for name in (".", *files):
-                    _share(Path(directory, name), umask)
+            share_tree(tmp)
             _swap_in(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -102,14 +110,29 @@ def atomic_directory(target: str | os.PathLike, *, overwrite: bool = False) -> I
 
 
 def _swap_in(new: Path, target: Path) -> None:
+    """Two renames, as POSIX has no portable atomic exchange of two directories: a kill between them leaves
+    `target` absent and the old one in a temp, which the next lock on `target` puts back (`restore_replaced`)."""
     if not target.exists():
         os.rename(new, target)
         return
     old = temp_dir(target)
-    os.rename(target, old / "dir")
+    os.rename(target, old / REPLACED)
+    crash_point("output-moved-aside", 1)
     try:
         os.rename(new, target)
     except BaseException:
-        os.rename(old / "dir", target)
+        os.rename(old / REPLACED, target)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def restore_replaced(target: Path) -> Path | None:
+    """Puts back the `target` that a writer killed inside `_swap_in` left moved aside; returns the temp it was in.
+    Only while `target` is absent: once the new one is in place, the old one is garbage."""
+    if target.exists() or target.is_symlink():
+        return None
+    for path in sorted(target.parent.iterdir()):
+        if is_temp_of(path.name, target) and (path / REPLACED).is_dir():
+            os.rename(path / REPLACED, target)
+            return path
+    return None

@@ -6,7 +6,7 @@ host is stale by construction: it is taken over, with a log line. A record from 
 instead: not every shared file system carries flocks across hosts, and this host cannot see that process.
 
 Taking the lock also removes the temps that killed writers left in the output (safe only now: no other
-process writes there). The lock file is removed on release, and so is the output directory if the lock
+process writes there), after putting back an output that a killed writer had moved aside to replace it. The lock file is removed on release, and so is the output directory if the lock
 created it and nothing was written.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tipscore.atomic import TMP_PREFIX, is_temp_of
+from tipscore.atomic import TMP_PREFIX, is_temp_of, restore_replaced
 from tipscore.errors import UserError, writing
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,8 @@ class OutputLock:
                 self._remove_directory_if_made()
                 raise
         self._fd = fd
+        if self.beside:
+            self._restore_replaced()
         self._remove_stale_temps()
         return self
 
@@ -103,6 +105,15 @@ class OutputLock:
             raise UserError(f"output {self.output} was locked by {_describe(holder)}, which this host cannot "
                             f"check; if that process has ended, delete {self.path}")
         log.warning("%s: taking over the stale lock of %s, which has ended", self.output, _describe(holder))
+
+    def _restore_replaced(self) -> None:
+        """An output that a killed writer had moved aside to rename its new one in is put back, before the
+        temps go: otherwise removing them would delete the only copy."""
+        with writing(self.output):
+            found = restore_replaced(self.output)
+        if found is not None:
+            log.warning("%s: restored the previous output from %s, where a process killed while replacing it "
+                        "left it; the replacement was lost: run that command again", self.output, found)
 
     def _remove_stale_temps(self) -> None:
         """What killed writers left (SIGKILL skips their own cleanup)."""

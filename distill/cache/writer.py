@@ -20,6 +20,7 @@ from distill.cache.compression import Compression, PatchCodec, PcaBasis, storage
 from distill.cache.manifest import (
     MANIFEST, PCA_BASIS, TOKENIZER_DIR, CacheManifest, Preprocessing, read_manifest, write_manifest,
 )
+from distill.data import DataStats
 from distill.data.loader import Augment
 from tipscore.errors import UserError
 from tipscore.faults import crash_point
@@ -60,8 +61,9 @@ def teacher_augment(pre: Preprocessing) -> Augment:
 
 
 def _run_teacher(teacher, dataset, images: range, pre: Preprocessing, k: int, batch_size: int,
-                 device) -> tuple[torch.Tensor, ImageTokens]:
-    """Crop rows (n, 5) and float32 teacher tokens for one shard, image-major, augmentation-minor."""
+                 device, stats: DataStats) -> tuple[torch.Tensor, ImageTokens]:
+    """Crop rows (n, 5) and float32 teacher tokens for one shard, image-major, augmentation-minor; what the
+    data met on the way (skipped items) goes to `stats`."""
     augment = teacher_augment(pre)
     crops, pixels, outs = [], [], []
 
@@ -72,6 +74,7 @@ def _run_teacher(teacher, dataset, images: range, pre: Preprocessing, k: int, ba
 
     for index in images:
         sample = dataset[index]
+        stats.add(sample.events, samples=1)
         for epoch in range(k):
             item = augment(sample, epoch)
             crops.append(item["crop"])
@@ -110,10 +113,11 @@ def build_cache(
     device: str | torch.device = "cpu",
     on_shard: Callable[[int, int], None] | None = None,
     teacher_spec: str = "",
+    stats: DataStats | None = None,
 ) -> CacheManifest:
     """Write (or finish) the cache in `out`, whose `tipscore.lock.OutputLock` the caller holds.
     `on_shard(done, total)` is called after each shard. `teacher_spec` names the teacher for the model cards
-    of students trained from the cache."""
+    of students trained from the cache. `stats` counts the images read and the data problems met."""
     settings.validate()
     require_indexed(dataset)
     out = Path(out)
@@ -135,9 +139,10 @@ def build_cache(
         codec.basis = PcaBasis.from_tensors(load_file(out / PCA_BASIS), manifest.pca_explained)
 
     k = settings.augmentations
+    stats = DataStats() if stats is None else stats
     for s in range(len(manifest.shards), num_shards):
         images = range(s * settings.shard_size, min(len(dataset), (s + 1) * settings.shard_size))
-        crops, tokens = _run_teacher(teacher, dataset, images, pre, k, settings.batch_size, device)
+        crops, tokens = _run_teacher(teacher, dataset, images, pre, k, settings.batch_size, device, stats)
         if compression.kind == "pca" and codec.basis is None:
             # Fitted on the first shard and stored before any shard is, so a resumed build encodes
             # every shard with the same basis.

@@ -14,7 +14,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from tipscore.errors import UserError
+from tipscore.errors import UserError, writing
 
 from distill.captioning.captioner import Captioner
 from distill.captioning.output import append_rows
@@ -149,7 +149,9 @@ def caption_images(dataset: MapSource, work: Plan, captioner: Captioner, prompts
                         num_workers=settings.num_workers)
     summary = Summary()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "ab") as file, tqdm(total=sum(map(len, work.batches)), unit="img", desc="caption") as bar:
+    bar = tqdm(total=sum(map(len, work.batches)), unit="img", desc="caption")
+    # `writing` also around the close, which reports a failed write-back of the file system (NFS, a full quota).
+    with writing(out), open(out, "ab") as file, bar:
         for batch in loader:
             good = [(name, sample) for name, sample in batch if isinstance(sample, Sample)]
             summary.skipped.update(sample for _, sample in batch if isinstance(sample, str))

@@ -1,7 +1,8 @@
 """The caption file: one JSON object per image, appended a batch at a time, safe to resume after a kill.
 
 Each batch is one append of whole lines, flushed and fsynced, so a kill can only leave a torn last line;
-it is cut off when the file is opened again.
+it is cut off when the file is opened again. A last line that parses is whole, newline or not (a proper prefix
+of a JSON object never parses).
 """
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ def read_written(path: Path) -> dict[str, frozenset[str]]:
     """file_name -> the caption keys of its line, for the lines already in `path`."""
     if not path.exists():
         return {}
-    written, complete = {}, 0
+    written, complete, unended = {}, 0, False
     with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
-            if not line.endswith(b"\n"):
-                break  # only the last line can lack its newline: the writer was killed mid-append
+            unended = not line.endswith(b"\n")  # only the last line can be
+            if unended and _parsed(line) is None:
+                break  # the writer was killed mid-append
             complete += len(line)
             if line.strip():
                 row = _record(line, path, number)
@@ -40,15 +42,24 @@ def read_written(path: Path) -> dict[str, frozenset[str]]:
     if complete < path.stat().st_size:
         log.warning("%s: dropped a torn last line (an interrupted write); it is captioned again", path)
         _truncate(path, complete)
+    elif unended:
+        # A whole record without its newline (an editor, another tool): ended, so the next append starts a line.
+        with writing(path), open(path, "ab") as f:
+            append_bytes(f, b"\n")
     return written
 
 
-def _record(line: bytes, path: Path, number: int) -> dict:
+def _parsed(line: bytes) -> dict | None:
     try:
         row = json.loads(line)
     except ValueError:
-        row = None
-    if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+        return None
+    return row if isinstance(row, dict) and isinstance(row.get("file_name"), str) else None
+
+
+def _record(line: bytes, path: Path, number: int) -> dict:
+    row = _parsed(line)
+    if row is None:
         raise UserError(f"{path} line {number} is not a caption record ({{\"file_name\": ..., ...}}): fix or "
                         f"remove that line, or write to another --out")
     return row
@@ -65,6 +76,10 @@ def _truncate(path: Path, size: int) -> None:
 def append_rows(file, rows: list[dict]) -> None:
     """`file`: opened with open(path, "ab"). Whole lines in one write, on disk before the next batch starts."""
     with writing(file.name):
-        file.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8"))
-        file.flush()
-        os.fsync(file.fileno())
+        append_bytes(file, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8"))
+
+
+def append_bytes(file, data: bytes) -> None:
+    file.write(data)
+    file.flush()
+    os.fsync(file.fileno())

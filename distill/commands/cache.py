@@ -74,7 +74,7 @@ def _build(args: argparse.Namespace, recipe, teacher_spec: str, data: str, setti
     from distill.cache.manifest import Preprocessing, dataset_identity
     from distill.cache.writer import build_cache
     from distill.commands import data_options
-    from distill.data import CropConfig, build_dataset
+    from distill.data import CropConfig, DataStats, build_dataset
     from teachers import load_teacher, teacher_dtype
     from tipscore.errors import UserError
 
@@ -93,9 +93,12 @@ def _build(args: argparse.Namespace, recipe, teacher_spec: str, data: str, setti
         raise UserError(f"--image-size {size} is not a multiple of the teacher's patch size {teacher.patch_size}")
     pre = Preprocessing(dataset=dataset_identity(data), data_options=options, dataset_length=len(dataset),
                         teacher_image_size=size, crop=crop, seed=recipe.seed if args.seed is None else args.seed)
+    stats = DataStats()
     manifest = build_cache(teacher, dataset, args.out, pre, settings, device=device, teacher_spec=teacher_spec,
-                           on_shard=lambda done, total: print(f"shard {done}/{total}", flush=True))
+                           on_shard=lambda done, total: print(f"shard {done}/{total}", flush=True), stats=stats)
     rows = pre.dataset_length * settings.augmentations
     print(f"cache {args.out}: {rows} targets ({pre.dataset_length} images x {settings.augmentations} crops) "
           f"in {len(manifest.shards)} shards, teacher {manifest.teacher_fingerprint[:12]}")
+    if stats.items:  # a skipped image's targets are those of the next valid one: the user must hear of it
+        print(stats.summary())
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -31,13 +32,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from distill.eval.report import card_sections, find_reports
     from students.export import export_student
     from teachers.student_checkpoint import read_manifest
     from tipscore.lock import OutputLock
 
+    check_not_a_run(Path(args.out))
     # Beside --out, which the export replaces by a rename.
     with OutputLock(args.out, beside=True):
         reports = find_reports(Path(args.checkpoint), read_manifest(args.checkpoint).get("metadata") or {},
@@ -50,6 +50,17 @@ def run(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"note: {note}")
     return 0
+
+
+def check_not_a_run(out: Path) -> None:
+    """--overwrite replaces --out whole: a training run there would lose its checkpoints and metrics."""
+    from distill.train import run_marker
+    from tipscore.errors import UserError
+
+    marker = run_marker(out)
+    if marker is not None:
+        raise UserError(f"--out {out} is a training run directory (it holds {marker}); expected a directory for "
+                        "the export alone, such as a new one inside the run")
 
 
 def load_fingerprint(checkpoint: str) -> str:

@@ -34,8 +34,8 @@ class FolderSource(MapSource):
     def __init__(self, path: str | os.PathLike, *, index: str | os.PathLike | None = None,
                  image_column: str = "file_name", caption_columns: dict[str, str] | None = None,
                  auto_index: bool = True, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS,
-                 max_image_pixels: int | None = None):
-        super().__init__(max_caption_chars, max_image_pixels)
+                 max_image_pixels: int | None = None, allow_outside_root: bool = False):
+        super().__init__(max_caption_chars, max_image_pixels, allow_outside_root)
         path = Path(path).expanduser()
         self.name = f"folder {path}"
         if not path.exists():

@@ -22,8 +22,9 @@ class HFSource(MapSource):
     def __init__(self, path_or_id: str, *, split: str = "train", name: str | None = None,
                  image_column: str | None = None, caption_columns: dict[str, str] | None = None,
                  builder: str | None = None, cache_dir: str | None = None,
-                 max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS, max_image_pixels: int | None = None):
-        super().__init__(max_caption_chars, max_image_pixels)
+                 max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS, max_image_pixels: int | None = None,
+                 allow_outside_root: bool = False):
+        super().__init__(max_caption_chars, max_image_pixels, allow_outside_root)
         import datasets
 
         self.name = f"hf {path_or_id}"

@@ -76,12 +76,14 @@ class MapSource(Dataset):
     caption_keys: tuple[str, ...] = ()
     root: Path | None = None  # the directory relative file names are read from
 
-    def __init__(self, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS, max_image_pixels: int | None = None):
+    def __init__(self, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS, max_image_pixels: int | None = None,
+                 allow_outside_root: bool = False):
         if max_caption_chars < 1:
             raise UserError(f"max_caption_chars={max_caption_chars}: expected a positive number of characters")
         check_max_image_pixels(max_image_pixels)
         self.max_caption_chars = max_caption_chars
         self.max_image_pixels = max_image_pixels
+        self.allow_outside_root = allow_outside_root
         self._bad: dict[int, str] = {}  # per process: known-bad items are not decoded again
 
     def __len__(self) -> int:
@@ -118,11 +120,22 @@ class MapSource(Dataset):
             raise BadSample(self._bad[index])
         try:
             raw = self.raw(index)
+            self._check_inside_root(raw.image)
             return clean_record(raw, index, self.item_name(index, raw.image), self.max_caption_chars,
                                 self.max_image_pixels)
         except BadSample as exc:
             self._bad[index] = exc.reason
             raise
+
+    def _check_inside_root(self, image: bytes | str | os.PathLike) -> None:
+        """A file name in an index is data, not a licence to read any file (`../../etc/passwd`, `/home/x/key.png`):
+        one outside the root is skipped unless the data option `allow_outside_root` says the index may point there.
+        Lexical, so that symlinks inside the root (datasets assembled from several disks) still count as inside."""
+        if self.allow_outside_root or self.root is None or not isinstance(image, (str, os.PathLike)) or not image:
+            return
+        root = os.path.abspath(self.root)
+        if os.path.commonpath([root, os.path.abspath(image)]) != root:
+            raise BadSample("outside_root")
 
     def __getitem__(self, index: int) -> Sample:
         try:
