@@ -3,7 +3,7 @@ the built-in scenes; prints one JSON object (wall time, peak memory, threads, th
 intervals and cost per model) and writes it with --out. The README's Quickstart figures come from this file, and
 `tests/test_main_job.py` pins them.
 
-Usage: python bench/main_job.py [--threads 2 1] [--work DIR] [--out bench/results/main_job.json]
+Usage: python bench/main_job.py [--threads 2 1] [--work DIR] [--out bench/results/main_job.json] [--quick]
 Each thread count is one run in its own process (its peak RSS is that process's alone); the first is the headline,
 the others show how far the figures move with the number of threads (reduction order on the CPU).
 """
@@ -21,10 +21,13 @@ from pathlib import Path
 SCORES = ("miou", "pixel_acc", "things_miou", "things_pixel_acc")
 
 
-def run_job(out: Path, threads: int) -> dict:
+QUICK = ("train.max_steps=2", "train.batch_size=8")  # the smoke run of the suite: the wiring, not the figures
+
+
+def run_job(out: Path, threads: int, overrides: tuple[str, ...] = ()) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     start = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-m", "distill.cli", "distill", "--out", str(out)], env=env,
+    child = subprocess.Popen([sys.executable, "-m", "distill.cli", "distill", "--out", str(out), *overrides], env=env,
                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     printed = child.stdout.read()
     _, status, usage = os.wait4(child.pid, 0)  # this child's own peak RSS, not the largest of all children
@@ -45,11 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     parser.add_argument("--work", type=Path, help="where the runs go (default: a temp dir)")
     parser.add_argument("--out", type=Path, help="write the JSON here")
+    parser.add_argument("--quick", action="store_true", help="2 training steps: a smoke test")
     args = parser.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="tipsdistill-main-job-"))
-    runs = [run_job(work / f"threads{threads}", threads) for threads in args.threads]
+    runs = [run_job(work / f"threads{threads}", threads, QUICK if args.quick else ())
+            for threads in args.threads]
     first = runs[0]["models"]
-    result = {"command": "tipsdistill distill --out runs/default", "runs": runs,
+    result = {"command": "tipsdistill distill --out runs/default", "quick": args.quick, "runs": runs,
               "moved_by_threads": {f"{r['threads']} vs {runs[0]['threads']} threads": {
                   name: {m: r["models"][name][m] - first[name][m] for m in SCORES} for name in first}
                   for r in runs[1:]}}

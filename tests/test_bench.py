@@ -75,6 +75,28 @@ def test_paired_statistics_by_hand():
 
 
 @pytest.mark.slow
+def test_the_main_job_bench_runs_the_job_in_fresh_processes(tmp_path):
+    result = bench("main_job", tmp_path, "--threads", "1", "2")
+    assert [r["threads"] for r in result["runs"]] == [1, 2] and result["quick"]
+    run = result["runs"][0]
+    assert run["wall_s"] > 0 and run["peak_rss_mib"] > 100 and set(run["models"]) == {"teacher", "student"}
+    assert "student - teacher" in run["bootstrap"]["differences"] and run["cost"]["student"]["gflops_per_image"] > 0
+    assert set(result["moved_by_threads"]["2 vs 1 threads"]) == {"teacher", "student"}
+
+
+def test_the_alignment_bench_reports_each_class(tmp_path):
+    out = tmp_path / "alignment.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "alignment.py"), "--model", "teacher=micro",
+                           "--limit", "3", "--out", str(out)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    teacher = json.loads(out.read_text())["models"]["teacher"]
+    assert len(teacher["patch_text_cosine"]) == 10 and len(teacher["text_text_cosine"][0]) == 10
+    assert all(abs(sum(row) - 1) < 1e-3 for row, n in zip(teacher["confusion"], teacher["patches_per_class"]) if n)
+    assert (tmp_path / "alignment.md").read_text().startswith("### teacher")
+
+
+@pytest.mark.slow
 def test_the_gpu_bench_runs_its_tiny_cpu_configuration(tmp_path):
     out = tmp_path / "gpu.json"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu.py"), "--tiny", "--steps", "2",

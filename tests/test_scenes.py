@@ -19,11 +19,28 @@ def test_same_seed_same_scene_and_other_seed_differs():
     assert not np.array_equal(np.asarray(a[0].image), np.asarray(other[0].image))
 
 
-def test_heldout_split_is_disjoint_from_train():
-    train = {np.asarray(SceneDataset("train", length=200)[i].image).tobytes() for i in range(200)}
-    heldout = {np.asarray(SceneDataset("heldout", length=200)[i].image).tobytes() for i in range(200)}
-    assert len(train) == 200 and len(heldout) == 200
-    assert not train & heldout
+def test_train_validation_and_heldout_splits_are_disjoint():
+    splits = {split: {np.asarray(SceneDataset(split, length=200)[i].image).tobytes() for i in range(200)}
+              for split in ("train", "validation", "heldout")}
+    assert all(len(images) == 200 for images in splits.values())
+    assert not splits["train"] & splits["heldout"] and not splits["train"] & splits["validation"]
+    assert not splits["validation"] & splits["heldout"]
+
+
+def test_evaluation_reads_the_validation_split_only_when_asked():
+    from distill.eval.inputs import open_image_set
+    from distill.eval.readers import open_segmentation
+    from distill.eval.readers.depth import open_depth
+
+    assert open_segmentation("scenes:length=4").scenes.split == "heldout"
+    chosen = open_segmentation("scenes:length=4,split=validation")
+    assert chosen.scenes.split == "validation" and "split=validation" in chosen.name
+    assert open_segmentation("scenes:split=validation", "train").scenes.split == "train"  # a probe's training data
+    assert open_depth("scenes:split=validation").scenes.split == "validation"
+    assert open_image_set("scenes:split=validation").split == "validation"
+    for bad in ("scenes:split=train", "scenes:split=test", "scenes:length=ten"):
+        with pytest.raises(UserError, match="heldout, validation"):
+            open_segmentation(bad)
 
 
 def test_every_pixel_has_a_class_named_in_the_captions():
@@ -98,7 +115,7 @@ def test_sample_captions_and_items():
 
 def test_bad_split_is_a_user_error():
     with pytest.raises(UserError, match="split"):
-        SceneDataset("validation")
+        SceneDataset("val")
 
 
 def test_caption_corpus_builds_a_tokenizer():
