@@ -28,6 +28,20 @@ def tiny_tipsv2_config(vocab_size: int, width: int = 32, depth: int = 2, heads: 
     )
 
 
+def perturbed_student(tokenizer):
+    """A micro student with non-trivial registers and layer scales, so a mis-mapped or mis-converted weight shows
+    in an export's outputs."""
+    import students
+
+    torch.manual_seed(0)
+    student = students.build_student("tipsv2-micro", teacher_width=48, tokenizer=tokenizer)
+    with torch.no_grad():
+        for name, p in student.named_parameters():
+            if name != "temperature":
+                p.add_(0.02 * torch.randn_like(p))
+    return student
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from teachers.tokenizer import build_tokenizer

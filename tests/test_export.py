@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import students
+from conftest import perturbed_student
 from distill.cli import main
 from students.checkpoint import WEIGHTS
 from students.export import HEADS_MANIFEST, NPZ_TEXT, NPZ_VISION, TIMM_MANIFEST, TIMM_WEIGHTS, load_heads
@@ -16,12 +17,7 @@ TEXTS = ["a red circle", "a photo of many dogs"]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tiny_tokenizer):
-    torch.manual_seed(0)
-    student = students.build_student("tipsv2-micro", teacher_width=48, tokenizer=tiny_tokenizer)
-    with torch.no_grad():  # non-trivial registers / layer scales so a mis-mapped weight shows
-        for name, p in student.named_parameters():
-            if name != "temperature":
-                p.add_(0.02 * torch.randn_like(p))
+    student = perturbed_student(tiny_tokenizer)
     root = tmp_path_factory.mktemp("export")
     student.save(root / "ckpt", metadata={"teacher_fingerprint": "f00dcafe", "recipe": {"loss": "cosine"}})
     report = {"task": "zeroshot-seg", "dataset": "scenes",

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import students
+from conftest import perturbed_student
 from distill.cli import main
 from teachers import load_teacher
 
@@ -20,12 +21,7 @@ TEXTS = ["a red circle", "a photo of many dogs", ""]
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory, tiny_tokenizer):
-    torch.manual_seed(0)
-    student = students.build_student("tipsv2-micro", teacher_width=48, tokenizer=tiny_tokenizer)
-    with torch.no_grad():  # non-trivial registers / layer scales so a mis-converted op shows
-        for name, p in student.named_parameters():
-            if name != "temperature":
-                p.add_(0.02 * torch.randn_like(p))
+    student = perturbed_student(tiny_tokenizer)
     path = tmp_path_factory.mktemp("onnx") / "ckpt"
     student.save(path)
     return path
