@@ -102,7 +102,9 @@ def images_per_s(model, pixels: torch.Tensor) -> float:
 
 
 def _resident_bytes(model, pixels: torch.Tensor) -> int:
-    tensors = itertools.chain(model.parameters(), model.buffers()) if isinstance(model, nn.Module) else ()
+    # Encoders that wrap modules without being one (a student in its teacher's space) expose both methods too.
+    has_tensors = hasattr(model, "parameters") and hasattr(model, "buffers")
+    tensors = itertools.chain(model.parameters(), model.buffers()) if has_tensors else ()
     return sum(t.numel() * t.element_size() for t in tensors) + pixels.numel() * pixels.element_size()
 
 

@@ -50,7 +50,11 @@ class InTeacherSpace:
         return self.teacher.encode_text(texts)
 
     def parameters(self):
+        """The image path's: what serves each image (the text side encodes the class names once)."""
         return self.student.parameters()
+
+    def buffers(self):
+        return self.student.buffers()
 
 
 def in_teacher_space(directory: str, device, dtype) -> InTeacherSpace:
