@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -139,3 +140,34 @@ def test_commands_hide_transformers_weight_loading_bars(tmp_path):
         assert not transformers_logging.is_progress_bar_enabled()
     finally:
         transformers_logging.enable_progress_bar()
+
+
+def test_a_run_logs_above_its_bar_and_only_the_caption_weights_it_uses(tmp_path, caplog, capsys):
+    photos = _folder(tmp_path / "photos", CAPTIONS)  # short captions only
+    console = logging.StreamHandler(sys.stderr)  # a user's terminal, where tqdm draws its bar too
+    console.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(console)
+    try:
+        with caplog.at_level(logging.INFO):
+            assert main(["distill", "--recipe", "micro", f"data.source=folder:{photos}", "train.max_steps=2",
+                         "train.batch_size=4", "--out", str(tmp_path / "run")]) == 0
+    finally:
+        logging.getLogger().removeHandler(console)
+    [drawn] = [line for line in capsys.readouterr().err.split("\n") if "samples drawn" in line]
+    assert drawn.split("\r")[-1] == "INFO distill.train: data: 8 samples drawn"  # not after the bar's text
+    [contrastive] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("contrastive")]
+    assert "CLS2 <-> short 0.2; data captions: short (medium, long weighted but not in the data)" in contrastive
+
+
+def test_hf_on_a_local_folder_shows_no_download_bars(tmp_path, capsys):
+    from datasets.utils import logging as datasets_logging
+
+    photos = _folder(tmp_path / "photos", CAPTIONS)
+    (photos / "metadata.jsonl").write_text("".join(f'{{"file_name": "{i}.png", "text": "{c}"}}\n'
+                                                   for i, c in enumerate(CAPTIONS)))
+    for path in photos.glob("*.txt"):
+        path.unlink()
+    assert len(build_dataset(f"hf:{photos}", cache_dir=str(tmp_path / "cache"))) == 4
+    err = capsys.readouterr().err
+    assert "Generating train split" not in err and "Downloading" not in err, err
+    assert datasets_logging.is_progress_bar_enabled()  # silenced for the local read only
