@@ -20,6 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import (GradientAccumulationPlugin, ProjectConfiguration, broadcast_object_list, send_to_device,
                                set_seed)
 from torch.utils.data import IterableDataset
+from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from distill.cache.replay import open_cache, recipe_preprocessing, replay_dataloader
@@ -129,8 +130,12 @@ def _contrastive_enabled(recipe: Recipe, dataset) -> bool:
         log.info("the data has no captions (%s wanted): image-only distillation, no contrastive loss",
                  ", ".join(sorted(wanted)))
         return False
-    log.info("contrastive %s loss (text tower: %s): CLS1 <-> short, CLS2 <-> %s; data captions: %s", c.kind,
-             c.text_tower, ", ".join(f"{k} {w:g}" for k, w in c.caption_weights.items()), ", ".join(keys))
+    weighted = [k for k, w in c.caption_weights.items() if w > 0]
+    # CLS2 draws among the granularities an image has (`draw_captions`): a weight without captions is never used.
+    absent = [k for k in weighted if k not in keys]
+    log.info("contrastive %s loss (text tower: %s): CLS1 <-> short, CLS2 <-> %s; data captions: %s%s", c.kind,
+             c.text_tower, ", ".join(f"{k} {c.caption_weights[k]:g}" for k in weighted if k in keys) or "none",
+             ", ".join(keys), f" ({', '.join(absent)} weighted but not in the data)" if absent else "")
     return True
 
 
@@ -395,7 +400,8 @@ def _train(recipe: Recipe, out: Path, accelerator: Accelerator, checkpoint: Path
     log.info(line)
     accelerator.log(scalars, step=progress.step)
     start, first_step = time.perf_counter(), progress.step
-    train_loop(run, progress, stop_at=stop_at, show_progress=show_progress)
+    with logging_redirect_tqdm():  # the loop's log lines (data, checkpoints) go above tqdm's bar, not onto it
+        train_loop(run, progress, stop_at=stop_at, show_progress=show_progress)
     finished = progress.step >= t.max_steps
     final = out / "student"
     if accelerator.is_main_process and finished:

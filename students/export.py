@@ -28,13 +28,12 @@ from students.model_card import model_card
 from students.onnx_export import QUANTIZATIONS, export_onnx
 from students.zoo import get_arch
 from tipscore.errors import UserError
+from teachers.sources.timm_source import EXPORT_MANIFEST as TIMM_MANIFEST, EXPORT_WEIGHTS as TIMM_WEIGHTS
 from teachers.official_npz import HEADS_FILE, official_from_tipsv2, write_npz
 
 FORMATS = ("hf", "timm", "npz", "onnx")
 HEADS_WEIGHTS = "teacher_space_heads.safetensors"
 HEADS_MANIFEST = "teacher_space_heads.json"
-TIMM_WEIGHTS = "model.safetensors"
-TIMM_MANIFEST = "timm_config.json"
 NPZ_VISION = "tips_v2_student_vision.npz"
 NPZ_TEXT = "tips_v2_student_text.npz"
 
@@ -150,6 +149,7 @@ def _export_timm(student: Student, out: Path, evaluation: list[str]) -> list[str
              f"model = timm.create_model(cfg['model_name'], pretrained=False, checkpoint_path='DIR/{TIMM_WEIGHTS}',\n"
              "                          pretrained_cfg_overlay=cfg['pretrained_cfg'], **cfg['kwargs'])\n"
              "transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))\n"
+             "image = load_image(path)  # see Input above: transparency on white, as in training\n"
              "tokens = model.forward_features(transform(image)[None])  # [CLS1, register, patches]")
     _write_card(student, out, evaluation, "timm", usage)
     return ["timm holds the vision tower only; the text tower is not exported in this format"] if student.text else []

@@ -18,6 +18,15 @@ from students.model import Student
 # which a shared model card must not leak.
 _PUBLIC_SPEC = re.compile(r"(timm:[\w.-]+|[A-Za-z0-9][\w.-]*/[\w.-]+|micro)")
 
+# How training read images (`distill/data/clean.py`): EXIF rotation, transparency composited on white. A plain
+# `.convert("RGB")` turns transparent pixels black, which the student never saw.
+RGB_AS_TRAINED = (
+    "from PIL import Image, ImageOps\n"
+    "def load_image(path):  # as training read images: EXIF rotation, transparency (RGBA, LA, P) on white\n"
+    "    image = ImageOps.exif_transpose(Image.open(path)).convert('RGBA')\n"
+    "    return Image.alpha_composite(Image.new('RGBA', image.size, 'white'), image).convert('RGB')")
+
+
 def _params(module) -> str:
     return f"{sum(p.numel() for p in module.parameters()) / 1e6:.1f}M"
 
@@ -60,7 +69,10 @@ def model_card(student: Student, evaluation: list[str], fmt: str, usage: str) ->
         lines.append(f"Text: width {t.hidden_size}, depth {t.num_hidden_layers}, {t.num_attention_heads} heads, "
                      f"vocabulary {t.vocab_size} ({_params(student.text)} parameters); "
                      f"temperature {float(student.temperature.detach()):.6g}.")
-    lines += ["Input: RGB in [0, 1], no mean/std normalisation. Tokens: [CLS1, register (CLS2), patches].", ""]
+    lines += ["Input: RGB in [0, 1], no mean/std normalisation. Tokens: [CLS1, register (CLS2), patches].",
+              "Training composited transparent images (RGBA, LA, P) on white after EXIF rotation; "
+              "`.convert('RGB')` alone puts black there, so read images as training did:", "",
+              "```python", RGB_AS_TRAINED, "```", ""]
     lines += ["## Usage", "", "```python", usage.replace("DIR", "path/to/this/dir"), "```", ""]
     teacher = _teacher(meta)
     lines += ["## Teacher", "", teacher or "Not recorded in the checkpoint.", ""]

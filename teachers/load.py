@@ -6,6 +6,7 @@ Spec forms:
   DIR with *_vision.npz [*_text.npz tokenizer.model]   the same, found in a directory
   timm:NAME[,checkpoint=PATH][,KEY=VALUE...]    timm ViT, vision only
   DIR with student.json                         a tipsdistill student checkpoint
+  DIR with timm_config.json                     a student exported with --format timm (vision only)
   onnx:DIR                                      a student exported with --format onnx, run by onnxruntime
   micro                                         the packaged micro TIPSv2 teacher (a local directory named
                                                 `micro` is `./micro`)
@@ -33,7 +34,7 @@ PACKAGED = {"micro": Path(__file__).resolve().parent / "assets" / "micro_teacher
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
 _FORMS = ("micro, a save_pretrained directory or hub id, npz:VISION.npz[,TEXT.npz], a directory with *_vision.npz, "
-          "timm:NAME[,checkpoint=PATH], onnx:DIR or a student checkpoint directory")
+          "timm:NAME[,checkpoint=PATH], a timm export directory, onnx:DIR or a student checkpoint directory")
 
 
 def teacher_dtype(device: str | torch.device, precision: str | None) -> torch.dtype:
@@ -69,11 +70,14 @@ def _build(spec: str, options: dict) -> Teacher:
     if path.is_dir():
         if (path / "student.json").is_file():
             return _call(student.load, path, options=options)
+        if (path / timm_source.EXPORT_MANIFEST).is_file():
+            return _call(timm_source.load_export, path, options=options)
         if any(path.glob("*_vision.npz")):
             return _call(official.load, *official.find_pair(path), options=options)
         if (path / "config.json").is_file():
             return _hugging_face(str(path), options)
-        raise UserError(f"{path}: no config.json, student.json or *_vision.npz inside; expected {_FORMS}")
+        raise UserError(f"{path}: no config.json, student.json, {timm_source.EXPORT_MANIFEST} or *_vision.npz inside; "
+                        f"expected {_FORMS}")
     if path.exists():
         raise UserError(f"{path} is a file; expected {_FORMS}")
     if _HUB_ID.fullmatch(spec):

@@ -76,7 +76,7 @@ def test_messy_folder_loads_and_reports(messy_folder):
     assert ("skipped 3 (empty_file 1: zero.jpg; truncated 1: truncated.jpg; unreadable 1: garbage.png)"
             in summary)
     assert "captions dropped 1 (short 1: good0.png)" in summary
-    assert "captions repaired 1 (short 1: good1.png)" in summary
+    assert "captions repaired 1 (short 1: good1.png; longer than max_caption_chars, cut at a word boundary)" in summary
     assert stats.as_dict()["data/skipped/truncated"] == 1
     # Worker processes report through the batches: the same counts, the same samples.
     in_workers, worker_indices = epoch_stats(ds, workers=2)

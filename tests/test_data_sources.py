@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import tarfile
 
 import numpy as np
@@ -52,6 +53,38 @@ def test_folder_recursive_with_sidecars(tmp_path):
     assert ds[1].captions == {}
     assert ds[2].captions == {"medium": "medium c"}
     assert ds[0].image.mode == "RGB" and ds[0].image.size == (20, 12)
+
+
+def test_folder_index_and_webdataset_give_one_order(tmp_path):
+    """The README's order: a scanned folder lists sorted relative paths, so an index of the same files in
+    sorted() order, and an unshuffled single shard in that order, give the same item at every index."""
+    root = tmp_path / "photos"
+    (root / "b").mkdir(parents=True)
+    names = ["c.png", "b/d.png", "a.png", "b.png", "B.png"]  # a sub-folder's files before c.png; "b.png" < "b/d.png"
+    for i, name in enumerate(names):
+        colour_image(i).save(root / name)
+    ordered = sorted(names)
+    (tmp_path / "index.jsonl").write_text("".join(json.dumps({"file_name": f"photos/{n}"}) + "\n" for n in ordered))
+    with tarfile.open(tmp_path / "shard-000.tar", "w") as tar:
+        for name in ordered:
+            add_member(tar, name, (root / name).read_bytes())
+
+    folder = build_dataset(f"folder:{root}")
+    index = build_dataset(f"folder:{tmp_path / 'index.jsonl'}")
+    assert [os.path.relpath(folder.image_file(i), root) for i in range(len(folder))] == ordered
+    assert [os.path.relpath(index.image_file(i), root) for i in range(len(index))] == ordered
+    wds = build_dataset(f"wds:{tmp_path / 'shard-000.tar'}", shuffle=False)
+    expected = [names.index(n) for n in ordered]
+    assert [image_id(s) for s in wds] == [image_id(folder[i]) for i in range(5)] == expected
+
+    def batches(dataset, shuffle):
+        loader = make_dataloader(dataset, batch_size=5, student_size=8, shuffle=shuffle)
+        return [(b["index"].tolist(), b["pixels"]) for b in loader]
+
+    for (i_a, p_a), (i_b, p_b) in zip(batches(folder, True), batches(index, True), strict=True):
+        assert i_a == i_b and torch.equal(p_a, p_b)  # data.shuffle permutes indices alike
+    for (i_a, p_a), (i_b, p_b) in zip(batches(folder, False), batches(wds, False), strict=True):
+        assert i_a == i_b and torch.equal(p_a, p_b)
 
 
 def write_images(root, count):

@@ -101,6 +101,54 @@ def test_timm_export_loads_with_create_model(checkpoint, reference, tmp_path):
         assert (model.forward_features(batch)[:, 2:] - tokens.patches.flatten(1, 2)).abs().max() <= 1e-5
 
 
+def test_timm_export_folder_is_a_model_spec(checkpoint, reference, tmp_path, capsys):
+    from teachers import load_teacher
+
+    student, pixels, sequence, _ = reference
+    assert _export(checkpoint, "timm", tmp_path / "timm") == 0
+    teacher = load_teacher(tmp_path / "timm")  # no architecture keywords: timm_config.json holds them
+    tokens = teacher.encode_image(pixels)
+    with torch.no_grad():
+        assert (tokens.cls - sequence[:, 0]).abs().max() <= 1e-5
+        assert (tokens.patches.flatten(1, 2) - sequence[:, 2:]).abs().max() <= 1e-5
+    assert teacher.image_size == 64
+    assert teacher.mean.flatten().tolist() == [0.0] * 3 and teacher.std.flatten().tolist() == [1.0] * 3
+    capsys.readouterr()
+    assert main(["eval", "--model", f"a={tmp_path / 'timm'}", "--model", f"b={tmp_path / 'timm'}", "--task", "fidelity",
+                 "--dataset", "scenes", "--limit", "4", "--out", str(tmp_path / "eval")]) == 0
+    (tmp_path / "timm" / TIMM_MANIFEST).write_text("{}")
+    capsys.readouterr()
+    assert main(["eval", "--model", f"a={tmp_path / 'timm'}", "--model", f"b={tmp_path / 'timm'}", "--task", "fidelity",
+                 "--dataset", "scenes", "--out", str(tmp_path / "eval2")]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: {tmp_path / 'timm' / TIMM_MANIFEST}: not a timm export")
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "LA", "P"])
+def test_model_card_reads_transparent_images_as_training_did(checkpoint, tmp_path, mode):
+    import numpy as np
+    from PIL import Image
+
+    from distill.data.clean import to_rgb
+    from students.model_card import RGB_AS_TRAINED
+
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., :3], rgba[:4, ..., 3] = 200, 255  # the bottom half transparent black
+    image = Image.fromarray(rgba)
+    if mode == "P":  # a palette image whose colour 0 is transparent
+        image = Image.fromarray(rgba[..., 3] // 255).convert("P")
+        image.info["transparency"] = 0
+    else:
+        image = image.convert(mode)
+    image.save(tmp_path / "x.png")
+    namespace = {}
+    exec(RGB_AS_TRAINED, namespace)
+    card_read = np.asarray(namespace["load_image"](tmp_path / "x.png"))
+    assert (card_read == np.asarray(to_rgb(Image.open(tmp_path / "x.png")))).all()
+    assert (card_read[4:] == 255).all()  # white, where a plain convert("RGB") gives black
+    assert _export(checkpoint, "timm", tmp_path / "timm") == 0
+    assert RGB_AS_TRAINED in (tmp_path / "timm" / "README.md").read_text()
+
+
 @pytest.mark.parametrize("name", ["tipsv2-b14", "tipsv2-l14", "tipsv2-so400m14"])
 def test_timm_kwargs_of_released_sizes_are_timms_defaults(name):
     import timm

@@ -4,7 +4,8 @@ Captions come either from sidecar files next to each image (`cat.jpg` + `cat.txt
 `cat.medium.txt`, `cat.long.txt`) or from an index file (`jsonl` or `csv`) with one row per image:
 an image-path column (relative to the index file) and one column per caption granularity. An index
 named `metadata.jsonl` / `metadata.csv` at the folder root is used automatically (the Hugging Face
-imagefolder convention) unless `auto_index=False`; with an index, the samples are its rows, in order.
+imagefolder convention) unless `auto_index=False`; with an index, the samples are its rows, in the index's
+own order (a user's explicit order); a scanned folder is in sorted relative-path order.
 """
 from __future__ import annotations
 
@@ -80,8 +81,9 @@ def read_text(path: Path) -> str:
 
 
 def scan_folder(root: Path) -> list[RawRecord]:
-    """A fixed order (sorted names, a folder's files before its sub-folders) so every index is the
-    same on every machine.
+    """Sorted relative POSIX paths, compared as strings (`a/z.png` before `b.png`): the same order on every
+    machine, and the order `sorted()` gives an index of the same files, so a folder and such an index give the
+    same items at the same indices (and the same student).
     Sidecar captions are kept as paths and read when the item is loaded."""
     records, visited, undecoded = [], set(), []
     # Symlinked sub-folders are followed (datasets are often assembled that way), each real one once.
@@ -102,7 +104,7 @@ def scan_folder(root: Path) -> list[RawRecord]:
                         if stem + suffix in present}
             records.append(RawRecord(os.path.join(directory, name), captions))
     warn_undecoded(root, undecoded)
-    return records
+    return sorted(records, key=lambda record: Path(os.path.relpath(record.image, root)).as_posix())
 
 
 def warn_undecoded(root: Path, names: list[str]) -> None:

@@ -6,6 +6,7 @@ image is skipped and counted like everywhere else instead of raising inside `dat
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -62,9 +63,32 @@ class HFSource(MapSource):
 
 
 def load(path_or_id: str, split: str, name: str | None, builder: str | None, cache_dir: str | None):
+    path = Path(path_or_id).expanduser()
+    with quiet_datasets() if path.is_dir() else contextlib.nullcontext():
+        return load_dataset(path, path_or_id, split, name, builder, cache_dir)
+
+
+@contextlib.contextmanager
+def quiet_datasets():
+    """Silence datasets' bars and log lines ("Downloading data", "Generating train split") while it reads files
+    already on disk, where they report no download; a hub dataset keeps them."""
+    from datasets.utils import logging as datasets_logging
+
+    bars, verbosity = datasets_logging.is_progress_bar_enabled(), datasets_logging.get_verbosity()
+    datasets_logging.disable_progress_bar()
+    datasets_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        datasets_logging.set_verbosity(verbosity)
+        if bars:
+            datasets_logging.enable_progress_bar()
+
+
+def load_dataset(path: Path, path_or_id: str, split: str, name: str | None, builder: str | None,
+                 cache_dir: str | None):
     import datasets
 
-    path = Path(path_or_id).expanduser()
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):

@@ -13,6 +13,8 @@ CAPTION_KEYS = ("short", "medium", "long")
 # An event met while producing a sample, and the item it is about (a file, a row, a shard record).
 Event = tuple[str, str]
 EXAMPLES = 3  # item names the log gives per event
+# "Repaired" alone does not say what happened to a caption; the log line says it once (`clean_captions`).
+REPAIRED = "; longer than max_caption_chars, cut at a word boundary"
 
 
 @dataclass
@@ -69,5 +71,5 @@ class DataStats:
             detail = "; ".join(f"{key.split('/', 1)[1]} {n}: {', '.join(self.examples(key))}{', ...' * (n > EXAMPLES)}"
                                for key, n in sorted(counts.items()) if key.startswith(kind + "/"))
             if detail:
-                parts.append(f"{label} {self.total(kind)} ({detail})")
+                parts.append(f"{label} {self.total(kind)} ({detail}{REPAIRED if kind == 'caption_repaired' else ''})")
         return "; ".join(parts)

@@ -1,7 +1,8 @@
 """timm vision transformers (e.g. `vit_giant_patch14_reg1_tipsv2`), vision only.
 
 Spec: `timm:NAME[,checkpoint=PATH][,KEY=VALUE...]`; extra KEY=VALUE pairs go to `timm.create_model`
-(e.g. `img_size=224`). The checkpoint goes through timm's own `checkpoint_filter_fn`, so a timm state
+(e.g. `img_size=224`). A `tipsdistill export --format timm` folder loads by its path alone: its
+`timm_config.json` holds the name, the keywords and the data config. The checkpoint goes through timm's own `checkpoint_filter_fn`, so a timm state
 dict, a DINOv2/official-layout vision state dict and the multimodal TIPSv2 checkpoint
 (`vision_encoder.*`) all load; files are read as safetensors or `torch.load(weights_only=True)`.
 At sizes other than the native one timm resamples position embeddings itself (bicubic), where
@@ -9,6 +10,7 @@ transformers' TIPSv2 uses bilinear: tokens then differ slightly between the two 
 """
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -22,6 +24,10 @@ from tipscore.errors import UserError
 from teachers.fingerprint import fingerprint
 from teachers.tipsv2_tokens import split_tokens
 from tipscore.types import ImageTokens
+
+# The files of a `tipsdistill export --format timm` folder (the exporter writes them under these names).
+EXPORT_MANIFEST = "timm_config.json"
+EXPORT_WEIGHTS = "model.safetensors"
 
 
 class TimmTeacher(Teacher):
@@ -73,7 +79,8 @@ def load(name: str, *, checkpoint: str | None = None, **model_kwargs) -> TimmTea
             raise UserError(f"{checkpoint}: official .npz files load with the spec npz:VISION.npz[,TEXT.npz]; "
                             f"expected a .safetensors or .pth state dict for timm")
         # `file=` routes the checkpoint through the model's checkpoint_filter_fn (key conversion).
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(checkpoint)))
+        overlay = {**kwargs.get("pretrained_cfg_overlay", {}), "file": str(checkpoint)}
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=overlay)
     try:
         model = timm.create_model(name, **kwargs)
     except (pickle.UnpicklingError, RuntimeError, TypeError) as err:
@@ -84,3 +91,15 @@ def load(name: str, *, checkpoint: str | None = None, **model_kwargs) -> TimmTea
     if not isinstance(model, VisionTransformer) or model.cls_token is None:
         raise UserError(f"timm model {name} is not a ViT with a CLS token; expected e.g. vit_*_reg1_tipsv2")
     return TimmTeacher(model, name)
+
+
+def load_export(directory: Path, **options) -> TimmTeacher:
+    """A timm export folder: the architecture keywords and data config come from its manifest (options win)."""
+    try:
+        manifest = json.loads((directory / EXPORT_MANIFEST).read_text())
+        name, kwargs, overlay = manifest["model_name"], dict(manifest["kwargs"]), dict(manifest["pretrained_cfg"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise UserError(f"{directory / EXPORT_MANIFEST}: not a timm export manifest ({err!r}); expected the "
+                        f"model_name, kwargs and pretrained_cfg that `tipsdistill export --format timm` writes") from None
+    options = {**kwargs, "pretrained_cfg_overlay": overlay, **options}
+    return load(name, checkpoint=str(directory / EXPORT_WEIGHTS), **options)
