@@ -21,6 +21,18 @@ from pathlib import Path
 SCORES = ("miou", "pixel_acc", "things_miou", "things_pixel_acc")
 
 
+def machine() -> dict:
+    """What decides the float reduction order besides the thread count: the CPU and the kernels torch picks."""
+    import platform
+
+    import torch
+
+    names = [line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+             if line.startswith("model name")] if Path("/proc/cpuinfo").is_file() else []
+    return {"cpu": names[0] if names else platform.processor(), "capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__}
+
+
 QUICK = ("train.max_steps=2", "train.batch_size=8")  # the smoke run of the suite: the wiring, not the figures
 
 
@@ -40,7 +52,8 @@ def run_job(out: Path, threads: int, overrides: tuple[str, ...] = ()) -> dict:
             "models": {name: {m: scores[m] for m in SCORES} for name, scores in report["models"].items()},
             "per_class_iou": {name: scores["per_class_iou"] for name, scores in report["models"].items()},
             "bootstrap": report["bootstrap"], "cost": report.get("cost"), "baselines": report["baselines"],
-            "dataset": report["dataset"], "printed": printed}
+            # the printout as a user sees it, without this machine's paths (reports are shared)
+            "dataset": report["dataset"], "printed": printed.replace(str(out), "runs/default")}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = [run_job(work / f"threads{threads}", threads, QUICK if args.quick else ())
             for threads in args.threads]
     first = runs[0]["models"]
-    result = {"command": "tipsdistill distill --out runs/default", "quick": args.quick, "runs": runs,
+    result = {"command": "tipsdistill distill --out runs/default", "quick": args.quick, "machine": machine(), "runs": runs,
               "moved_by_threads": {f"{r['threads']} vs {runs[0]['threads']} threads": {
                   name: {m: r["models"][name][m] - first[name][m] for m in SCORES} for name in first}
                   for r in runs[1:]}}

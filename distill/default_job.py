@@ -1,4 +1,4 @@
-"""The embedded default job: distil a pico student from the packaged micro teacher (4.8x its vision parameters)
+"""The embedded default job: distil a pico student from the packaged micro teacher (4.2x its vision parameters)
 on the built-in scenes, then evaluate teacher and student side by side (zero-shot segmentation, held-out scenes).
 
 The teacher (`micro`, under `teachers/assets/micro_teacher/`) is a real `Tipsv2Model` + tokenizer (fp16

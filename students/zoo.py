@@ -77,8 +77,8 @@ _TIMM_B = "vit_base_patch14_reg1_tipsv2"
 register_student(StudentArch("tipsv2-nano", _small(32, 2, 2, 8, 32), _TIMM_B,
                              "test size: the shapes of the tests' tiny TIPSv2 checkpoints"))
 register_student(StudentArch("tipsv2-pico", _small(48, 3, 3, 8, 64), _TIMM_B,
-                             "CPU size, the default job's student: about 5x fewer vision parameters and FLOPs than "
-                             "the packaged micro teacher"))
+                             "CPU size, the default job's student: about 4x fewer vision parameters (heads included) "
+                             "and FLOPs than the packaged micro teacher"))
 register_student(StudentArch("tipsv2-micro", _small(96, 4, 4, 8, 64), _TIMM_B,
                              "CPU size (the packaged micro teacher's shape): trains in minutes on 64 px images"))
 register_student(StudentArch("tipsv2-s14", _resized("b14", width=384, heads=6), _TIMM_B,

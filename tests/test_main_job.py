@@ -4,22 +4,32 @@ instead of drifting from the README."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from distill.cli import main
-
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = json.loads((ROOT / "bench" / "results" / "main_job.json").read_text())
 HEADLINE = RESULT["runs"][0]
-# The teacher is fixed weights: only float summation order can move its scores. The student is 300 training
-# steps whose float reductions depend on the thread count and the CPU's kernels; bench/main_job.py measured how far
-# one thread moves them from two (`moved_by_threads`), and the tolerance covers twice that.
+# The teacher is fixed weights: only float summation order can move its scores. The student is 300 training steps
+# whose float reductions follow the thread count and the CPU: the same job with the same threads on the same CPU
+# repeats its figures exactly (bench/main_job.py twice), one thread instead of two moves the student's mIoU by 3
+# points (`moved_by_threads`, as much as another seed), and the landed job before this one gave 14.68 at 2 threads
+# on this machine's CPU where another machine gave 16.14. So the job runs with the headline's thread count, in a
+# fresh process as a user runs it: on the bench's CPU the figures must repeat, elsewhere within the 1.5-point spread
+# measured between machines (rounded up).
 TEACHER_TOLERANCE = 0.05
-STUDENT_TOLERANCE = max(0.5, 2 * max(abs(v) for moved in RESULT["moved_by_threads"].values()
-                                         for v in moved["student"].values()))
+
+
+def student_tolerance() -> float:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from main_job import machine
+
+    return 0.05 if machine() == RESULT["machine"] else 2.0
 
 
 def quickstart_table() -> dict[str, tuple[float, float]]:
@@ -41,16 +51,18 @@ def test_the_readme_quickstart_shows_the_committed_figures():
 
 
 @pytest.mark.slow
-def test_a_fresh_main_job_reproduces_the_committed_figures(tmp_path, capsys):
+def test_a_fresh_main_job_reproduces_the_committed_figures(tmp_path):
     out = tmp_path / "default"
-    assert main(["distill", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    done = subprocess.run([sys.executable, "-m", "distill.cli", "distill", "--out", str(out)], capture_output=True,
+                          text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": str(HEADLINE["threads"])})
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout
     assert "| metric | teacher | student |" in printed and "GFLOPs" in printed and "bootstrap" in printed
     assert f"report: {out / 'report.json'}" in printed and (out / "run" / "student" / "student.json").is_file()
     report = json.loads((out / "report.json").read_text())
     assert report["models"]["teacher"]["miou"] > report["baselines"]["majority_class_miou"] + 5
     assert report["dataset"] == HEADLINE["dataset"]
-    for name, tolerance in (("teacher", TEACHER_TOLERANCE), ("student", STUDENT_TOLERANCE)):
+    for name, tolerance in (("teacher", TEACHER_TOLERANCE), ("student", student_tolerance())):
         for metric, value in HEADLINE["models"][name].items():
             assert report["models"][name][metric] == pytest.approx(value, abs=tolerance), (name, metric)
     cost = report["cost"]
