@@ -95,12 +95,15 @@ def make_optimizer(recipe: Recipe, task: torch.nn.Module) -> torch.optim.Optimiz
                              fused=cuda or None, foreach=None if cuda else True)
 
 
-def compile_towers(students, teacher) -> None:
-    """`train.compile`: compile the forward passes in place (module names, hence checkpoints, unchanged)."""
+def compile_towers(students, teacher, teacher_text: bool = False) -> None:
+    """`train.compile`: compile the forward passes in place (module names, hence checkpoints, unchanged); the
+    teacher's text tower too when the caption contrastive term reads it every step (`text_tower: teacher`)."""
     for student in students:
         student.vision.compile()
         if student.text is not None:
             student.text.compile()
+    if teacher_text and getattr(teacher, "text", None) is not None:
+        teacher.text.compile()
     vision = getattr(teacher, "vision", None)
     if vision is not None:
         vision.compile()
@@ -328,7 +331,7 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None,
     task.to(accelerator.device)
     if recipe.train.compile:
         compile_towers([m for m in task.modules() if isinstance(m, Student)],
-                       getattr(source, "teacher", None))
+                       getattr(source, "teacher", None), getattr(source, "text", False))
     teacher_size = (recipe.teacher.image_size if recipe.teacher is not None else None) or recipe.student.image_size
     augment = Augment(recipe.student.image_size, teacher_size, recipe.seed, recipe.data.crop, draws)
     pin = accelerator.device.type == "cuda"

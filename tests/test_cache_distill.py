@@ -55,7 +55,8 @@ def test_a_cached_run_never_loads_the_teacher(tmp_path, tiny_tipsv2_dir, cache_d
 
     monkeypatch.setattr(teachers.load, "_build", refuse)  # every spec goes through it
     args = recipe_args(tiny_tipsv2_dir, f"cache={cache_dir}", "teacher.spec=/nowhere/teacher",
-                       "loss.contrastive.kind=infonce", "loss.target_norm=phi-s", "loss.calibration_batches=1")
+                       "loss.contrastive.kind=infonce", "loss.contrastive.text_tower=student",
+                       "loss.target_norm=phi-s", "loss.calibration_batches=1")
     assert main(["distill", *args, "--out", str(tmp_path / "run")]) == 0
     from students import load_student
 

@@ -151,7 +151,10 @@ def _bootstrap_lines(bootstrap: dict | None) -> list[str]:
     if not bootstrap or not bootstrap.get("differences"):
         return []
     parts = [f"{pair} {metric} {d['difference']:+.2f} [{d['ci95'][0]:+.2f}, {d['ci95'][1]:+.2f}]"
-             for pair, metrics in bootstrap["differences"].items() for metric, d in metrics.items()]
+             for pair, metrics in bootstrap["differences"].items() for metric, d in metrics.items()
+             if None not in (d["difference"], *d["ci95"])]  # a metric with nothing to score (NaN) has no interval
+    if not parts:
+        return []
     return ["", f"differences, 95% bootstrap intervals over {bootstrap['images']} images: " + "; ".join(parts)]
 
 
