@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 from distill.config import load_recipe
-from lab import (ALPHA, MARGIN, RETRIEVAL_METRICS, SEG_METRICS, Lab, markdown, paired, plot_intervals, summary,
+from lab import (ALPHA, MARGIN, RETRIEVAL_METRICS, SEG_METRICS, Lab, emit, markdown, paired, plot_intervals, summary,
                  with_verdicts)
 
 PRETRAIN_ARMS = {
@@ -231,11 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         "claims": claims(arms),
         "ema_cost": ema,
     }
-    text = json.dumps(result, indent=2)
-    print(text)
+    emit(result, args.out)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
         args.out.with_suffix(".md").write_text(report(result))
         shown = [c for c in result["claims"] if c["metric"] == "miou"]
         plot_intervals(args.out.with_suffix(".png"), [c["claim"] for c in shown], [c["mean"] for c in shown],

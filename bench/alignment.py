@@ -13,17 +13,18 @@ Usage: python bench/alignment.py --model teacher=micro --model student=RUN/stude
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import functional as TF
 
 from distill.data.scenes import SCENE_CLASSES, SceneDataset
 from distill.eval.models import load_model, parse_model_args
 from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
+from lab import emit
 
 
 def pure_patch_labels(mask: np.ndarray, patch: int) -> np.ndarray:
@@ -41,7 +42,7 @@ def alignment(model, scenes: SceneDataset) -> dict:
     cos_sum, counts, confusion = np.zeros((classes, classes)), np.zeros(classes), np.zeros((classes, classes))
     for index in range(len(scenes)):
         scene = scenes.scene(index)
-        pixels = torch.from_numpy(np.asarray(scene.image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+        pixels = TF.to_tensor(scene.image)[None]
         patches = F.normalize(model.encode_image(pixels, value_trick=True).patches[0].float(), dim=-1)
         labels = torch.from_numpy(pure_patch_labels(scene.mask.astype(np.int64), model.patch_size)).reshape(-1)
         cosines = (patches.reshape(-1, patches.shape[-1]) @ text.T)[labels >= 0]
@@ -80,11 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     result = {"setup": {"scenes": f"validation, {args.limit} scenes at {args.size} px", "classes": list(SCENE_CLASSES),
                         "templates": len(TCL_TEMPLATES)},
               "models": {name: alignment(load_model(spec), scenes) for name, spec in parse_model_args(args.model).items()}}
-    text = json.dumps(result, indent=2)
-    print(text)
+    emit(result, args.out)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
         args.out.with_suffix(".md").write_text(markdown(result))
     return 0
 

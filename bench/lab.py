@@ -168,6 +168,15 @@ def with_verdicts(comparisons: list[dict]) -> list[dict]:
     return comparisons
 
 
+def emit(result: dict, out: Path | None) -> None:
+    """Every bench script's output: the result as JSON on stdout and, with --out, in that file."""
+    text = json.dumps(result, indent=2)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+
+
 def markdown(rows: list[list[str]], header: list[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])

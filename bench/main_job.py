@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lab import emit
+
 SCORES = ("miou", "pixel_acc", "things_miou", "things_pixel_acc")
 
 
@@ -71,11 +73,7 @@ def main(argv: list[str] | None = None) -> int:
               "moved_by_threads": {f"{r['threads']} vs {runs[0]['threads']} threads": {
                   name: {m: r["models"][name][m] - first[name][m] for m in SCORES} for name in first}
                   for r in runs[1:]}}
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    emit(result, args.out)
     return 0
 
 

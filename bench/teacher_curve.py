@@ -14,13 +14,12 @@ point (e.g. the packaged teacher for the step count it was trained with) instead
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 from ablation import QUICK, QUICK_PRETRAIN
-from lab import SEG_METRICS, Lab
+from lab import SEG_METRICS, Lab, emit
 
 from distill.eval import evaluate
 
@@ -103,11 +102,8 @@ def main(argv: list[str] | None = None) -> int:
                         "rule": "the best teacher mIoU on validation"},
               "baselines": report["baselines"], "bootstrap": report["bootstrap"]["differences"], "points": points,
               "chosen_steps": chosen}
-    text = json.dumps(result, indent=2)
-    print(text)
+    emit(result, args.out)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
         plot_curve(args.out.with_suffix(".png"), result)
     return 0
 

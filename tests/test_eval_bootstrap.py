@@ -30,10 +30,9 @@ def test_paired_intervals_of_identical_and_different_models():
     good = [np.diag(rng.integers(5, 10, 3)) + rng.integers(0, 2, (3, 3)) for _ in range(40)]
     bad = [m.T[::-1] for m in good]  # mostly wrong predictions on the same labels
     out = bootstrap_scores({"a": {"miou": _per_image(good)}, "b": {"miou": _per_image(good)},
-                            "c": {"miou": _per_image(bad)}},
-                           {"a": {"miou": mean_iou(sum(good))}, "b": {"miou": mean_iou(sum(good))},
-                            "c": {"miou": mean_iou(sum(bad))}})
+                            "c": {"miou": _per_image(bad)}})
     assert out["images"] == 40 and out["differences"]["b - a"]["miou"]["ci95"] == [0.0, 0.0]
     low, high = out["ci95"]["a"]["miou"]
     assert low <= mean_iou(sum(good)) <= high
     assert out["differences"]["c - a"]["miou"]["ci95"][1] < 0
+    assert out["differences"]["c - a"]["miou"]["difference"] == pytest.approx(mean_iou(sum(bad)) - mean_iou(sum(good)))

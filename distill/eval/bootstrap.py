@@ -8,6 +8,8 @@ import warnings
 
 import numpy as np
 
+from distill.eval.metrics import iou_per_class
+
 SAMPLES = 1000
 SEED = 0  # a fixed seed: the same report for the same predictions
 _CHUNK = 200  # resamples summed at once: bounds memory for many classes (ADE20K: 150 x 150 per resample)
@@ -40,11 +42,7 @@ def resampled_miou(per_image: PerImage, weights: np.ndarray) -> np.ndarray:
         summed = np.zeros((len(w), c * c))
         for i, (index, counts) in enumerate(per_image.images):
             summed[:, index] += w[:, i:i + 1] * counts
-        matrices = summed.reshape(-1, c, c)
-        tp = np.diagonal(matrices, axis1=1, axis2=2)
-        union = matrices.sum(1) + matrices.sum(2) - tp
-        with np.errstate(invalid="ignore", divide="ignore"):
-            iou = np.where(union > 0, 100.0 * tp / union, np.nan)
+        iou = iou_per_class(summed.reshape(-1, c, c))
         with warnings.catch_warnings():  # a resample without any labelled class scores NaN, as mean_iou does
             warnings.simplefilter("ignore", RuntimeWarning)
             out.append(np.nanmean(iou, axis=1))
@@ -55,13 +53,15 @@ def interval(samples: np.ndarray) -> list[float]:
     return [float(np.percentile(samples, 2.5)), float(np.percentile(samples, 97.5))]
 
 
-def bootstrap_scores(named: dict[str, dict[str, PerImage]], point: dict[str, dict[str, float]]) -> dict:
-    """named: {model: {metric: PerImage}}, all over the same images in the same order; point: the models' scores.
-    95% intervals per model and metric, and of each model's difference from the first model."""
+def bootstrap_scores(named: dict[str, dict[str, PerImage]]) -> dict:
+    """named: {model: {metric: PerImage}}, all over the same images in the same order. 95% intervals per model and
+    metric, and of each model's difference from the first model (its point value: every image drawn once)."""
     first = next(iter(named))
     images = len(next(iter(named[first].values())).images)
     if images < 2 or any(len(p.images) != images for m in named.values() for p in m.values()):
         return {}
+    point = {name: {metric: float(resampled_miou(p, np.ones((1, images), dtype=np.int64))[0])
+                    for metric, p in metrics.items()} for name, metrics in named.items()}
     weights = resample_weights(images)
     draws = {name: {metric: resampled_miou(p, weights) for metric, p in metrics.items()}
              for name, metrics in named.items()}

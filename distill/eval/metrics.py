@@ -30,9 +30,10 @@ class ConfusionMatrix:
 
 
 def iou_per_class(matrix: np.ndarray) -> np.ndarray:
-    """IoU in percent per class; NaN where the union is empty (class neither labelled nor predicted)."""
-    tp = np.diag(matrix).astype(np.float64)
-    union = matrix.sum(0) + matrix.sum(1) - tp
+    """IoU in percent per class; NaN where the union is empty (class neither labelled nor predicted). A stack of
+    matrices (..., C, C) gives (..., C): the bootstrap scores many resamples at once."""
+    tp = np.diagonal(matrix, axis1=-2, axis2=-1).astype(np.float64)
+    union = matrix.sum(-2) + matrix.sum(-1) - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, 100.0 * tp / union, np.nan)
 

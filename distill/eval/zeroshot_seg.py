@@ -121,5 +121,5 @@ def run(models: dict, dataset: str, out_dir: Path, opts: SegOptions, load: Model
         runs = [(resolution, opts.at(resolution)) for resolution in opts.resolutions]
     result = TaskResult(data.name, per_resolution(models, load, runs, evaluate, input_side))
     result.baselines = scored[-1].baselines()  # the labels' alone
-    result.bootstrap = bootstrap_scores({s.name: s.per_image for s in scored}, {s.name: s.metrics() for s in scored})
+    result.bootstrap = bootstrap_scores({s.name: s.per_image for s in scored})
     return result
