@@ -232,7 +232,7 @@ def cache_vs_online(setup: Setup, workdir: Path) -> dict:
     from distill.cache.writer import CacheSettings, build_cache
     from distill.data import CropConfig, make_dataloader
     from distill.data.loader import Augment
-    from distill.targets import CachedTeacher, OnlineTeacher
+    from distill.targets import CachedTargets, OnlineTargets
 
     baseline = rss_bytes()
     teacher = random_tipsv2_teacher("g14", depth=setup.teacher_depth)
@@ -240,7 +240,7 @@ def cache_vs_online(setup: Setup, workdir: Path) -> dict:
     step = ToolkitStep(student)
     dataset, size = scenes(setup), setup.resolution
     online = make_dataloader(dataset, batch_size=setup.batch, student_size=size, teacher_size=size, seed=setup.seed)
-    online_targets = OnlineTeacher(teacher, "bench")
+    online_targets = OnlineTargets(teacher, "bench")
 
     # Memory: the second online step (AdamW allocates its moments on the first).
     online.set_epoch(0)
@@ -263,7 +263,7 @@ def cache_vs_online(setup: Setup, workdir: Path) -> dict:
     build_s = clock() - start
     cached = replay_dataloader(dataset, open_cache(workdir / "cache", pre), Augment(size, size, setup.seed),
                                batch_size=setup.batch, seed=setup.seed)
-    cached_targets = CachedTeacher(workdir / "cache")
+    cached_targets = CachedTargets(workdir / "cache")
     cached_epoch1 = run_epoch(cached, 0, cached_targets, step)
     online_times = run_epoch(online, 1, online_targets, step)  # epoch 2 (index 1)
     cached_times = run_epoch(cached, 1, cached_targets, step)
@@ -401,14 +401,14 @@ def interleaved_lightly(setup: Setup, workdir: Path) -> dict:
 def online_loop_batches(setup: Setup, workdir: Path) -> list[float]:
     """tipsdistill's online step on the lightly run's images, timed batch by batch after one warm-up batch."""
     from distill.data import make_dataloader
-    from distill.targets import OnlineTeacher
+    from distill.targets import OnlineTargets
 
     workdir.mkdir(parents=True)
     teacher = random_tipsv2_teacher("g14", depth=setup.teacher_depth)
     step = ToolkitStep(build_student(setup, teacher.width))
     loader = make_dataloader(scenes(setup), batch_size=setup.batch, student_size=setup.resolution,
                              teacher_size=setup.resolution, seed=setup.seed)
-    times = run_epoch(loader, 0, OnlineTeacher(teacher, "bench"), step)
+    times = run_epoch(loader, 0, OnlineTargets(teacher, "bench"), step)
     return times[1:]
 
 

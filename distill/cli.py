@@ -1,7 +1,7 @@
 """`tipsdistill` command line: one sub-command per module in `distill.commands`.
 
 Each command module exposes `add_parser(subparsers)` (which sets `func=run` on its parser) and
-`run(args) -> int`. User mistakes raise `tipscore.errors.UserError`; they are printed as one line
+`run(args) -> int`. User mistakes raise `common.errors.UserError`; they are printed as one line
 with a non-zero exit status and no traceback.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 from transformers.utils import logging as transformers_logging
 
 from distill.config import check_overrides_unique
-from tipscore.errors import UserError
+from common.errors import UserError
 
 COMMANDS = ("distill", "pretrain", "eval", "export", "cache", "caption")
 

@@ -29,8 +29,8 @@ from distill.losses.prototype_targets import CENTERINGS
 from distill.losses.target_norm import KINDS as TARGET_NORMS
 from distill.losses.token_distance import DISTANCES
 from students.zoo import STUDENTS
-from tipscore.atomic import write_atomic
-from tipscore.errors import UserError
+from common.atomic import write_atomic
+from common.errors import UserError
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 log = logging.getLogger(__name__)

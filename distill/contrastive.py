@@ -17,31 +17,31 @@ from distill.losses.contrastive_loss import info_nce_loss
 from distill.losses.global_batch import caption_ids, global_batch
 from distill.losses.sigmoid_loss import sigmoid_loss
 from teachers.tokenizer import tokenize
-from tipscore.types import ImageTokens
+from common.types import ImageTokens
 
 DEFAULT_TEMPERATURE = 0.07  # CLIP's initial temperature for a new text tower
 
 
-def _initial_temperature(cfg: ContrastiveConfig, student) -> float:
+def _initial_temperature(config: ContrastiveConfig, student) -> float:
     """Sigmoid: SigLIP's initial scale; otherwise the recipe's value, else a trained text tower's own
     (`student.init` / `text_init`), else CLIP's 0.07."""
-    if cfg.kind == "sigmoid":
-        return 1.0 / cfg.sigmoid_scale_init
+    if config.kind == "sigmoid":
+        return 1.0 / config.sigmoid_scale_init
     pretrained = student.temperature is not None and ("init" in student.metadata or "text_init" in student.metadata)
-    if cfg.temperature_init is not None or not pretrained:
-        return cfg.temperature_init or DEFAULT_TEMPERATURE
+    if config.temperature_init is not None or not pretrained:
+        return config.temperature_init or DEFAULT_TEMPERATURE
     return float(student.temperature.detach())
 
 
 class CaptionContrastive(nn.Module):
-    def __init__(self, cfg: ContrastiveConfig, student, teacher_text_width: int | None = None):
+    def __init__(self, config: ContrastiveConfig, student, teacher_text_width: int | None = None):
         super().__init__()
-        self.cfg = cfg
-        if cfg.text_tower == "teacher":
+        self.config = config
+        if config.text_tower == "teacher":
             self.text_projection = nn.Linear(teacher_text_width, student.width)
-        if cfg.kind == "sigmoid":
-            self.logit_bias = nn.Parameter(torch.tensor(float(cfg.sigmoid_bias_init)))
-        initial = _initial_temperature(cfg, student)
+        if config.kind == "sigmoid":
+            self.logit_bias = nn.Parameter(torch.tensor(float(config.sigmoid_bias_init)))
+        initial = _initial_temperature(config, student)
         if student.temperature is not None:
             with torch.no_grad():
                 student.temperature.fill_(initial)
@@ -51,7 +51,7 @@ class CaptionContrastive(nn.Module):
     def text_embeddings(self, student, captions: CaptionPair,
                         teacher_text: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(CLS1 texts, CLS2 texts), unnormalised, at the student's width."""
-        if self.cfg.text_tower == "teacher":
+        if self.config.text_tower == "teacher":
             return self.text_projection(teacher_text[0]), self.text_projection(teacher_text[1])
         batch = tokenize(student.tokenizer, captions.cls1 + captions.cls2, student.text.config.max_position_embeddings)
         device = student.vision.embeddings.cls_token.device
@@ -70,7 +70,7 @@ class CaptionContrastive(nn.Module):
             ("cls2", tokens.registers[:, 0], text2, captions.cls2, captions.cls2_valid),
         ):
             batch = global_batch(image, text, caption_ids(strings, device), valid.to(device))
-            losses[name] = (sigmoid_loss(batch, temperature, self.logit_bias) if self.cfg.kind == "sigmoid"
+            losses[name] = (sigmoid_loss(batch, temperature, self.logit_bias) if self.config.kind == "sigmoid"
                             else info_nce_loss(batch, temperature))
         parts = {f"contrastive/{k}": v.detach() for k, v in losses.items()}
         parts["contrastive/temperature"] = temperature.detach().float()

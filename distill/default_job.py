@@ -19,8 +19,8 @@ from distill.config import load_recipe
 from distill.eval import evaluate
 from distill.eval.models import TEACHER_SPACE
 from distill.run import run_training
-from tipscore.atomic import atomic_directory
-from tipscore.lock import OutputLock
+from common.atomic import atomic_directory
+from common.lock import OutputLock
 from teachers.load import PACKAGED
 
 TEACHER = "micro"

@@ -29,7 +29,7 @@ from distill.config import Recipe, StudentConfig, flat_recipe, recipe_from_dict,
 from distill.data import CAPTION_KEYS, CropConfig, Draws, MaskConfig, build_dataset, make_dataloader
 from distill.data.loader import Augment
 from distill.data.scenes import SceneDataset, caption_corpus
-from distill.targets import CachedTeacher, OnlineTeacher, check_cached_text_tower
+from distill.targets import CachedTargets, OnlineTargets, check_cached_text_tower
 from distill.tasks.distill_task import DistillTask
 from distill.tasks.multi_student import MultiStudentTask
 from distill.tasks.pretrain_task import PretrainTask
@@ -39,9 +39,9 @@ from students import Student, build_student
 from students.zoo import STUDENTS
 from students.export import export_student
 from teachers import load_teacher, teacher_dtype
-from tipscore.errors import UserError, writing
+from common.errors import UserError, writing
 from teachers.tokenizer import build_tokenizer, load_tokenizer
-from tipscore.lock import OutputLock
+from common.lock import OutputLock
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +155,10 @@ def _tokenizer(s: StudentConfig, fallback, dataset, pretraining: bool):
     return None
 
 
-def _caption_tokenizer(source, task: torch.nn.Module):
+def _caption_tokenizer(targets, task: torch.nn.Module):
     """The tokenizer that reads the captions: the frozen teacher's text tower's, else the (first) student's."""
-    if source is not None and source.text:
-        return source.teacher.tokenizer
+    if targets is not None and targets.text:
+        return targets.teacher.tokenizer
     return next(module for module in task.modules() if isinstance(module, Student)).tokenizer
 
 
@@ -172,17 +172,17 @@ def _student(recipe: Recipe, s: StudentConfig, *, teacher_width: int | None, tex
     return student
 
 
-def _teacher_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastive: bool):
+def _target_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastive: bool):
     """The online teacher, or the cache standing in for it (which never loads the teacher)."""
     c = recipe.loss.contrastive
     if recipe.cache:
         if contrastive:
             check_cached_text_tower(c.text_tower)
-        source = CachedTeacher(recipe.cache)
-        if recipe.teacher is not None and recipe.teacher.spec and recipe.teacher.spec != source.spec:
+        targets = CachedTargets(recipe.cache)
+        if recipe.teacher is not None and recipe.teacher.spec and recipe.teacher.spec != targets.spec:
             log.warning("teacher.spec %s differs from the cache's teacher %s; the cache's targets are used",
-                        recipe.teacher.spec, source.spec or source.fingerprint[:12])
-        return source
+                        recipe.teacher.spec, targets.spec or targets.fingerprint[:12])
+        return targets
     if recipe.teacher is None or not (recipe.teacher.spec or teacher is not None):
         raise UserError("recipe key 'teacher.spec' is empty; expected a teacher (micro, a hub id, a directory, "
                         "npz:..., timm:NAME) or cache=DIR")
@@ -199,7 +199,7 @@ def _teacher_source(recipe: Recipe, accelerator: Accelerator, teacher, contrasti
     if text_tower and not teacher.has_text:
         raise UserError("loss.contrastive.text_tower=teacher needs a teacher with a text tower; "
                         "use text_tower=student or a TIPSv2/CLIP/SigLIP teacher")
-    return OnlineTeacher(teacher, recipe.teacher.spec or type(teacher).__name__, text=text_tower)
+    return OnlineTargets(teacher, recipe.teacher.spec or type(teacher).__name__, text=text_tower)
 
 
 def build_student_patch_size(recipe: Recipe) -> int:
@@ -217,7 +217,7 @@ def _draws(recipe: Recipe, patch_size: int, contrastive: bool) -> Draws:
                  dict(loss.contrastive.caption_weights) if contrastive else None, views)
 
 
-def _calibrate(task: DistillTask, source, loader, recipe: Recipe, accelerator: Accelerator) -> None:
+def _calibrate(task: DistillTask, targets, loader, recipe: Recipe, accelerator: Accelerator) -> None:
     """Target statistics over the first `calibration_batches` contrastive batches of epoch 0, sharded over
     processes and summed, so every process layout sees the same images (online or cached targets alike)."""
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -229,7 +229,7 @@ def _calibrate(task: DistillTask, source, loader, recipe: Recipe, accelerator: A
             if i >= wanted:
                 break
             if i % world == rank:
-                yield source.tokens(send_to_device(batch, accelerator.device))
+                yield targets.tokens(send_to_device(batch, accelerator.device))
 
     reduce_sum = (lambda t: accelerator.reduce(t, "sum")) if world > 1 else (lambda t: t)
     task.calibrate(batches(), reduce_sum)
@@ -308,30 +308,30 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None,
     c = recipe.loss.contrastive
     text = contrastive and c.text_tower == "student"
     if recipe.is_pretraining:
-        source, teacher_info = None, {"spec": None, "fingerprint": None}
+        targets, teacher_info = None, {"spec": None, "fingerprint": None}
         tokenizer = None if recipe.student.init else _tokenizer(recipe.student, None, dataset, pretraining=True)
         student = _student(recipe, recipe.student, teacher_width=None, text=True, tokenizer=tokenizer)
         task = PretrainTask(student, recipe.pretrain, recipe.loss)
         desc = "pretrain"
     else:
-        source = _teacher_source(recipe, accelerator, teacher, contrastive)
-        teacher_info = {"spec": source.spec, "fingerprint": source.fingerprint}
-        tokenizer = _tokenizer(recipe.student, source.tokenizer, dataset, pretraining=False) if text else None
-        teacher_text_width = source.teacher.text.config.hidden_size if source.text else None
-        tasks = {s.name: DistillTask(_student(recipe, s, teacher_width=source.width, text=text, tokenizer=tokenizer),
-                                     recipe.loss, teacher_width=source.width, contrastive=contrastive,
+        targets = _target_source(recipe, accelerator, teacher, contrastive)
+        teacher_info = {"spec": targets.spec, "fingerprint": targets.fingerprint}
+        tokenizer = _tokenizer(recipe.student, targets.tokenizer, dataset, pretraining=False) if text else None
+        teacher_text_width = targets.teacher.text.config.hidden_size if targets.text else None
+        tasks = {s.name: DistillTask(_student(recipe, s, teacher_width=targets.width, text=text, tokenizer=tokenizer),
+                                     recipe.loss, teacher_width=targets.width, contrastive=contrastive,
                                      teacher_text_width=teacher_text_width)
                  for s in recipe.students or [recipe.student]}
         task = MultiStudentTask(tasks) if len(tasks) > 1 else next(iter(tasks.values()))
         desc = "distill"
     if contrastive and accelerator.is_main_process:
-        check_captions(dataset, _caption_tokenizer(source, task))
+        check_captions(dataset, _caption_tokenizer(targets, task))
     patch_size = build_student_patch_size(recipe)
     draws = _draws(recipe, patch_size, contrastive)
     task.to(accelerator.device)
     if recipe.train.compile:
         compile_towers([m for m in task.modules() if isinstance(m, Student)],
-                       getattr(source, "teacher", None), getattr(source, "text", False))
+                       getattr(targets, "teacher", None), getattr(targets, "text", False))
     teacher_size = (recipe.teacher.image_size if recipe.teacher is not None else None) or recipe.student.image_size
     augment = Augment(recipe.student.image_size, teacher_size, recipe.seed, recipe.data.crop, draws)
     pin = accelerator.device.type == "cuda"
@@ -345,7 +345,7 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None,
                                  num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle, pin_memory=pin)
     sizes_setter = loader.set_sizes  # kept apart: Accelerate's prepared loader shares the sampler, not the method
     if calibrate and getattr(task, "norm", None) is not None:
-        _calibrate(task, source, loader, recipe, accelerator)
+        _calibrate(task, targets, loader, recipe, accelerator)
     optimizer = make_optimizer(recipe, task)
     o = recipe.optim
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, o.warmup_steps, recipe.train.max_steps,
@@ -356,7 +356,7 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None,
         task, optimizer, scheduler = accelerator.prepare(task, optimizer, scheduler)
     else:
         task, optimizer, loader, scheduler = accelerator.prepare(task, optimizer, loader, scheduler)
-    return Run(recipe, out, accelerator, task, optimizer, scheduler, loader, source, teacher_info, desc, dataset,
+    return Run(recipe, out, accelerator, task, optimizer, scheduler, loader, targets, teacher_info, desc, dataset,
                sizes=sizes_setter)
 
 

@@ -16,13 +16,13 @@ from distill.cache.manifest import TOKENIZER_DIR, CacheManifest, read_manifest
 from distill.cache.replay import TARGET_KEYS
 from distill.tasks import TeacherOutput
 from teachers.tokenizer import load_tokenizer
-from tipscore.errors import UserError
-from tipscore.types import ImageTokens
+from common.errors import UserError
+from common.types import ImageTokens
 
 log = logging.getLogger(__name__)
 
 
-class OnlineTeacher:
+class OnlineTargets:
     """The frozen teacher, outside `accelerator.prepare` (never wrapped, no optimizer state), under
     inference mode: its outputs carry no graph."""
 
@@ -44,7 +44,7 @@ class OnlineTeacher:
         return TeacherOutput(self.tokens(batch), text)
 
 
-class CachedTeacher:
+class CachedTargets:
     """Targets stored by `tipsdistill cache`, carried by the replay loader's batches (`teacher_targets`)."""
 
     def __init__(self, directory: str | Path, manifest: CacheManifest | None = None):

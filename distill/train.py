@@ -42,9 +42,9 @@ from distill.config import Recipe, dump_recipe, recipe_to_dict
 from distill.data import DataStats
 from distill.data.loader import Sizes
 from distill.tasks import TrainingTask
-from tipscore.atomic import share_tree, temp_name, write_atomic
-from tipscore.errors import UserError, writing
-from tipscore.faults import crash_point
+from common.atomic import share_tree, temp_name, write_atomic
+from common.errors import UserError, writing
+from common.faults import crash_point
 
 log = logging.getLogger(__name__)
 

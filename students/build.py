@@ -11,7 +11,7 @@ from students.model import Student
 from students.zoo import get_arch
 from teachers import load_teacher
 from teachers.student_checkpoint import check_state_dict
-from tipscore.errors import UserError
+from common.errors import UserError
 
 
 def build_student(

@@ -9,7 +9,7 @@ from pathlib import Path
 from students.heads import ProjectionHeads
 from students.model import Student
 from teachers.student_checkpoint import MANIFEST, WEIGHTS, check_state_dict, is_student_dir, read_student_checkpoint
-from tipscore.errors import UserError
+from common.errors import UserError
 
 __all__ = ["MANIFEST", "WEIGHTS", "is_student_dir", "load_student"]
 

@@ -20,14 +20,14 @@ from safetensors.torch import load_file, save_file
 from transformers import Tipsv2ImageProcessor, Tipsv2Model, Tipsv2Processor, Tipsv2VisionModel
 from transformers.initialization import no_init_weights
 
-from tipscore.atomic import atomic_directory
+from common.atomic import atomic_directory
 from students.checkpoint import load_student
 from students.heads import ProjectionHeads
 from students.model import Student
 from students.model_card import model_card
 from students.onnx_export import QUANTIZATIONS, export_onnx
 from students.zoo import get_arch
-from tipscore.errors import UserError
+from common.errors import UserError
 from teachers.sources.timm_source import EXPORT_MANIFEST as TIMM_MANIFEST, EXPORT_WEIGHTS as TIMM_WEIGHTS
 from teachers.official_npz import HEADS_FILE, official_from_tipsv2, write_npz
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tipscore.errors import UserError
-from tipscore.types import ImageTokens
+from common.errors import UserError
+from common.types import ImageTokens
 
 HEAD_KINDS = ("linear", "mlp")
 

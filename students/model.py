@@ -21,9 +21,9 @@ from teachers.fingerprint import canonical_config, fingerprint
 from teachers.student_checkpoint import FORMAT, MANIFEST, VERSION, WEIGHTS, is_student_dir
 from teachers.tipsv2_tokens import tipsv2_tokens
 from teachers.tokenizer import tokenize
-from tipscore.atomic import atomic_directory
-from tipscore.errors import UserError
-from tipscore.types import ImageTokens
+from common.atomic import atomic_directory
+from common.errors import UserError
+from common.types import ImageTokens
 
 
 class Student(nn.Module):

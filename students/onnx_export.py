@@ -37,7 +37,7 @@ from students.model_card import model_card
 from teachers.sources.onnx_source import (
     CONFIG, FORMAT, TEXT, TEXT_INPUTS, TEXT_OUTPUT, TOKEN_OUTPUTS, VISION, VISION_VALUE, onnxruntime, open_session,
 )
-from tipscore.errors import UserError
+from common.errors import UserError
 
 QUANTIZATIONS = ("int8",)
 OPSET = 18  # Resize's antialias attribute

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from transformers import Tipsv2Config
 
-from tipscore.errors import UserError
+from common.errors import UserError
 from teachers.tipsv2_sizes import tipsv2_config
 
 

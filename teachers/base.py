@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tipscore.errors import UserError
-from tipscore.types import ImageTokens
+from common.errors import UserError
+from common.types import ImageTokens
 
 # Bicubic resizing (the official TIPS evaluation resizes that way, unclamped) overshoots [0,1] by up to about
 # 0.15 at sharp edges. The range check is there to catch wrongly scaled input (0-255, mean/std-normalised).

@@ -24,7 +24,7 @@ from safetensors import SafetensorError
 from transformers import AutoConfig
 
 from teachers.base import Teacher
-from tipscore.errors import UserError
+from common.errors import UserError
 from teachers.sources import hf_encoder, hf_tipsv2, official, onnx_source, student, timm_source
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from transformers import Tipsv2Config
 
-from tipscore.atomic import write_atomic
-from tipscore.errors import UserError
+from common.atomic import write_atomic
+from common.errors import UserError
 from teachers.tipsv2_sizes import heads_for_width
 
 _QKV = ("q_proj", "k_proj", "v_proj")

@@ -23,7 +23,7 @@ from transformers import Tipsv2TextConfig, Tipsv2TextModel, Tipsv2VisionConfig, 
 from transformers.initialization import no_init_weights
 
 from teachers.tokenizer import load_tokenizer
-from tipscore.errors import UserError
+from common.errors import UserError
 
 FORMAT = "tipsdistill-student"
 VERSION = 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from transformers import Tipsv2Config
 
-from tipscore.errors import UserError
+from common.errors import UserError
 
 # mlp_ratio follows transformers' conventions: GELU hidden = int(width * mlp_ratio); SwiGLU hidden =
 # round_up_8(int(int(width * mlp_ratio) * 2 / 3)), so g/14's ratio 4 gives 6144 -> 4096.

@@ -8,7 +8,7 @@ from teachers.base import Teacher
 from teachers.fingerprint import canonical_config, fingerprint
 from teachers.tipsv2_tokens import tipsv2_hidden_states, tipsv2_tokens
 from teachers.tokenizer import tokenize
-from tipscore.types import ImageTokens
+from common.types import ImageTokens
 
 
 class Tipsv2Teacher(Teacher):

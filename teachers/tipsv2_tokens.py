@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from transformers import Tipsv2VisionModel
 
-from tipscore.errors import UserError
-from tipscore.types import ImageTokens
+from common.errors import UserError
+from common.types import ImageTokens
 
 
 def split_tokens(sequence: torch.Tensor, num_registers: int, grid: tuple[int, int]) -> ImageTokens:

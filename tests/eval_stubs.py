@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from teachers.base import PIXEL_OVERSHOOT
-from tipscore.types import ImageTokens
+from common.types import ImageTokens
 
 COLOURS = {"background": (0, 0, 0), "red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
 

@@ -8,7 +8,7 @@ import pytest
 
 from students import build_student
 from students.export import export_student
-from tipscore.atomic import atomic_directory, write_atomic
+from common.atomic import atomic_directory, write_atomic
 
 
 @pytest.fixture(params=[0o022, 0o077])

@@ -10,8 +10,8 @@ from distill.cache.reader import CacheReader
 from distill.cache.writer import CacheSettings, build_cache, teacher_augment
 from distill.data.augment import CropConfig, apply_crop
 from distill.data.scenes import SceneDataset
-from tipscore.errors import UserError
-from tipscore.lock import OutputLock
+from common.errors import UserError
+from common.lock import OutputLock
 from teachers.tipsv2_teacher import Tipsv2Teacher
 
 

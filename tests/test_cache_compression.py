@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from distill.cache.compression import Compression, PatchCodec, PcaBasis, dequantize_int8, quantize_int8
-from tipscore.errors import UserError
+from common.errors import UserError
 
 
 def test_int8_error_is_at_most_half_a_step_per_token():

@@ -3,11 +3,11 @@ import pytest
 import torch
 
 from distill.config import ContrastiveConfig, LossConfig
-from distill.targets import OnlineTeacher
+from distill.targets import OnlineTargets
 from distill.tasks.distill_task import DistillTask
 from distill.tasks.multi_student import MultiStudentTask
 from students import build_student
-from tipscore.errors import UserError
+from common.errors import UserError
 from test_cache_build import tiny_teacher
 
 
@@ -17,7 +17,7 @@ def task(name, seed, width, loss, image_size=32):
                        teacher_width=width, contrastive=False)
 
 
-class CountingTeacher(OnlineTeacher):
+class CountingTeacher(OnlineTargets):
     calls = 0
 
     def tokens(self, batch):
@@ -38,7 +38,7 @@ def test_one_teacher_forward_trains_both_students_as_separate_runs_would():
     out.loss.backward()
     assert counting.calls == 1
     for name, single in alone.items():
-        own = single(batch, OnlineTeacher(teacher, "tiny")(batch))
+        own = single(batch, OnlineTargets(teacher, "tiny")(batch))
         own.loss.backward()
         torch.testing.assert_close(out.parts[f"{name}/loss"], own.loss.detach())
         for (key, p), q in zip(pair.tasks[name].named_parameters(), single.parameters()):

@@ -10,8 +10,8 @@ from distill.data.loader import Augment
 from distill.data.scenes import SceneDataset
 from distill.losses.patch_distill_loss import PatchDistillWeights, patch_distill_loss
 from students import build_student
-from distill.targets import CachedTeacher
-from tipscore.errors import UserError
+from distill.targets import CachedTargets
+from common.errors import UserError
 from test_cache_build import tiny_teacher
 
 SEED = 5
@@ -48,7 +48,7 @@ def test_cached_loss_equals_online_loss_within_bf16(setup):
                 assert torch.equal(seen[(index, epoch % 2)], b["pixels"][i])  # epoch 2 replays crop 0
             if epoch == 2:
                 continue
-            want, got = teacher.encode_image(a["teacher_pixels"]), CachedTeacher(out)(b).tokens
+            want, got = teacher.encode_image(a["teacher_pixels"]), CachedTargets(out)(b).tokens
             loss_online, _ = patch_distill_loss(pred, want, None, "cosine", weights)
             loss_cached, _ = patch_distill_loss(pred, got, None, "cosine", weights)
             rounded = want.map(lambda t: t.to(torch.bfloat16).float())

@@ -9,7 +9,7 @@ from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
 from distill.data import CropConfig, CropParams, apply_crop, build_dataset, crop_generator, make_dataloader, sample_crop
-from tipscore.errors import UserError
+from common.errors import UserError
 
 
 def quadrants(width=60, height=40) -> Image.Image:

@@ -9,7 +9,7 @@ from PIL import Image
 
 from distill.data import DataStats, build_dataset, make_dataloader
 from distill.data.clean import decode_image, truncate_at_word
-from tipscore.errors import UserError
+from common.errors import UserError
 
 LONG_CAPTION = " ".join(f"word{i}" for i in range(1500))  # 10,389 characters
 

@@ -14,7 +14,7 @@ from PIL import Image
 
 from distill.data import build_dataset, make_dataloader
 from distill.data.wds import expand_braces
-from tipscore.errors import UserError
+from common.errors import UserError
 
 
 def colour_image(i: int, size=(20, 12)) -> Image.Image:

@@ -9,7 +9,7 @@ import teachers
 from distill.cli import main
 from distill.eval.cost import model_cost, parameter_count, text_modules
 from distill.eval.report import markdown_table
-from tipscore.types import ImageTokens
+from common.types import ImageTokens
 
 COST_KEYS = {"vision_params", "text_params", "gflops_per_image", "images_per_s", "peak_memory_mib", "batch_size",
              "resolution", "device", "threads", "peak_memory_method"}

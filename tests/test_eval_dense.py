@@ -11,7 +11,7 @@ from distill.cli import main
 from distill.eval import evaluate
 from distill.eval.probe import FeatureStore, LinearHead, ProbeOptions, _batch_order, _schedule, train_head
 from distill.eval.readers import ProbeProtocol, open_segmentation
-from tipscore.errors import UserError
+from common.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 PALETTE = np.array(list(COLOURS.values()), dtype=np.uint8)

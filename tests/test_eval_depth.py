@@ -12,7 +12,7 @@ from distill.cli import main
 from distill.eval import evaluate
 from distill.eval.metrics import DepthMeter, depth_errors, eigen_crop_mask
 from distill.eval.readers.depth import open_depth
-from tipscore.errors import UserError
+from common.errors import UserError
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

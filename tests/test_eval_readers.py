@@ -8,7 +8,7 @@ from PIL import Image
 from distill.cli import main
 from distill.eval.metrics import IGNORE_INDEX
 from distill.eval.readers import open_segmentation
-from tipscore.errors import UserError
+from common.errors import UserError
 
 H, W = 12, 16
 

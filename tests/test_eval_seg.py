@@ -12,7 +12,7 @@ from eval_stubs import COLOURS, ColourModel
 from distill.eval import evaluate
 from distill.eval.dense import window_boxes
 from distill.eval.zeroshot_seg import SegOptions, class_scores
-from tipscore.errors import UserError
+from common.errors import UserError
 
 
 @pytest.mark.parametrize("height,width,window,stride", [(100, 64, 48, 32), (45, 70, 64, 48), (30, 30, 48, 32)])

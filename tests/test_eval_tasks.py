@@ -164,7 +164,7 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys, args, message):
 
 
 def test_unknown_option_for_a_task(tmp_path):
-    from tipscore.errors import UserError
+    from common.errors import UserError
 
     with pytest.raises(UserError, match="option 'window' does not apply to task retrieval"):
         evaluate({"m": ColourModel()}, "retrieval", "scenes:length=2", tmp_path, window=32)
@@ -172,7 +172,7 @@ def test_unknown_option_for_a_task(tmp_path):
 
 def test_model_arguments():
     from distill.eval.models import parse_model_args
-    from tipscore.errors import UserError
+    from common.errors import UserError
 
     assert parse_model_args(["teacher=google/tipsv2-g14", "runs/x/last", "timm:vit_b,checkpoint=/w.pt"]) == {
         "teacher": "google/tipsv2-g14", "last": "runs/x/last", "timm:vit_b": "timm:vit_b,checkpoint=/w.pt"}

@@ -9,7 +9,7 @@ from distill.eval import evaluate
 from distill.eval.models import TEACHER_SPACE, load_model
 from students import build_student
 from teachers import load_teacher
-from tipscore.errors import UserError
+from common.errors import UserError
 
 
 def _student(tmp_path, teacher_dir, fingerprint=None, name="student"):

@@ -15,8 +15,8 @@ from distill.losses.patch_distill_loss import PatchDistillWeights, patch_distill
 from distill.losses.sigmoid_loss import sigmoid_loss
 from distill.losses.target_norm import TargetNorm
 from distill.losses.token_distance import token_distance
-from tipscore.errors import UserError
-from tipscore.types import ImageTokens
+from common.errors import UserError
+from common.types import ImageTokens
 
 
 def tokens(b=2, h=3, w=3, d=8, seed=0, grad=False):

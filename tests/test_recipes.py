@@ -5,7 +5,7 @@ import pytest
 
 from distill.compute import estimate_compute
 from distill.config import RECIPES_DIR, apply_overrides, load_recipe
-from tipscore.errors import UserError
+from common.errors import UserError
 
 REAL = ("b14", "l14", "so400m14")
 RECIPES = [p.stem for p in sorted(RECIPES_DIR.glob("*.yaml"))]

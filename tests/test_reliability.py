@@ -22,9 +22,9 @@ from distill.cli import main
 from distill.data import build_dataset
 from distill.data.clean import BadSample, decode_image
 from distill.train import CHECKPOINTS, METRICS
-from tipscore.atomic import TMP_PREFIX, atomic_directory, write_atomic
-from tipscore.errors import UserError
-from tipscore.lock import LOCK_NAME, OutputLock
+from common.atomic import TMP_PREFIX, atomic_directory, write_atomic
+from common.errors import UserError
+from common.lock import LOCK_NAME, OutputLock
 from test_engine_train import TINY, metrics, overriding
 
 COMMANDS = ("distill", "pretrain", "cache", "eval", "export", "caption")
@@ -78,7 +78,7 @@ def test_every_command_refuses_an_output_in_use_naming_the_holder(name, tiny_tip
 
 def test_a_live_holder_is_refused_and_a_killed_one_taken_over(tmp_path, caplog):
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from tipscore.lock import OutputLock; "
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from common.lock import OutputLock; "
                                "OutputLock(sys.argv[1]).acquire(); print(flush=True); time.sleep(60)", str(out)],
                               stdout=subprocess.PIPE)
     try:

@@ -6,7 +6,7 @@ import pytest
 
 from distill.data.scenes import (CAMERA_HEIGHT, COLOURS, SCENE_CLASSES, STUFF_CLASSES, THING_CLASSES, SceneDataset,
                                  caption_corpus, floor_row, make_scene)
-from tipscore.errors import UserError
+from common.errors import UserError
 
 
 def test_same_seed_same_scene_and_other_seed_differs():

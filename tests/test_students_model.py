@@ -8,7 +8,7 @@ import torch
 
 import students
 from students.checkpoint import MANIFEST, WEIGHTS
-from tipscore.errors import UserError
+from common.errors import UserError
 from teachers.tokenizer import build_tokenizer
 
 

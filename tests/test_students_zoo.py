@@ -6,7 +6,7 @@ import torch
 
 import students
 from students.zoo import StudentArch, _small
-from tipscore.errors import UserError
+from common.errors import UserError
 
 
 def _millions(module) -> float:

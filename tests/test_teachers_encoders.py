@@ -9,7 +9,7 @@ from transformers import (BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLI
 
 from conftest import CORPUS
 from teachers import load_teacher
-from tipscore.errors import UserError
+from common.errors import UserError
 
 TOL = 1e-5
 VISION = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=8, image_size=32)

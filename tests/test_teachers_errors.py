@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from teachers import load_teacher
-from tipscore.errors import UserError
+from common.errors import UserError
 
 
 def _one_line(excinfo) -> str:

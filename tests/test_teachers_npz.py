@@ -13,7 +13,7 @@ from transformers import Tipsv2Model
 
 from conftest import CORPUS, tiny_tipsv2_config
 from teachers import load_teacher
-from tipscore.errors import UserError
+from common.errors import UserError
 from teachers.official_npz import official_config, official_from_tipsv2, read_npz, tipsv2_from_official, write_npz
 from teachers.sources.official import sentencepiece_tokenizer
 from teachers.tipsv2_sizes import TIPSV2_SIZES, tipsv2_config

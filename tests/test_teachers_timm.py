@@ -8,7 +8,7 @@ from transformers import Tipsv2Model
 
 from conftest import tiny_tipsv2_config
 from teachers import load_teacher
-from tipscore.errors import UserError
+from common.errors import UserError
 from teachers.official_npz import official_from_tipsv2
 from teachers.tipsv2_teacher import Tipsv2Teacher
 

@@ -93,7 +93,7 @@ def test_pretraining_patch_tokens_decide_which_tokens_get_a_gradient(tiny_tipsv2
 
 def test_saved_heads_are_the_trained_heads_composed_with_denormalisation(tiny_tipsv2_dir, tmp_path):
     from distill.losses.target_norm import TargetNorm
-    from tipscore.types import ImageTokens
+    from common.types import ImageTokens
 
     run = tmp_path / "run"
     _distill(tiny_tipsv2_dir, run, "train.max_steps=2", "loss.target_norm=phi-s", "loss.calibration_batches=1")

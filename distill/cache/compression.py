@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from tipscore.errors import UserError
+from common.errors import UserError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 

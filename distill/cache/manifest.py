@@ -13,8 +13,8 @@ from pathlib import Path
 
 from distill.data.augment import CropConfig
 from distill.data.build import parse_spec
-from tipscore.atomic import write_atomic
-from tipscore.errors import UserError
+from common.atomic import write_atomic
+from common.errors import UserError
 
 FORMAT = "tipsdistill-cache/2"
 MANIFEST = "manifest.json"

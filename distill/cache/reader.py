@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from distill.cache.compression import Compression, PatchCodec, PcaBasis, storage_dtype
 from distill.cache.manifest import PCA_BASIS, CacheManifest, read_manifest
 from distill.data.augment import CropParams
-from tipscore.errors import UserError
+from common.errors import UserError
 
 
 class CacheReader:

@@ -15,17 +15,17 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch.utils.data import IterableDataset
 
-from tipscore.atomic import atomic_directory, write_atomic
+from common.atomic import atomic_directory, write_atomic
 from distill.cache.compression import Compression, PatchCodec, PcaBasis, storage_dtype
 from distill.cache.manifest import (
     MANIFEST, PCA_BASIS, TOKENIZER_DIR, CacheManifest, Preprocessing, read_manifest, write_manifest,
 )
 from distill.data import DataStats
 from distill.data.loader import Augment
-from tipscore.errors import UserError
-from tipscore.faults import crash_point
-from tipscore.lock import LOCK_NAME
-from tipscore.types import ImageTokens
+from common.errors import UserError
+from common.faults import crash_point
+from common.lock import LOCK_NAME
+from common.types import ImageTokens
 
 
 @dataclass(frozen=True)
@@ -115,7 +115,7 @@ def build_cache(
     teacher_spec: str = "",
     stats: DataStats | None = None,
 ) -> CacheManifest:
-    """Write (or finish) the cache in `out`, whose `tipscore.lock.OutputLock` the caller holds.
+    """Write (or finish) the cache in `out`, whose `common.lock.OutputLock` the caller holds.
     `on_shard(done, total)` is called after each shard. `teacher_spec` names the teacher for the model cards
     of students trained from the cache. `stats` counts the images read and the data problems met."""
     settings.validate()

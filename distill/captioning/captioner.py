@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from tipscore.errors import UserError
+from common.errors import UserError
 
 from distill.data.hf import one_line
 

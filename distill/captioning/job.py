@@ -14,7 +14,7 @@ from pathlib import Path
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from tipscore.errors import UserError, writing
+from common.errors import UserError, writing
 
 from distill.captioning.captioner import Captioner
 from distill.captioning.output import append_rows

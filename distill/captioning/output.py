@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from tipscore.errors import UserError, writing
+from common.errors import UserError, writing
 
 log = logging.getLogger(__name__)
 

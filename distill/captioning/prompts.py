@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tipscore.errors import UserError
+from common.errors import UserError
 
 from distill.data.sample import CAPTION_KEYS
 

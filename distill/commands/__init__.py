@@ -9,7 +9,7 @@ def data_options(items: list[str]) -> dict:
     """`--data-option KEY=VALUE` items -> the data source's options, values read as YAML (`length=512`)."""
     import yaml
 
-    from tipscore.errors import UserError
+    from common.errors import UserError
 
     options = {}
     for item in items:

@@ -51,8 +51,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from distill.cache.writer import CacheSettings
     from distill.config import DataConfig, Recipe, load_recipe
-    from tipscore.errors import UserError
-    from tipscore.lock import OutputLock
+    from common.errors import UserError
+    from common.lock import OutputLock
 
     if args.overrides and not args.recipe:
         raise UserError(f"recipe overrides {' '.join(args.overrides)} need --recipe")
@@ -76,7 +76,7 @@ def _build(args: argparse.Namespace, recipe, teacher_spec: str, data: str, setti
     from distill.commands import data_options
     from distill.data import CropConfig, DataStats, build_dataset
     from teachers import load_teacher, teacher_dtype
-    from tipscore.errors import UserError
+    from common.errors import UserError
 
     d = recipe.data
     crop = CropConfig(args.crop_scale or d.crop.scale, args.crop_ratio or d.crop.ratio,

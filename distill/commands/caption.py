@@ -46,7 +46,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from distill.captioning import checked_out
-    from tipscore.lock import OutputLock
+    from common.lock import OutputLock
 
     out = checked_out(args.out)
     with OutputLock(out, beside=True):

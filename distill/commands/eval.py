@@ -95,7 +95,7 @@ def task_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tipscore.lock import OutputLock
+    from common.lock import OutputLock
 
     with OutputLock(args.out):  # before any model loads: a busy or unwritable --out fails at once
         evaluate(parse_model_args(args.model), args.task, args.dataset, args.out, device=args.device,

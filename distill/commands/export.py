@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     from distill.eval.report import card_sections, find_reports
     from students.export import export_student
     from teachers.student_checkpoint import read_manifest
-    from tipscore.lock import OutputLock
+    from common.lock import OutputLock
 
     check_not_a_run(Path(args.out))
     # Beside --out, which the export replaces by a rename.
@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 def check_not_a_run(out: Path) -> None:
     """--overwrite replaces --out whole: a training run there would lose its checkpoints and metrics."""
     from distill.train import run_marker
-    from tipscore.errors import UserError
+    from common.errors import UserError
 
     marker = run_marker(out)
     if marker is not None:

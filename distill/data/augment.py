@@ -14,7 +14,7 @@ import torchvision.transforms.v2.functional as F
 from PIL import Image
 
 from distill.data.rng import keyed_generator
-from tipscore.errors import UserError
+from common.errors import UserError
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ import importlib
 import inspect
 import os
 
-from tipscore.errors import UserError
+from common.errors import UserError
 
 SPEC_HELP = "folder:PATH, hf:PATH_OR_ID, wds:PATTERN, scenes[:train|validation|heldout] or an existing directory"
 # kind -> (module, class); imported on use so `datasets` loads only for hf: specs.

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from distill.data.sample import CAPTION_KEYS
-from tipscore.errors import UserError
+from common.errors import UserError
 
 DEFAULT_MAX_CAPTION_CHARS = 1000
 

@@ -18,7 +18,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from tipscore.errors import UserError
+from common.errors import UserError
 
 from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS
 from distill.data.sample import CAPTION_KEYS

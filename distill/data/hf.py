@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from tipscore.errors import UserError
+from common.errors import UserError
 
 from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS
 from distill.data.source import MapSource, RawRecord, has_text, pick_columns

@@ -16,7 +16,7 @@ from typing import Any, Iterator, NamedTuple
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from tipscore.errors import UserError
+from common.errors import UserError
 
 from distill.data.augment import CropConfig, CropParams, apply_crop, crop_generator, sample_crop
 from distill.data.draws import Draws, collate_draws

@@ -36,7 +36,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from distill.data.sample import CAPTION_KEYS, Sample
-from tipscore.errors import UserError
+from common.errors import UserError
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 from torch.utils.data import Dataset
 
-from tipscore.errors import UserError
+from common.errors import UserError
 
 from distill.data.clean import (DEFAULT_MAX_CAPTION_CHARS, BadSample, check_max_image_pixels, clean_captions,
                                 decode_image)

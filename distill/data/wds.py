@@ -22,7 +22,7 @@ from typing import Iterator
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from tipscore.errors import UserError
+from common.errors import UserError
 
 from distill.data.augment import keyed_generator
 from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS, BadSample, check_max_image_pixels

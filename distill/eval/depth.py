@@ -38,7 +38,7 @@ from distill.eval.readers import ProbeProtocol
 from distill.eval.readers.depth import DepthDataset, open_depth
 from distill.eval.report import depth_panel, pca_panel, save_png
 from distill.eval.task import ModelLoader, TaskResult, check_positive, per_resolution, tagged
-from tipscore.errors import UserError
+from common.errors import UserError
 
 HEADS = ("linear", "dpt")
 LINEAR_UPSAMPLE = 4

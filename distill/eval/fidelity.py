@@ -23,8 +23,8 @@ from distill.eval.inputs import Batches, open_image_set, patch_multiple, square_
 from distill.eval.metrics import LinearCKA
 from distill.eval.report import pca_panel, save_png
 from distill.eval.task import ModelLoader, TaskResult, check_positive
-from tipscore.errors import UserError
-from tipscore.types import ImageTokens
+from common.errors import UserError
+from common.types import ImageTokens
 
 
 @dataclass

@@ -21,7 +21,7 @@ from distill.eval.metrics import topk_accuracy
 from distill.eval.task import (ModelLoader, TaskResult, check_positive, check_positive_number, parse_resolutions,
                                per_resolution)
 from distill.eval.zeroshot_cls import KS, open_class_folders, prepare_item
-from tipscore.errors import UserError
+from common.errors import UserError
 
 
 @dataclass

@@ -17,7 +17,7 @@ import torch
 
 import teachers
 from students.checkpoint import is_student_dir, load_student
-from tipscore.errors import UserError
+from common.errors import UserError
 
 TEACHER_SPACE = "@teacher"
 

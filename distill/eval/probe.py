@@ -28,7 +28,7 @@ from distill.eval.dense import slide_average, to_patch_multiple, window_boxes
 from distill.eval.inputs import Batches, resize_short_side
 from distill.eval.readers import ProbeProtocol
 from distill.eval.task import check_positive, check_positive_number, parse_resolutions
-from tipscore.errors import UserError
+from common.errors import UserError
 
 # DINOv2's mmsegmentation schedule: 1,500 warmup iterations of 40,000, warmup from lr * 1e-6.
 WARMUP_FRACTION = 1500 / 40000

@@ -13,8 +13,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from distill.eval.metrics import IGNORE_INDEX, LOWER_IS_BETTER
-from tipscore.atomic import write_atomic
-from tipscore.errors import UserError
+from common.atomic import write_atomic
+from common.errors import UserError
 
 # Metrics that are lists/dicts (per-class IoU) stay in report.json but not in the table.
 _TABLE_SKIPS = (dict, list)

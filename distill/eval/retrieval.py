@@ -19,7 +19,7 @@ from distill.data.sample import CAPTION_KEYS
 from distill.eval.inputs import Batches, open_image_set, square_crop, square_side
 from distill.eval.metrics import recall_at_k
 from distill.eval.task import ModelLoader, TaskResult, check_positive
-from tipscore.errors import UserError
+from common.errors import UserError
 
 KS = (1, 5, 10)
 

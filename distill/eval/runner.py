@@ -10,7 +10,7 @@ from distill.eval import depth, fidelity, knn, linear_seg, retrieval, zeroshot_c
 from distill.eval.probe import ProbeOptions
 from distill.eval.report import json_safe, write_report
 from distill.eval.task import ModelLoader, resolve_device, spec_text
-from tipscore.errors import UserError
+from common.errors import UserError
 
 TASKS = {
     "zeroshot-seg": (zeroshot_seg.run, zeroshot_seg.SegOptions),

@@ -9,7 +9,7 @@ import torch
 from distill.eval.cost import model_cost
 from distill.eval.models import load_model, model_device
 from students.checkpoint import is_student_dir, load_student
-from tipscore.errors import UserError
+from common.errors import UserError
 
 
 def check_positive(options, *names: str) -> None:

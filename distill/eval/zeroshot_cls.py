@@ -19,7 +19,7 @@ from distill.eval.inputs import DECODE_ERRORS, Batches, Unusable, square_crop, s
 from distill.eval.metrics import topk_accuracy
 from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
 from distill.eval.task import ModelLoader, TaskResult, check_positive
-from tipscore.errors import UserError
+from common.errors import UserError
 
 KS = (1, 5)
 

@@ -23,7 +23,7 @@ from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
 from distill.eval.readers import SegDataset, open_segmentation
 from distill.eval.seg_scoring import SegScorer
 from distill.eval.task import ModelLoader, TaskResult, check_positive, parse_resolutions, per_resolution, tagged
-from tipscore.errors import UserError
+from common.errors import UserError
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from distill.losses.token_distance import token_distance
-from tipscore.types import ImageTokens
+from common.types import ImageTokens
 
 PATCH_TOKENS = ("all", "masked")
 

@@ -24,9 +24,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from distill.losses.hadamard import hadamard
-from tipscore.atomic import write_atomic
-from tipscore.errors import UserError
-from tipscore.types import ImageTokens
+from common.atomic import write_atomic
+from common.errors import UserError
+from common.types import ImageTokens
 
 KINDS = ("channel", "phi-s")
 PARTS = ("cls", "registers", "patches")

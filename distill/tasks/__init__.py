@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from tipscore.types import ImageTokens
+from common.types import ImageTokens
 
 
 @dataclass

@@ -20,7 +20,7 @@ from distill.contrastive import CaptionContrastive
 from distill.losses.patch_distill_loss import PatchDistillWeights, patch_distill_loss
 from distill.losses.target_norm import TargetNorm
 from distill.tasks import LossOutput, TeacherOutput, TrainingTask
-from tipscore.types import ImageTokens
+from common.types import ImageTokens
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ class DistillTask(TrainingTask):
                  teacher_text_width: int | None = None):
         super().__init__()
         self.student = student
-        self.cfg = loss
+        self.loss_config = loss
         self.weights = PatchDistillWeights(loss.cls_weight, loss.register_weight, loss.patch_weight)
         self.norm = TargetNorm(loss.target_norm, teacher_width) if loss.target_norm != "none" else None
         self.contrastive = (CaptionContrastive(loss.contrastive, student, teacher_text_width)
@@ -60,7 +60,7 @@ class DistillTask(TrainingTask):
         pred = self.student.project(tokens)
         target = targets.tokens if self.norm is None else self.norm.normalize(targets.tokens)
         # Whenever masking is on, log masked/visible parts every step (the same keys on every process).
-        loss_mask = mask if self.cfg.mask_ratio > 0 else None
+        loss_mask = mask if self.loss_config.mask_ratio > 0 else None
         if pred.grid != target.grid:
             if not self._resize_logged:
                 log.info("student grid %s differs from the teacher grid %s: resizing the student's patch tokens "
@@ -69,13 +69,13 @@ class DistillTask(TrainingTask):
             if loss_mask is not None:
                 loss_mask = resize_mask(loss_mask, pred.grid, target.grid)
             pred = resize_grid(pred, target.grid)
-        total, parts = patch_distill_loss(pred, target, loss_mask, self.cfg.distance, self.weights,
-                                          self.cfg.mix, self.cfg.patch_tokens)
+        total, parts = patch_distill_loss(pred, target, loss_mask, self.loss_config.distance, self.weights,
+                                          self.loss_config.mix, self.loss_config.patch_tokens)
         parts = {f"distill/{k}": v for k, v in parts.items()}
         if self.contrastive is not None:
             contrastive, contrastive_parts = self.contrastive(self.student, tokens, batch["caption_pair"],
                                                               targets.text)
-            total = total + self.cfg.contrastive.weight * contrastive
+            total = total + self.loss_config.contrastive.weight * contrastive
             parts.update(contrastive_parts)
         parts["loss"] = total.detach()
         return LossOutput(total, parts)

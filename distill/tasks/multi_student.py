@@ -17,7 +17,7 @@ from torch import nn
 
 from distill.tasks import LossOutput, TeacherOutput, TrainingTask
 from distill.tasks.distill_task import DistillTask
-from tipscore.errors import UserError
+from common.errors import UserError
 
 
 class MultiStudentTask(TrainingTask):

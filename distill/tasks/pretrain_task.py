@@ -23,9 +23,9 @@ from distill.ema import ema_copy, ema_momentum, ema_update
 from distill.losses.dino_cls_loss import DinoClsLoss
 from distill.losses.ibot_patch_loss import IbotPatchLoss
 from distill.tasks import LossOutput, TrainingTask
-from tipscore.errors import UserError
+from common.errors import UserError
 from teachers.tipsv2_tokens import tipsv2_tokens
-from tipscore.types import ImageTokens
+from common.types import ImageTokens
 
 
 class PrototypeHead(nn.Module):
@@ -58,7 +58,7 @@ class PretrainTask(TrainingTask):
         super().__init__()
         if student.text is None or student.tokenizer is None:
             raise UserError("pretraining needs a student with a text tower and a tokenizer")
-        self.student, self.config, self.cfg = student, config, loss
+        self.student, self.pretrain, self.loss_config = student, config, loss
         self.contrastive = CaptionContrastive(loss.contrastive, student)
         c = config
         self.heads = nn.ModuleDict({
@@ -77,16 +77,16 @@ class PretrainTask(TrainingTask):
         pixels = batch["pixels"]
         tokens = self.student.image_tokens(pixels)
         loss, parts = self.contrastive(self.student, tokens, batch["caption_pair"])
-        loss = self.cfg.contrastive.weight * loss
-        if self.config.alpha or self.config.beta:
+        loss = self.loss_config.contrastive.weight * loss
+        if self.pretrain.alpha or self.pretrain.beta:
             sd = self.self_distillation(pixels, tokens, batch["mask"], batch["views"])
-            loss = loss + self.config.alpha * sd["dino"] + self.config.beta * sd["ibot"]
+            loss = loss + self.pretrain.alpha * sd["dino"] + self.pretrain.beta * sd["ibot"]
             parts.update({f"pretrain/{k}": v.detach() for k, v in sd.items()})
         parts["loss"] = loss.detach()
         return LossOutput(loss, parts)
 
     def after_optimizer_step(self, step: int, max_steps: int) -> None:
-        momentum = ema_momentum(step, max_steps, self.config.ema_momentum)
+        momentum = ema_momentum(step, max_steps, self.pretrain.ema_momentum)
         for target, source in self.ema_pairs():
             ema_update(target, source, momentum)
 
@@ -109,7 +109,7 @@ class PretrainTask(TrainingTask):
         `view1_tokens` for the images without a mask (the same computation) and re-runs the backbone only on
         the masked ones.
         """
-        c = self.config
+        c = self.pretrain
         t1_cls, t1_patches = self._targets(pixels, view1_tokens)
         t2_cls, _ = self._targets(crop_views(pixels, views[:, 0], pixels.shape[-1]), None)
         rows = mask.any(1)

@@ -18,10 +18,10 @@ from transformers import AutoImageProcessor, AutoModel, AutoTokenizer
 from transformers.models.siglip2.image_processing_siglip2 import convert_image_to_patches
 
 from teachers.base import Teacher
-from tipscore.errors import UserError
+from common.errors import UserError
 from teachers.fingerprint import canonical_config, fingerprint
 from teachers.tipsv2_tokens import split_tokens
-from tipscore.types import ImageTokens
+from common.types import ImageTokens
 
 _TEXT_FAMILIES = {"clip", "siglip", "siglip2"}
 MODEL_TYPES = ("dinov2", "dinov2_with_registers", "clip", "clip_vision_model", "siglip", "siglip_vision_model",

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from transformers import Tipsv2Model, Tipsv2VisionModel
 
-from tipscore.errors import UserError
+from common.errors import UserError
 from teachers.tipsv2_teacher import Tipsv2Teacher
 from teachers.tokenizer import load_tokenizer
 

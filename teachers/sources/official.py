@@ -19,7 +19,7 @@ import sentencepiece
 from transformers import Tipsv2TextModel, Tipsv2Tokenizer, Tipsv2VisionModel
 from transformers.initialization import no_init_weights
 
-from tipscore.errors import UserError
+from common.errors import UserError
 from teachers.official_npz import HEADS_FILE, read_npz, tipsv2_from_official
 from teachers.tipsv2_teacher import Tipsv2Teacher
 from teachers.tokenizer import match_official

@@ -16,8 +16,8 @@ import torch
 
 from teachers.base import Teacher
 from teachers.tokenizer import load_tokenizer, tokenize
-from tipscore.errors import UserError
-from tipscore.types import ImageTokens
+from common.errors import UserError
+from common.types import ImageTokens
 
 VISION, VISION_VALUE, TEXT, CONFIG = "vision.onnx", "vision_value.onnx", "text.onnx", "onnx_config.json"
 FORMAT = "tipsdistill-onnx"

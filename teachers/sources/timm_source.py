@@ -20,10 +20,10 @@ from timm.layers import Attention
 from timm.models import VisionTransformer
 
 from teachers.base import Teacher
-from tipscore.errors import UserError
+from common.errors import UserError
 from teachers.fingerprint import fingerprint
 from teachers.tipsv2_tokens import split_tokens
-from tipscore.types import ImageTokens
+from common.types import ImageTokens
 
 # The files of a `tipsdistill export --format timm` folder (the exporter writes them under these names).
 EXPORT_MANIFEST = "timm_config.json"

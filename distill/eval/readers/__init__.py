@@ -11,7 +11,7 @@ from distill.eval.readers.context import read_context
 from distill.eval.readers.folder import read_folder
 from distill.eval.readers.scenes import read_scenes
 from distill.eval.readers.voc import read_voc
-from tipscore.errors import UserError
+from common.errors import UserError
 
 READERS = {
     "ade20k": read_ade20k,

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from distill.eval.metrics import IGNORE_INDEX
-from tipscore.errors import UserError
+from common.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 

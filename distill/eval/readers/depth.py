@@ -22,7 +22,7 @@ from PIL import Image
 from distill.data.scenes import SceneDataset
 from distill.eval.readers.base import ProbeProtocol, open_image, require
 from distill.eval.readers.scenes import parse_options, scene_probe, scene_split, scenes_name
-from tipscore.errors import UserError
+from common.errors import UserError
 
 LABELED = "nyu_depth_v2_labeled.mat"
 SPLIT_LISTS = {"train": "nyu_train.txt", "val": "nyu_test.txt"}

@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from distill.eval.readers.base import IMAGE_SUFFIXES, PairedFiles, keep_label, require
-from tipscore.errors import UserError
+from common.errors import UserError
 
 
 def read_folder(path: Path, split: str = "val") -> PairedFiles:

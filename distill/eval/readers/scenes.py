@@ -8,7 +8,7 @@ import numpy as np
 
 from distill.data.scenes import COLOURS, MATERIALS, SCENE_CLASSES, THING_CLASSES, SceneDataset
 from distill.eval.readers.base import ProbeProtocol, SegDataset, SegSample
-from tipscore.errors import UserError
+from common.errors import UserError
 
 DEFAULTS = {"length": 256, "size": 64, "seed": 0}
 EVAL_SPLITS = ("heldout", "validation")  # what `split=` may name: the probes' training split is always train

@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from tipscore.errors import UserError, writing
-from tipscore.faults import crash_point
+from common.errors import UserError, writing
+from common.faults import crash_point
 
-# Specific to this tool, so that removing the temps a killed writer left (`tipscore.lock`) never touches a
+# Specific to this tool, so that removing the temps a killed writer left (`common.lock`) never touches a
 # user's own files.
 TMP_PREFIX = ".tipsdistill-tmp-"
 # Inside a temp of `target`: the old `target`, moved aside while the new one is renamed in (see `_swap_in`).

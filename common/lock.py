@@ -21,8 +21,8 @@ import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
-from tipscore.atomic import TMP_PREFIX, is_temp_of, restore_replaced
-from tipscore.errors import UserError, writing
+from common.atomic import TMP_PREFIX, is_temp_of, restore_replaced
+from common.errors import UserError, writing
 
 log = logging.getLogger(__name__)
 
