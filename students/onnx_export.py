@@ -35,13 +35,13 @@ from torch import nn
 from students.model import Student
 from students.model_card import model_card
 from teachers.sources.onnx_source import (
-    CONFIG, FORMAT, TEXT, TEXT_INPUTS, TEXT_OUTPUT, TOKEN_OUTPUTS, VISION, VISION_VALUE, onnxruntime, open_session,
+    CONFIG, FORMAT, HEAD_OUTPUTS, TEXT, TEXT_INPUTS, TEXT_OUTPUT, TOKEN_OUTPUTS, VISION, VISION_VALUE, onnxruntime,
+    open_session,
 )
 from common.errors import UserError
 
 QUANTIZATIONS = ("int8",)
 OPSET = 18  # Resize's antialias attribute
-HEAD_OUTPUTS = tuple(f"teacher_{name}" for name in TOKEN_OUTPUTS)
 # fp32 parity: max |onnxruntime - torch| <= PARITY_TOLERANCE * max(1, max |torch|) per output. Reordered fp32
 # sums differ by ~1e-7 relative per op; the micro students measure ~1e-6 through their blocks, and the deep
 # released shapes stay well below 1e-4, while a wrongly converted op errs by the size of the values themselves.
@@ -223,6 +223,10 @@ def _config(student: Student, with_heads: bool, quantize: str | None, parity: li
         "temperature": None if text is None else float(student.temperature.detach()),
         "text_max_length": None if text is None else text.config.max_position_embeddings,
         "teacher_width": student.teacher_width if with_heads else None,
+        "vision_params": sum(p.numel() for p in student.vision.parameters()),
+        "head_params": sum(p.numel() for p in student.heads.parameters()) if with_heads else None,
+        # `onnx:DIR@teacher` pairs the heads with this teacher's text tower, checked by fingerprint.
+        "teacher": student.metadata.get("teacher") if with_heads else None,
         "opset": OPSET, "quantization": quantize, "dynamic_axes": ["batch", "height", "width", "text length"],
         "exporter": f"torch.onnx.export (TorchScript) torch {torch.__version__}", "parity": parity,
     }

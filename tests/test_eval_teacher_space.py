@@ -48,3 +48,29 @@ def test_teacher_space_refuses_what_it_cannot_read(tmp_path, tiny_tipsv2_dir):
     build_student("tipsv2-nano", teacher_width=32, text=False).save(bare)
     with pytest.raises(UserError, match="no recorded teacher"):
         load_model(f"{bare}{TEACHER_SPACE}")
+
+
+def test_an_onnx_export_with_heads_reads_in_its_teacher_space_like_the_checkpoint(tmp_path, tiny_tipsv2_dir):
+    pytest.importorskip("onnxruntime")
+    from distill.cli import main
+
+    checkpoint = _student(tmp_path, tiny_tipsv2_dir)
+    for name, extra in (("fp32", []), ("int8", ["--quantize", "int8"]), ("bare", [])):
+        heads = [] if name == "bare" else ["--with-heads"]
+        assert main(["export", str(checkpoint), "--format", "onnx", "--out", str(tmp_path / name),
+                     *heads, *extra]) == 0
+    models = {"torch": f"{checkpoint}{TEACHER_SPACE}", "onnx": f"onnx:{tmp_path / 'fp32'}{TEACHER_SPACE}",
+              "int8": f"onnx:{tmp_path / 'int8'}{TEACHER_SPACE}"}
+    report = evaluate(models, "zeroshot-seg", "scenes:size=32,length=4", tmp_path / "eval", quiet=True, overlays=0)
+    scores, cost = report["models"], report["cost"]
+    assert abs(scores["onnx"]["miou"] - scores["torch"]["miou"]) <= 1e-6
+    assert 0 <= scores["int8"]["miou"] <= 100
+    # The image path of the PyTorch student, recorded at export: the backbone and its heads.
+    assert cost["onnx"]["vision_params"] == cost["torch"]["vision_params"]
+    assert cost["onnx"]["gflops_per_image"] is None and cost["onnx"]["peak_memory_mib"] is None
+    assert cost["onnx"]["images_per_s"] > 0 and cost["torch"]["gflops_per_image"] > 0
+    assert "onnx, int8: FLOPs and memory not counted" in (tmp_path / "eval" / "report.md").read_text()
+    with pytest.raises(UserError, match="no projection heads"):
+        load_model(f"onnx:{tmp_path / 'bare'}{TEACHER_SPACE}")
+    with pytest.raises(UserError, match="exported without --with-heads"):
+        load_teacher(f"onnx:{tmp_path / 'bare'}").teacher_space()

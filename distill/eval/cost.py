@@ -152,22 +152,32 @@ def peak_memory_mib(model, pixels: torch.Tensor) -> float:
     return (_resident_bytes(model, pixels) + _cpu_peak_bytes(forward)) / MIB
 
 
+def _graph_parameters(model) -> int | None:
+    """An ONNX export's image-path parameters (a student in teacher space: its heads' view counts them)."""
+    owner = getattr(model, "space", model)
+    count = getattr(owner, "graph_parameters", None)
+    return count() if count is not None else None
+
+
 def model_cost(model, resolution: int, device: torch.device | str, batch_size: int = BATCH_SIZE) -> dict:
     """The cost of `model` (the encoder interface) at square inputs of side `resolution` on `device`.
 
     Parameter counts are of the image path (a student evaluated through its projection heads includes
-    them) and the text tower; None where the modules could not be found."""
+    them) and the text tower; None where the modules could not be found. A model that runs outside torch
+    (`runtime`: an onnxruntime graph) has its stored weights counted and its images/s measured; torch can count
+    neither its FLOPs nor its allocations, so those are None, not zero."""
     device = torch.device(device)
     pixels = _pixels(batch_size, resolution, device)
+    in_torch = getattr(model, "runtime", "torch") == "torch"
     return {
-        "vision_params": parameter_count(image_modules(model)),
+        "vision_params": parameter_count(image_modules(model)) if in_torch else _graph_parameters(model),
         "text_params": parameter_count(text_modules(model)),
         "resolution": resolution,
-        "gflops_per_image": gflops_per_image(model, resolution, device),
+        "gflops_per_image": gflops_per_image(model, resolution, device) if in_torch else None,
         "batch_size": batch_size,
         "images_per_s": images_per_s(model, pixels),
-        "peak_memory_mib": peak_memory_mib(model, pixels),
-        "peak_memory_method": PEAK_METHODS["cuda" if device.type == "cuda" else "cpu"],
+        "peak_memory_mib": peak_memory_mib(model, pixels) if in_torch else None,
+        "peak_memory_method": PEAK_METHODS["cuda" if device.type == "cuda" else "cpu"] if in_torch else None,
         "device": str(device),
         "threads": torch.get_num_threads(),
     }

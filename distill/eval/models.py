@@ -20,6 +20,7 @@ from students.checkpoint import is_student_dir, load_student
 from common.errors import UserError
 
 TEACHER_SPACE = "@teacher"
+ONNX = "onnx:"
 
 
 def load_model(spec, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
@@ -42,6 +43,7 @@ class InTeacherSpace:
         # Both halves decide every zero-shot figure: the report's fingerprint names both.
         self.fingerprint = hashlib.sha256(f"{student.fingerprint}+{teacher.fingerprint}".encode()).hexdigest()
         self.student = student
+        self.runtime = getattr(student, "runtime", "torch")
 
     def encode_image(self, pixels: torch.Tensor, value_trick: bool = False):
         return self.space.encode_image(pixels, value_trick)
@@ -57,18 +59,16 @@ class InTeacherSpace:
         return self.student.buffers()
 
 
-def in_teacher_space(directory: str, device, dtype) -> InTeacherSpace:
+def in_teacher_space(spec: str, device, dtype) -> InTeacherSpace:
     """The teacher is the one the student's metadata names, checked by fingerprint: a packaged or local teacher
-    that changed since the distillation would pair the heads with a text tower they never saw."""
-    form = f"{directory}{TEACHER_SPACE}"
-    if not is_student_dir(directory):
-        raise UserError(f"{form}: {directory!r} is not a student checkpoint; expected DIR{TEACHER_SPACE} with a "
-                        "student.json inside")
-    student = load_student(directory).to(device=device, dtype=dtype).eval()
+    that changed since the distillation would pair the heads with a text tower they never saw. The student is a
+    checkpoint directory, or an ONNX export made `--with-heads` (`onnx:DIR@teacher`)."""
+    form = f"{spec}{TEACHER_SPACE}"
+    student = _student_side(spec, form, device, dtype)
     recorded = student.metadata.get("teacher") or {}
-    if student.heads is None or not recorded.get("spec"):
+    if student.teacher_width is None or not recorded.get("spec"):
         raise UserError(f"{form}: the student has no projection heads or no recorded teacher; expected a student "
-                        "written by `tipsdistill distill`")
+                        "written by `tipsdistill distill` (exported with --with-heads)")
     teacher = teachers.load_teacher(recorded["spec"], dtype=dtype, device=device)
     if recorded.get("fingerprint") and teacher.fingerprint != recorded["fingerprint"]:
         raise UserError(f"{form}: teacher {recorded['spec']!r} has fingerprint {teacher.fingerprint[:12]}, the "
@@ -77,6 +77,15 @@ def in_teacher_space(directory: str, device, dtype) -> InTeacherSpace:
         raise UserError(f"{form}: teacher {recorded['spec']!r} has no text tower of width {student.teacher_width}; "
                         "expected a TIPSv2-style teacher whose text meets its patch tokens")
     return InTeacherSpace(student, teacher)
+
+
+def _student_side(spec: str, form: str, device, dtype):
+    if spec.startswith(ONNX):
+        return teachers.load_teacher(spec)  # onnxruntime on the CPU: device and dtype do not apply
+    if not is_student_dir(spec):
+        raise UserError(f"{form}: {spec!r} is not a student checkpoint; expected DIR{TEACHER_SPACE} with a "
+                        f"student.json inside, or {ONNX}DIR{TEACHER_SPACE}")
+    return load_student(spec).to(device=device, dtype=dtype).eval()
 
 
 def model_device(model) -> torch.device:

@@ -110,8 +110,11 @@ def cost_rows(names: list[str], costs: dict) -> dict[str, list]:
 
 def _cost_note(costs: dict) -> str:
     first = next(iter(costs.values()))
+    method = next((c["peak_memory_method"] for c in costs.values() if c.get("peak_memory_method")), None)
+    outside = [name for name, c in costs.items() if c.get("gflops_per_image") is None and c.get("images_per_s")]
     return (f"cost: {first['device']}, {first['threads']} threads, batch {first['batch_size']}; "
-            f"peak memory: {first['peak_memory_method']}")
+            f"peak memory: {method or 'not measured'}"
+            + (f"; {', '.join(outside)}: FLOPs and memory not counted (run outside torch)" if outside else ""))
 
 
 def _by_metric(keys) -> list[str]:

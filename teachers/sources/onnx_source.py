@@ -22,6 +22,7 @@ from common.types import ImageTokens
 VISION, VISION_VALUE, TEXT, CONFIG = "vision.onnx", "vision_value.onnx", "text.onnx", "onnx_config.json"
 FORMAT = "tipsdistill-onnx"
 TOKEN_OUTPUTS = ("cls", "registers", "patches")
+HEAD_OUTPUTS = tuple(f"teacher_{name}" for name in TOKEN_OUTPUTS)
 TEXT_INPUTS, TEXT_OUTPUT = ("input_ids", "attention_mask"), "text_features"
 
 
@@ -45,13 +46,20 @@ def open_session(path: Path):
 
 
 class OnnxTeacher(Teacher):
-    def __init__(self, directory: Path, config: dict, vision, vision_value, text, tokenizer):
+    """`outputs`: the backbone's tokens, or (`teacher_space()`) the projection heads' outputs of an export made
+    `--with-heads`, at the teacher's width."""
+
+    runtime = "onnxruntime"  # the cost columns count no torch FLOPs or allocations for it
+
+    def __init__(self, directory: Path, config: dict, vision, vision_value, text, tokenizer,
+                 outputs: tuple[str, ...] = TOKEN_OUTPUTS):
         super().__init__(
-            width=config["width"], patch_size=config["patch_size"], image_size=config["image_size"],
+            width=config["width"] if outputs == TOKEN_OUTPUTS else config["teacher_width"],
+            patch_size=config["patch_size"], image_size=config["image_size"],
             num_registers=config["num_registers"], fingerprint=_fingerprint(directory),
             temperature=config.get("temperature"), tokenizer=tokenizer if text is not None else None,
         )
-        self.directory = directory
+        self.directory, self.config, self.outputs = directory, config, outputs
         self.quantization = config.get("quantization")
         self.text_max_length = config.get("text_max_length")
         self.vision, self.vision_value, self.text = vision, vision_value, text
@@ -59,6 +67,31 @@ class OnnxTeacher(Teacher):
     @property
     def has_text(self) -> bool:
         return self.text is not None and self.tokenizer is not None
+
+    @property
+    def teacher_width(self) -> int | None:
+        return self.config.get("teacher_width")
+
+    @property
+    def metadata(self) -> dict:
+        """What a student checkpoint's metadata holds of its teacher (spec, fingerprint), for `DIR@teacher`."""
+        return {"teacher": self.config.get("teacher")}
+
+    def teacher_space(self) -> "OnnxTeacher":
+        """The same graphs read at their projection heads' outputs (the student in its teacher's space)."""
+        if self.teacher_width is None:
+            raise UserError(f"onnx:{self.directory} was exported without --with-heads; expected an export with the "
+                            "projection heads to read it in its teacher's space")
+        return OnnxTeacher(self.directory, self.config, self.vision, self.vision_value, None, None,
+                           outputs=HEAD_OUTPUTS)
+
+    def graph_parameters(self) -> int | None:
+        """The PyTorch model's image-path parameters, recorded at export (the graph's stored weights differ:
+        tracing folds constants and drops what the forward never reads); with the heads in teacher space."""
+        vision, heads = self.config.get("vision_params"), self.config.get("head_params")
+        if vision is None:
+            return None
+        return vision + (heads or 0) if self.outputs == HEAD_OUTPUTS else vision
 
     # No torch parameters to ask: the graphs take float32 on the CPU.
     @property
@@ -74,7 +107,7 @@ class OnnxTeacher(Teacher):
         if session is None:
             raise UserError(f"{self.directory} has no {VISION_VALUE}; re-export it with tipsdistill export "
                             f"--format onnx, or evaluate with value_trick off")
-        outputs = session.run(list(TOKEN_OUTPUTS), {"pixels": pixels.contiguous().numpy()})
+        outputs = session.run(list(self.outputs), {"pixels": pixels.contiguous().numpy()})
         return ImageTokens(*(torch.from_numpy(array) for array in outputs))
 
     def _text_embeddings(self, texts: list[str]) -> torch.Tensor:
