@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import (GradientAccumulationPlugin, ProjectConfiguration, broadcast_object_list, send_to_device,
                                set_seed)
@@ -25,7 +24,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from distill.cache.replay import open_cache, recipe_preprocessing, replay_dataloader
 from distill.caption_check import check_captions
-from distill.config import Recipe, StudentConfig, flat_recipe, recipe_from_dict, recipe_to_dict, save_recipe
+from distill.config import Recipe, StudentConfig, flat_recipe
 from distill.data import CAPTION_KEYS, CropConfig, Draws, MaskConfig, build_dataset, make_dataloader
 from distill.data.loader import Augment
 from distill.data.scenes import SceneDataset, caption_corpus
@@ -33,8 +32,9 @@ from distill.targets import CachedTargets, OnlineTargets, check_cached_text_towe
 from distill.tasks.distill_task import DistillTask
 from distill.tasks.multi_student import MultiStudentTask
 from distill.tasks.pretrain_task import PretrainTask
-from distill.train import latest_usable_checkpoint, prune_checkpoints
-from distill.train import METRICS, Progress, Run, checkpoints, load_checkpoint, save_exports, train_loop, truncate_metrics
+from distill.run_dir import (PRETRAINED_MODEL, STUDENT, Progress, checkpoints, load_checkpoint, open_run_dir,
+                             save_exports, write_run_start)
+from distill.train import Run, train_loop
 from students import Student, build_student
 from students.zoo import STUDENTS
 from students.export import export_student
@@ -46,7 +46,6 @@ from common.lock import OutputLock
 log = logging.getLogger(__name__)
 
 NO_DECAY = ("cls_token", "register_tokens", "mask_token", "position_embeddings", "temperature", "logit_bias")
-PRETRAINED_MODEL = "model"
 # A pretraining run on the built-in scenes without a tokenizer builds one from their captions.
 TOKENIZER_VOCAB = 256
 TOKENIZER_CORPUS_SCENES = 2000
@@ -252,45 +251,6 @@ def _on_main_process(accelerator: Accelerator, prepare):
     return result
 
 
-def _open_run_dir(lock: OutputLock, recipe: Recipe, out: Path, resume: bool) -> Path | None:
-    """Locks the run directory (which removes the temps of killed writers), then checks it."""
-    lock.acquire()
-    return _check_run_dir(recipe, out, resume)
-
-
-def _check_run_dir(recipe: Recipe, out: Path, resume: bool) -> Path | None:
-    """The checkpoint to resume from (None for a new run): the newest whole one, older ones beyond
-    `train.keep_checkpoints` removed."""
-    existing = checkpoints(out)
-    if resume and not existing:
-        raise UserError(f"--resume: no checkpoint in {out / 'checkpoints'}; start the run without --resume")
-    final = PRETRAINED_MODEL if recipe.is_pretraining else "student"
-    if not resume and (existing or (out / final).exists()):
-        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if not resume:
-        return None
-    checkpoint = latest_usable_checkpoint(out)
-    _check_resumable(checkpoint, recipe)
-    prune_checkpoints(out, recipe.train.keep_checkpoints, checkpoint)
-    return checkpoint
-
-
-def _check_resumable(checkpoint: Path, recipe: Recipe) -> None:
-    saved = recipe_to_dict(recipe_from_dict(yaml.safe_load((checkpoint / "recipe.yaml").read_text()),
-                                            str(checkpoint / "recipe.yaml")))
-    current = recipe_to_dict(recipe)
-
-    def diff(a, b, prefix=""):
-        if isinstance(a, dict) and isinstance(b, dict):
-            return [d for k in sorted(set(a) | set(b)) for d in diff(a.get(k), b.get(k), f"{prefix}{k}.")]
-        return [] if a == b else [prefix.rstrip(".")]
-
-    changed = diff(saved, current)
-    if changed:
-        raise UserError(f"--resume needs the recipe the run started with; changed: {', '.join(changed)} "
-                        f"(see {checkpoint / 'recipe.yaml'})")
-
-
 # ---------------------------------------------------------------- building and running
 
 
@@ -375,7 +335,7 @@ def run_training(recipe: Recipe, out_dir: str | os.PathLike, *, resume: bool = F
     accelerator = make_accelerator(recipe, out)
     lock = OutputLock(out)  # taken once, by the main process, before any process writes
     try:
-        checkpoint = _on_main_process(accelerator, lambda: _open_run_dir(lock, recipe, out, resume))
+        checkpoint = _on_main_process(accelerator, lambda: open_run_dir(lock, recipe, out, resume))
         return _train(recipe, out, accelerator, checkpoint, stop_at=stop_at, teacher=teacher,
                       show_progress=show_progress)
     finally:
@@ -387,12 +347,7 @@ def _train(recipe: Recipe, out: Path, accelerator: Accelerator, checkpoint: Path
     run = build_run(recipe, out, accelerator, calibrate=checkpoint is None, teacher=teacher)
     progress = load_checkpoint(run, checkpoint) if checkpoint else Progress()
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, out / "recipe.yaml")
-        norm = getattr(run.unwrapped, "norm", None)
-        if norm is not None:
-            norm.save(out / "target_norm.safetensors")
-        truncate_metrics(out / METRICS, progress.step)
+        write_run_start(out, recipe, getattr(run.unwrapped, "norm", None), progress.step)
     with writing(out / "logs"):  # the TensorBoard tracker creates its event file and writes the recipe at once
         accelerator.init_trackers(run.desc, config=flat_recipe(recipe))
     t = recipe.train
@@ -406,14 +361,14 @@ def _train(recipe: Recipe, out: Path, accelerator: Accelerator, checkpoint: Path
     with logging_redirect_tqdm():  # the loop's log lines (data, checkpoints) go above tqdm's bar, not onto it
         train_loop(run, progress, stop_at=stop_at, show_progress=show_progress)
     finished = progress.step >= t.max_steps
-    final = out / "student"
+    final = out / STUDENT
     if accelerator.is_main_process and finished:
         save_exports(run, final, progress.step)
         if recipe.is_pretraining:
             export_student(final, "hf", out / PRETRAINED_MODEL)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    result = (out / PRETRAINED_MODEL if recipe.is_pretraining else final) if finished else checkpoints(out)[-1] / "student"
+    result = (out / PRETRAINED_MODEL if recipe.is_pretraining else final) if finished else checkpoints(out)[-1] / STUDENT
     seconds = time.perf_counter() - start
     log.info("done: steps %d-%d in %.0f s (%.1f images/s); %s: %s", first_step + 1, progress.step, seconds,
              (progress.step - first_step) * t.batch_size / max(seconds, 1e-9),
