@@ -183,6 +183,11 @@ class Recipe:
     def is_pretraining(self) -> bool:
         return self.pretrain is not None
 
+    @property
+    def run_students(self) -> list[StudentConfig]:
+        """The students the run trains: the `students:` entries when set, else `student:`."""
+        return self.students or [self.student]
+
     def view_sizes(self, step: int) -> tuple[int, int]:
         """(student, teacher) view sizes at optimizer step `step` (0-based: the step about to run)."""
         teacher = self.teacher.image_size if self.teacher is not None else None

@@ -24,31 +24,26 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from distill.cache.replay import open_cache, recipe_preprocessing, replay_dataloader
 from distill.caption_check import check_captions
-from distill.config import Recipe, StudentConfig, flat_recipe
+from distill.config import Recipe, flat_recipe
 from distill.data import CAPTION_KEYS, CropConfig, Draws, MaskConfig, build_dataset, make_dataloader
 from distill.data.loader import Augment
-from distill.data.scenes import SceneDataset, caption_corpus
 from distill.targets import CachedTargets, OnlineTargets, check_cached_text_tower
+from distill.tasks import TrainingTask
 from distill.tasks.distill_task import DistillTask
 from distill.tasks.multi_student import MultiStudentTask
 from distill.tasks.pretrain_task import PretrainTask
 from distill.run_dir import (PRETRAINED_MODEL, STUDENT, Progress, checkpoints, load_checkpoint, open_run_dir,
                              save_exports, write_run_start)
 from distill.train import Run, train_loop
-from students import Student, build_student
 from students.zoo import STUDENTS
 from students.export import export_student
 from teachers import load_teacher, teacher_dtype
 from common.errors import UserError, writing
-from teachers.tokenizer import build_tokenizer, load_tokenizer
 from common.lock import OutputLock
 
 log = logging.getLogger(__name__)
 
 NO_DECAY = ("cls_token", "register_tokens", "mask_token", "position_embeddings", "temperature", "logit_bias")
-# A pretraining run on the built-in scenes without a tokenizer builds one from their captions.
-TOKENIZER_VOCAB = 256
-TOKENIZER_CORPUS_SCENES = 2000
 
 
 # ---------------------------------------------------------------- pieces
@@ -92,6 +87,14 @@ def make_optimizer(recipe: Recipe, task: torch.nn.Module) -> torch.optim.Optimiz
     return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas),
                              fused=cuda or None, foreach=None if cuda else True)
+
+
+def task_class(recipe: Recipe) -> type[TrainingTask]:
+    """What the recipe trains: TIPSv2 pretraining (`pretrain:`), several students on one teacher forward
+    (`students:`), or one student."""
+    if recipe.is_pretraining:
+        return PretrainTask
+    return MultiStudentTask if len(recipe.students) > 1 else DistillTask
 
 
 def compile_towers(students, teacher, teacher_text: bool = False) -> None:
@@ -141,38 +144,11 @@ def _contrastive_enabled(recipe: Recipe, dataset) -> bool:
     return True
 
 
-def _tokenizer(s: StudentConfig, fallback, dataset, pretraining: bool):
-    """The student text tower's tokenizer: `student.tokenizer`, else the teacher's (or the cache's copy);
-    a pretraining run on the built-in scenes builds one from their captions."""
-    if s.tokenizer:
-        return load_tokenizer(s.tokenizer)
-    if fallback is not None:
-        return fallback
-    if pretraining and isinstance(dataset, SceneDataset):
-        return build_tokenizer(caption_corpus(TOKENIZER_CORPUS_SCENES, seed=dataset.seed, size=dataset.size),
-                               vocab_size=TOKENIZER_VOCAB)
-    return None
-
-
-def _caption_tokenizer(targets, task: torch.nn.Module):
-    """The tokenizer that reads the captions: the frozen teacher's text tower's, else the (first) student's."""
-    if targets is not None and targets.text:
-        return targets.teacher.tokenizer
-    return next(module for module in task.modules() if isinstance(module, Student)).tokenizer
-
-
-def _student(recipe: Recipe, s: StudentConfig, *, teacher_width: int | None, text: bool, tokenizer):
-    student = build_student(s.name, teacher_width=teacher_width, text=text, init=s.init, text_init=s.text_init,
-                            image_size=s.image_size, tokenizer=tokenizer if text else None, head=s.head,
-                            gradient_checkpointing=recipe.train.gradient_checkpointing)
-    if text and student.tokenizer is None:
-        raise UserError("the student's text tower needs a tokenizer: set student.tokenizer=DIR, student.init / "
-                        "student.text_init, or use a teacher (or cache) with a tokenizer")
-    return student
-
-
 def _target_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastive: bool):
-    """The online teacher, or the cache standing in for it (which never loads the teacher)."""
+    """The online teacher, or the cache standing in for it (which never loads the teacher); None when
+    pretraining (the model is its own teacher)."""
+    if recipe.is_pretraining:
+        return None
     c = recipe.loss.contrastive
     if recipe.cache:
         if contrastive:
@@ -216,7 +192,7 @@ def _draws(recipe: Recipe, patch_size: int, contrastive: bool) -> Draws:
                  dict(loss.contrastive.caption_weights) if contrastive else None, views)
 
 
-def _calibrate(task: DistillTask, targets, loader, recipe: Recipe, accelerator: Accelerator) -> None:
+def _calibrate(task: TrainingTask, targets, loader, recipe: Recipe, accelerator: Accelerator) -> None:
     """Target statistics over the first `calibration_batches` contrastive batches of epoch 0, sharded over
     processes and summed, so every process layout sees the same images (online or cached targets alike)."""
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -265,33 +241,21 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None,
         raise UserError(f"data {recipe.data.source} has {len(dataset)} images, fewer than one global micro-batch "
                         f"({batch} x {accelerator.num_processes} processes); lower train.batch_size or add images")
     contrastive = _contrastive_enabled(recipe, dataset)
-    c = recipe.loss.contrastive
-    text = contrastive and c.text_tower == "student"
-    if recipe.is_pretraining:
-        targets, teacher_info = None, {"spec": None, "fingerprint": None}
-        tokenizer = None if recipe.student.init else _tokenizer(recipe.student, None, dataset, pretraining=True)
-        student = _student(recipe, recipe.student, teacher_width=None, text=True, tokenizer=tokenizer)
-        task = PretrainTask(student, recipe.pretrain, recipe.loss)
-        desc = "pretrain"
-    else:
-        targets = _target_source(recipe, accelerator, teacher, contrastive)
-        teacher_info = {"spec": targets.spec, "fingerprint": targets.fingerprint}
-        tokenizer = _tokenizer(recipe.student, targets.tokenizer, dataset, pretraining=False) if text else None
-        teacher_text_width = targets.teacher.text.config.hidden_size if targets.text else None
-        tasks = {s.name: DistillTask(_student(recipe, s, teacher_width=targets.width, text=text, tokenizer=tokenizer),
-                                     recipe.loss, teacher_width=targets.width, contrastive=contrastive,
-                                     teacher_text_width=teacher_text_width)
-                 for s in recipe.students or [recipe.student]}
-        task = MultiStudentTask(tasks) if len(tasks) > 1 else next(iter(tasks.values()))
-        desc = "distill"
+    targets = _target_source(recipe, accelerator, teacher, contrastive)
+    task = task_class(recipe).build(recipe, targets, dataset, contrastive)
+    desc = task.desc  # read before `prepare` wraps the task
+    teacher_info = ({"spec": targets.spec, "fingerprint": targets.fingerprint} if targets is not None
+                    else {"spec": None, "fingerprint": None})
     if contrastive and accelerator.is_main_process:
-        check_captions(dataset, _caption_tokenizer(targets, task))
+        # The frozen teacher's text tower reads the captions when the contrastive term uses it, else the student's.
+        check_captions(dataset, targets.teacher.tokenizer if targets is not None and targets.text
+                       else task.students()[0].tokenizer)
     patch_size = build_student_patch_size(recipe)
     draws = _draws(recipe, patch_size, contrastive)
     task.to(accelerator.device)
     if recipe.train.compile:
-        compile_towers([m for m in task.modules() if isinstance(m, Student)],
-                       getattr(targets, "teacher", None), getattr(targets, "text", False))
+        compile_towers(task.students(), targets.teacher if targets is not None else None,
+                       targets is not None and targets.text)
     teacher_size = (recipe.teacher.image_size if recipe.teacher is not None else None) or recipe.student.image_size
     augment = Augment(recipe.student.image_size, teacher_size, recipe.seed, recipe.data.crop, draws)
     pin = accelerator.device.type == "cuda"
@@ -304,7 +268,7 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None,
                                  teacher_size=teacher_size, seed=recipe.seed, crop=recipe.data.crop, draws=draws,
                                  num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle, pin_memory=pin)
     sizes_setter = loader.set_sizes  # kept apart: Accelerate's prepared loader shares the sampler, not the method
-    if calibrate and getattr(task, "norm", None) is not None:
+    if calibrate and task.norm is not None:
         _calibrate(task, targets, loader, recipe, accelerator)
     optimizer = make_optimizer(recipe, task)
     o = recipe.optim
@@ -347,7 +311,7 @@ def _train(recipe: Recipe, out: Path, accelerator: Accelerator, checkpoint: Path
     run = build_run(recipe, out, accelerator, calibrate=checkpoint is None, teacher=teacher)
     progress = load_checkpoint(run, checkpoint) if checkpoint else Progress()
     if accelerator.is_main_process:
-        write_run_start(out, recipe, getattr(run.unwrapped, "norm", None), progress.step)
+        write_run_start(out, recipe, run.unwrapped.norm, progress.step)
     with writing(out / "logs"):  # the TensorBoard tracker creates its event file and writes the recipe at once
         accelerator.init_trackers(run.desc, config=flat_recipe(recipe))
     t = recipe.train

@@ -56,7 +56,7 @@ class CachedTargets:
         self.patch_size = m.patch_size
         tokenizer_dir = self.directory / TOKENIZER_DIR
         self.tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
-        self.text = False
+        self.teacher, self.text = None, False  # the cache stands in for the teacher: none is loaded
 
     def tokens(self, batch: dict) -> ImageTokens:
         t = batch["teacher_targets"]
