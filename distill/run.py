@@ -27,7 +27,8 @@ from distill.caption_check import check_captions
 from distill.config import Recipe, flat_recipe
 from distill.data import CAPTION_KEYS, CropConfig, Draws, MaskConfig, build_dataset, make_dataloader
 from distill.data.loader import Augment
-from distill.targets import CachedTargets, OnlineTargets, check_cached_text_tower
+from distill.recipe_rules import check_rules, patch_size
+from distill.targets import CachedTargets, OnlineTargets
 from distill.tasks import TrainingTask
 from distill.tasks.distill_task import DistillTask
 from distill.tasks.multi_student import MultiStudentTask
@@ -35,7 +36,6 @@ from distill.tasks.pretrain_task import PretrainTask
 from distill.run_dir import (PRETRAINED_MODEL, STUDENT, Progress, checkpoints, load_checkpoint, open_run_dir,
                              save_exports, write_run_start)
 from distill.train import Run, train_loop
-from students.zoo import STUDENTS
 from students.export import export_student
 from teachers import load_teacher, teacher_dtype
 from common.errors import UserError, writing
@@ -151,8 +151,6 @@ def _target_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastiv
         return None
     c = recipe.loss.contrastive
     if recipe.cache:
-        if contrastive:
-            check_cached_text_tower(c.text_tower)
         targets = CachedTargets(recipe.cache)
         if recipe.teacher is not None and recipe.teacher.spec and recipe.teacher.spec != targets.spec:
             log.warning("teacher.spec %s differs from the cache's teacher %s; the cache's targets are used",
@@ -178,8 +176,8 @@ def _target_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastiv
 
 
 def build_student_patch_size(recipe: Recipe) -> int:
-    """The students' patch size (one for all: they share the crop and the mask)."""
-    return STUDENTS[recipe.student.name].config.vision_config.patch_size
+    """The students' patch size (one for all: they share the crop and the mask; `distill.recipe_rules`)."""
+    return patch_size(recipe.run_students[0].name)
 
 
 def _draws(recipe: Recipe, patch_size: int, contrastive: bool) -> Draws:
@@ -256,15 +254,15 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None,
     if recipe.train.compile:
         compile_towers(task.students(), targets.teacher if targets is not None else None,
                        targets is not None and targets.text)
-    teacher_size = (recipe.teacher.image_size if recipe.teacher is not None else None) or recipe.student.image_size
-    augment = Augment(recipe.student.image_size, teacher_size, recipe.seed, recipe.data.crop, draws)
+    student_size, teacher_size = recipe.view_sizes(0)
+    augment = Augment(student_size, teacher_size, recipe.seed, recipe.data.crop, draws)
     pin = accelerator.device.type == "cuda"
     if recipe.cache:
         reader = open_cache(recipe.cache, recipe_preprocessing(recipe, dataset))
         loader = replay_dataloader(dataset, reader, augment, batch_size=batch, seed=recipe.seed,
                                    num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle, pin_memory=pin)
     else:
-        loader = make_dataloader(dataset, batch_size=batch, student_size=recipe.student.image_size,
+        loader = make_dataloader(dataset, batch_size=batch, student_size=student_size,
                                  teacher_size=teacher_size, seed=recipe.seed, crop=recipe.data.crop, draws=draws,
                                  num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle, pin_memory=pin)
     sizes_setter = loader.set_sizes  # kept apart: Accelerate's prepared loader shares the sampler, not the method
@@ -294,6 +292,7 @@ def run_training(recipe: Recipe, out_dir: str | os.PathLike, *, resume: bool = F
     teacher: an already-loaded `Teacher` instead of `recipe.teacher.spec`.
     """
     out = Path(out_dir)
+    check_rules(recipe)  # a recipe built in code, not loaded, meets them too
     if stop_at is not None and stop_at < 1:
         raise UserError(f"--stop-at {stop_at}; expected a step >= 1")
     accelerator = make_accelerator(recipe, out)
@@ -316,8 +315,8 @@ def _train(recipe: Recipe, out: Path, accelerator: Accelerator, checkpoint: Path
         accelerator.init_trackers(run.desc, config=flat_recipe(recipe))
     t = recipe.train
     log.info("%s %s -> %s: %d steps, batch %d (%d per process x %d processes x %d accumulation)", run.desc,
-             run.teacher.get("spec") or "(self)", recipe.student.name, t.max_steps, t.batch_size,
-             per_process_batch(recipe, accelerator.num_processes), accelerator.num_processes, t.grad_accum_steps)
+             run.teacher.get("spec") or "(self)", ", ".join(s.name for s in recipe.run_students), t.max_steps,
+             t.batch_size, per_process_batch(recipe, accelerator.num_processes), accelerator.num_processes, t.grad_accum_steps)
     line, scalars = data_summary(recipe, run.dataset)
     log.info(line)
     accelerator.log(scalars, step=progress.step)

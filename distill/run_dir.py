@@ -25,7 +25,8 @@ import yaml
 from accelerate.utils import load
 from safetensors import safe_open
 
-from distill.config import Recipe, dump_recipe, recipe_from_dict, recipe_to_dict, save_recipe
+from distill.config import Recipe, dump_recipe, recipe_to_dict, save_recipe
+from distill.recipe_loader import recipe_from_dict
 from common.atomic import share_tree, temp_name, write_atomic
 from common.errors import UserError, writing
 from common.faults import crash_point

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from distill.compute import estimate_compute
-from distill.config import RECIPES_DIR, apply_overrides, load_recipe
+from distill.recipe_loader import RECIPES_DIR, apply_overrides, load_recipe
 from common.errors import UserError
 
 REAL = ("b14", "l14", "so400m14")
@@ -61,7 +61,8 @@ def test_bad_resolution_phases_are_refused(phases, words):
     with pytest.raises(UserError, match=words):
         load_recipe("micro", [f"train.resolution_phases={phases}"])
     with pytest.raises(UserError, match="one teacher size with cache=DIR"):
-        load_recipe("micro", ["cache=/some/cache", "train.resolution_phases=[{from_step: 50, student_size: 32}]"])
+        load_recipe("micro", ["cache=/some/cache", "loss.contrastive.text_tower=student",
+                              "train.resolution_phases=[{from_step: 50, student_size: 32}]"])
 
 
 def test_overrides_coerce_types():
@@ -111,7 +112,7 @@ def test_switching_the_source_kind_drops_the_other_kinds_options(tmp_path, caplo
     """The micro recipe's scene options (`size`, `length`) do not fit a folder: they go, and the log says so."""
     import logging
 
-    with caplog.at_level(logging.INFO, logger="distill.config"):
+    with caplog.at_level(logging.INFO, logger="distill.recipe_loader"):
         recipe = load_recipe("micro", [f"data.source=folder:{tmp_path}"])
     assert recipe.data.options == {} and "dropping the recipe's data.options" in caplog.text
     kept = load_recipe("micro", ["data.source=scenes:heldout"])  # same kind: the options stay
@@ -127,6 +128,16 @@ def test_switching_the_source_kind_drops_the_other_kinds_options(tmp_path, caplo
 def test_non_finite_numbers_negative_seeds_and_sizes_off_the_patch_grid_are_refused(override, words):
     with pytest.raises(UserError, match=words.replace("(", r"\(").replace("'", "'")):
         load_recipe("micro", [override])
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["loss.patch_tokens=masked", "loss.mask_ratio=0"], "'loss.patch_tokens' is 'masked'; expected all when "
+                                                        "loss.mask_ratio is 0"),
+    (["cache=/some/cache"], "'loss.contrastive.text_tower' is 'teacher'; expected student with cache=DIR"),
+])
+def test_recipes_that_would_fail_at_step_1_are_refused_on_load(overrides, words):
+    with pytest.raises(UserError, match=words):
+        load_recipe("micro", overrides)
 
 
 def test_overrides_may_follow_the_options(tiny_tipsv2_dir):
