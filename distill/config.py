@@ -147,16 +147,13 @@ class TrainConfig:
 
 @dataclass
 class ComputeConfig:
-    """Recorded cost of the run; `distill.compute.estimate_compute` re-derives it (a test checks)."""
+    """What the run's cost is estimated for; `distill.compute.estimate_compute` (or `python -m distill.compute
+    RECIPE`) derives the FLOPs and GPU-hours from it and the recipe."""
 
     teacher_arch: str = "g14"  # a `teachers.tipsv2_sizes` key: the shape the FLOPs are counted for
     gpu: str = "H100 SXM, bf16 dense"
     gpu_peak_tflops: float = 989.0
     mfu: float = 0.4
-    teacher_gflops_per_image: float = 0.0  # forward
-    student_gflops_per_image: float = 0.0  # forward, vision tower + heads
-    train_gflops_per_image: float = 0.0  # teacher forward + student forward/backward + text towers
-    gpu_hours_per_100m_samples: float = 0.0
 
 
 @dataclass
