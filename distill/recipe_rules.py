@@ -42,6 +42,8 @@ def _students(recipe: Recipe) -> None:
         return
     first = recipe.students[0]
     for i, s in enumerate(recipe.students[1:], 1):
+        require(s.name not in [t.name for t in recipe.students[:i]], f"students[{i}].name",
+                "a student not listed before it (each is trained and saved under its name)", s.name)
         require(s.image_size == first.image_size, f"students[{i}].image_size",
                 f"students[0].image_size ({first.image_size}): the students share one crop", s.image_size)
         require(patch_size(s.name) == patch_size(first.name), f"students[{i}].name",
