@@ -40,7 +40,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from distill.config import load_recipe
+from distill.recipe_loader import load_recipe
 from lab import (ALPHA, MARGIN, RETRIEVAL_METRICS, SEG_METRICS, Lab, emit, markdown, paired, plot_intervals, summary,
                  with_verdicts)
 

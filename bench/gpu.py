@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from distill.compute import estimate_compute
-from distill.config import load_recipe
+from distill.recipe_loader import load_recipe
 from distill.data import build_dataset, make_dataloader
 from distill.data.captions import CaptionPair
 from distill.run import build_run

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from distill.config import load_recipe
+from distill.recipe_loader import load_recipe
 from distill.default_job import DEFAULT_OVERRIDES, EVAL_DATASET
 from distill.eval import evaluate
 from distill.eval.models import TEACHER_SPACE

@@ -5,20 +5,35 @@ attention scores and mixing (4 x tokens^2 x width per layer) + the patch embeddi
 image costs the teacher forward, 3x the student forward (forward + backward) including the
 projection heads, and the text towers for the two captions (CLS1 and CLS2) at 64 tokens: 3x when
 the student's own tower is trained, 1x through the frozen teacher tower. GPU-hours assume a peak
-throughput and a model-FLOPs utilisation (MFU), both recorded in the recipe.
+throughput and a model-FLOPs utilisation (MFU), both recorded in the recipe's `compute:` section.
+
+`python -m distill.compute RECIPE [key=value ...]` prints the estimate.
 """
 from __future__ import annotations
 
 import dataclasses
+import json
+import sys
+from dataclasses import dataclass
 
 from transformers import Tipsv2TextConfig, Tipsv2VisionConfig
 
 from distill.config import ComputeConfig, Recipe
+from distill.recipe_loader import load_recipe
 from students import get_arch
 from teachers.tipsv2_sizes import tipsv2_config
 
 TEXT_TOKENS = 64  # TIPSv2 pads captions to 64 tokens
 CAPTIONS_PER_IMAGE = 2  # CLS1 <-> alt-text, CLS2 <-> a synthetic caption
+
+
+@dataclass
+class ComputeEstimate:
+    assumed: ComputeConfig  # teacher shape, GPU, peak throughput and MFU the figures are for
+    teacher_gflops_per_image: float  # forward
+    student_gflops_per_image: float  # forward, vision tower + heads
+    train_gflops_per_image: float  # teacher forward + student forward/backward + text towers
+    gpu_hours_per_100m_samples: float
 
 
 def _mlp_hidden(config: Tipsv2VisionConfig) -> int:
@@ -57,12 +72,13 @@ def _phase_flops(recipe: Recipe, teacher, student, s_size: int, t_size: int) -> 
     return teacher_f, student_f, train_f
 
 
-def estimate_compute(recipe: Recipe) -> ComputeConfig:
-    """The recipe's `compute` section recomputed (its teacher_arch, gpu, peak and MFU are kept): per image,
-    averaged over the run's steps when resolution phases change the view sizes."""
+def estimate_compute(recipe: Recipe) -> ComputeEstimate:
+    """The run's cost for the recipe's `compute` section (teacher_arch, GPU peak and MFU): per image,
+    averaged over the run's steps when resolution phases change the view sizes; for the first student of a
+    `students:` list."""
     assumed = recipe.compute or ComputeConfig()
     teacher = tipsv2_config(assumed.teacher_arch)
-    student = get_arch(recipe.student.name).config
+    student = get_arch(recipe.run_students[0].name).config
     total = [0.0, 0.0, 0.0]
     for first, end, s_size, t_size in recipe.phases():
         weight = (end - first) / recipe.train.max_steps
@@ -70,6 +86,9 @@ def estimate_compute(recipe: Recipe) -> ComputeConfig:
             total[i] += weight * flops
     teacher_f, student_f, train_f = total
     seconds = 1e8 * train_f / (assumed.gpu_peak_tflops * 1e12 * assumed.mfu)
-    return dataclasses.replace(
-        assumed, teacher_gflops_per_image=teacher_f / 1e9, student_gflops_per_image=student_f / 1e9,
-        train_gflops_per_image=train_f / 1e9, gpu_hours_per_100m_samples=seconds / 3600)
+    return ComputeEstimate(assumed, teacher_gflops_per_image=teacher_f / 1e9, student_gflops_per_image=student_f / 1e9,
+                           train_gflops_per_image=train_f / 1e9, gpu_hours_per_100m_samples=seconds / 3600)
+
+
+if __name__ == "__main__":
+    print(json.dumps(dataclasses.asdict(estimate_compute(load_recipe(sys.argv[1], sys.argv[2:]))), indent=1))

@@ -1,39 +1,59 @@
-"""Recipes: typed dataclasses loaded from YAML, validated on load, overridable with `key=value`.
+"""Recipes as typed dataclasses: parsing, value checks, `key=value` overrides, saving.
 
 A recipe is plain data describing one run (teacher, student, data, losses, optimiser, loop and the
 compute it needs). Every mistake is a `UserError` naming the dotted key: an unknown key, a wrong
 type, or a value outside its range. Overrides use the same path syntax (`loss.mask_ratio=0.3`); a
 bare leaf name (`max_steps=40`) is accepted when it names exactly one key.
+
+This module sits at the bottom of `distill`: it imports no data, loss or model code (the modules that
+implement a choice key import its allowed values from here). Loading a recipe (`distill.recipe_loader`)
+parses it here, then checks the rules across keys and against the registries (`distill.recipe_rules`).
 """
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import os
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from distill.data.augment import CropConfig
-from distill.data.build import parse_spec
-from distill.data.masks import MASK_SHAPES
-from distill.data.sample import CAPTION_KEYS
-from distill.ema import EMA_MODES
-from distill.losses.patch_distill_loss import PATCH_TOKENS
-from distill.losses.prototype_targets import CENTERINGS
-from distill.losses.target_norm import KINDS as TARGET_NORMS
-from distill.losses.token_distance import DISTANCES
-from students.zoo import STUDENTS
 from common.atomic import write_atomic
 from common.errors import UserError
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-log = logging.getLogger(__name__)
+
+# Allowed values of the recipe's choice keys, defined here (the bottom of `distill`) and imported by the modules
+# that implement them, so that parsing a recipe imports no data, loss or model code.
+CAPTION_KEYS = ("short", "medium", "long")  # caption granularities: alt-text, then longer synthetic captions
+MASK_SHAPES = ("block", "random")
+DISTANCES = ("cosine", "smooth_l1", "mse")
+PATCH_TOKENS = ("all", "masked")
+TARGET_NORMS = ("channel", "phi-s")
+EMA_MODES = ("heads", "full")
+CENTERINGS = ("center", "sinkhorn")
+
+
+@dataclass(frozen=True)
+class CropConfig:
+    """The random resized crop + flip, one object for the recipe (`data.crop`), the loaders, the cache and
+    the CLI. `scale` is the crop's fraction of the image area, `ratio` its aspect range (w / h)."""
+
+    scale: tuple[float, float] = (0.4, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+
+    def __post_init__(self):
+        object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
+        object.__setattr__(self, "ratio", tuple(float(v) for v in self.ratio))
+        if not (len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1):
+            raise UserError(f"crop scale={self.scale}: expected (min, max) with 0 < min <= max <= 1")
+        if not (len(self.ratio) == 2 and 0 < self.ratio[0] <= self.ratio[1]):
+            raise UserError(f"crop ratio={self.ratio}: expected (min, max) aspect ratios with 0 < min <= max")
+        if not 0 <= self.flip_p <= 1:
+            raise UserError(f"flip_p={self.flip_p}: expected a probability in [0, 1]")
 
 
 @dataclass
@@ -127,16 +147,13 @@ class TrainConfig:
 
 @dataclass
 class ComputeConfig:
-    """Recorded cost of the run; `distill.compute.estimate_compute` re-derives it (a test checks)."""
+    """What the run's cost is estimated for; `distill.compute.estimate_compute` (or `python -m distill.compute
+    RECIPE`) derives the FLOPs and GPU-hours from it and the recipe."""
 
     teacher_arch: str = "g14"  # a `teachers.tipsv2_sizes` key: the shape the FLOPs are counted for
     gpu: str = "H100 SXM, bf16 dense"
     gpu_peak_tflops: float = 989.0
     mfu: float = 0.4
-    teacher_gflops_per_image: float = 0.0  # forward
-    student_gflops_per_image: float = 0.0  # forward, vision tower + heads
-    train_gflops_per_image: float = 0.0  # teacher forward + student forward/backward + text towers
-    gpu_hours_per_100m_samples: float = 0.0
 
 
 @dataclass
@@ -183,10 +200,16 @@ class Recipe:
     def is_pretraining(self) -> bool:
         return self.pretrain is not None
 
+    @property
+    def run_students(self) -> list[StudentConfig]:
+        """The students the run trains: the `students:` entries when set, else `student:`."""
+        return self.students or [self.student]
+
     def view_sizes(self, step: int) -> tuple[int, int]:
         """(student, teacher) view sizes at optimizer step `step` (0-based: the step about to run)."""
         teacher = self.teacher.image_size if self.teacher is not None else None
-        student, teacher = self.student.image_size, teacher or self.student.image_size
+        student = self.run_students[0].image_size
+        teacher = teacher or student
         for phase in self.train.resolution_phases:
             if step >= phase.from_step:
                 student, teacher = phase.student_size, phase.teacher_size or phase.student_size
@@ -293,10 +316,11 @@ def build_section(cls, data: dict, prefix: str = ""):
         raise UserError(f"recipe key {prefix!r}: {exc}") from None
 
 
-# ---------------------------------------------------------------- semantic checks
+# ---------------------------------------------------------------- value checks
 
 
-def _check(ok: bool, key: str, expected: str, value: Any) -> None:
+def require(ok: bool, key: str, expected: str, value: Any) -> None:
+    """A one-line `UserError` naming the recipe key, its value and what was expected, unless `ok`."""
     if not ok:
         raise UserError(f"recipe key {key!r} is {value!r}; expected {expected}")
 
@@ -313,138 +337,63 @@ def _check_finite(node: Any, prefix: str = "") -> None:
         for i, v in enumerate(node):
             _check_finite(v, f"{prefix.rstrip('.')}[{i}].")
     elif isinstance(node, float) and not math.isfinite(node):
-        _check(False, prefix.rstrip("."), "a finite number", node)
-
-
-def _validate_pretrain(recipe: Recipe) -> None:
-    p, loss, c = recipe.pretrain, recipe.loss, recipe.loss.contrastive
-    _check(recipe.teacher is None, "teacher", "no teacher section in a pretraining recipe (the model is its own "
-           "teacher)", recipe.teacher)
-    _check(recipe.cache is None and not recipe.students, "cache/students", "neither in a pretraining recipe",
-           recipe.cache or recipe.students)
-    _check(loss.target_norm == "none", "loss.target_norm", "none when pretraining (there are no teacher targets)",
-           loss.target_norm)
-    _check(c.kind != "none" and c.text_tower == "student", "loss.contrastive",
-           "a contrastive kind other than none with text_tower=student: pretraining trains its own text tower "
-           "against captions", f"{c.kind}/{c.text_tower}")
-    for name in ("alpha", "beta"):
-        _check(getattr(p, name) >= 0, f"pretrain.{name}", "a weight >= 0", getattr(p, name))
-    _check(0 <= p.ema_momentum < 1, "pretrain.ema_momentum", "a value in [0, 1)", p.ema_momentum)
-    for name in ("num_prototypes", "head_hidden", "head_bottleneck"):
-        _check(getattr(p, name) >= 1, f"pretrain.{name}", "an int >= 1", getattr(p, name))
-    _check(p.student_temp > 0 and p.teacher_temp > 0, "pretrain.student_temp/teacher_temp", "positive temperatures",
-           (p.student_temp, p.teacher_temp))
-    _check(p.local_crops >= 0, "pretrain.local_crops", "an int >= 0", p.local_crops)
-    _check(p.local_size >= 8, "pretrain.local_size", "at least 8 px", p.local_size)
+        require(False, prefix.rstrip("."), "a finite number", node)
 
 
 def validate(recipe: Recipe) -> Recipe:
+    """Each key's value on its own (ranges, finiteness); rules across keys or against the registries
+    (students, teachers) are `distill.recipe_rules`."""
     loss, c, train, optim = recipe.loss, recipe.loss.contrastive, recipe.train, recipe.optim
     _check_finite(recipe)
-    _check(recipe.seed >= 0, "seed", "an int >= 0", recipe.seed)
+    require(recipe.seed >= 0, "seed", "an int >= 0", recipe.seed)
     if recipe.teacher is not None:
-        _check(recipe.teacher.image_size is None or recipe.teacher.image_size > 0, "teacher.image_size",
+        require(recipe.teacher.image_size is None or recipe.teacher.image_size > 0, "teacher.image_size",
                "a positive int or null", recipe.teacher.image_size)
-    if recipe.pretrain is not None:
-        _validate_pretrain(recipe)
     for i, s in enumerate([recipe.student, *recipe.students]):
         key = "student" if i == 0 else f"students[{i - 1}]"
-        _check(s.image_size > 0, f"{key}.image_size", "a positive int", s.image_size)
-        _check(s.name in STUDENTS, f"{key}.name", f"one of {', '.join(STUDENTS)}", s.name)
-        patch = STUDENTS[s.name].config.vision_config.patch_size
-        _check(s.image_size % patch == 0, f"{key}.image_size", f"a multiple of {s.name}'s patch size {patch}",
-               s.image_size)
-    for i, s in enumerate(recipe.students):
-        _check(s.image_size == recipe.student.image_size, f"students[{i}].image_size",
-               f"student.image_size ({recipe.student.image_size}): the students share one crop", s.image_size)
-    _check(0.0 <= loss.mask_ratio < 1.0, "loss.mask_ratio", "a value in [0, 1)", loss.mask_ratio)
-    _check(0.0 <= loss.mask_probability <= 1.0, "loss.mask_probability", "a value in [0, 1]", loss.mask_probability)
+        require(s.image_size > 0, f"{key}.image_size", "a positive int", s.image_size)
+    require(0.0 <= loss.mask_ratio < 1.0, "loss.mask_ratio", "a value in [0, 1)", loss.mask_ratio)
+    require(0.0 <= loss.mask_probability <= 1.0, "loss.mask_probability", "a value in [0, 1]", loss.mask_probability)
     for name in ("cls_weight", "register_weight", "patch_weight"):
-        _check(getattr(loss, name) >= 0, f"loss.{name}", "a weight >= 0", getattr(loss, name))
-    _check(loss.calibration_batches >= 1, "loss.calibration_batches", "an int >= 1", loss.calibration_batches)
+        require(getattr(loss, name) >= 0, f"loss.{name}", "a weight >= 0", getattr(loss, name))
+    require(loss.calibration_batches >= 1, "loss.calibration_batches", "an int >= 1", loss.calibration_batches)
     for k, w in loss.mix.items():
-        _check(k in DISTANCES, f"loss.mix.{k}", f"a key among {', '.join(DISTANCES)}", k)
-        _check(w >= 0, f"loss.mix.{k}", "a weight >= 0", w)
+        require(k in DISTANCES, f"loss.mix.{k}", f"a key among {', '.join(DISTANCES)}", k)
+        require(w >= 0, f"loss.mix.{k}", "a weight >= 0", w)
     if loss.distance == "mix":
-        _check(sum(loss.mix.values()) > 0, "loss.mix", "at least one positive weight", loss.mix)
-    _check(c.weight >= 0, "loss.contrastive.weight", "a weight >= 0", c.weight)
+        require(sum(loss.mix.values()) > 0, "loss.mix", "at least one positive weight", loss.mix)
+    require(c.weight >= 0, "loss.contrastive.weight", "a weight >= 0", c.weight)
     for k, w in c.caption_weights.items():
-        _check(k in CAPTION_KEYS, f"loss.contrastive.caption_weights.{k}",
+        require(k in CAPTION_KEYS, f"loss.contrastive.caption_weights.{k}",
                f"a key among {', '.join(CAPTION_KEYS)}", k)
-        _check(w >= 0, f"loss.contrastive.caption_weights.{k}", "a weight >= 0", w)
+        require(w >= 0, f"loss.contrastive.caption_weights.{k}", "a weight >= 0", w)
     if c.kind != "none":
-        _check(sum(c.caption_weights.values()) > 0, "loss.contrastive.caption_weights",
+        require(sum(c.caption_weights.values()) > 0, "loss.contrastive.caption_weights",
                "at least one positive weight", c.caption_weights)
-    _check(c.temperature_init is None or c.temperature_init > 0, "loss.contrastive.temperature_init",
+    require(c.temperature_init is None or c.temperature_init > 0, "loss.contrastive.temperature_init",
            "a positive float or null", c.temperature_init)
-    _check(c.sigmoid_scale_init > 0, "loss.contrastive.sigmoid_scale_init", "a positive float", c.sigmoid_scale_init)
-    _check(recipe.data.num_workers >= 0, "data.num_workers", "an int >= 0", recipe.data.num_workers)
-    _check(optim.lr > 0, "optim.lr", "a positive float", optim.lr)
-    _check(0.0 <= optim.min_lr_ratio <= 1.0, "optim.min_lr_ratio", "a value in [0, 1]", optim.min_lr_ratio)
-    _check(optim.weight_decay >= 0, "optim.weight_decay", "a value >= 0", optim.weight_decay)
-    _check(len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas), "optim.betas",
+    require(c.sigmoid_scale_init > 0, "loss.contrastive.sigmoid_scale_init", "a positive float", c.sigmoid_scale_init)
+    require(recipe.data.num_workers >= 0, "data.num_workers", "an int >= 0", recipe.data.num_workers)
+    require(optim.lr > 0, "optim.lr", "a positive float", optim.lr)
+    require(0.0 <= optim.min_lr_ratio <= 1.0, "optim.min_lr_ratio", "a value in [0, 1]", optim.min_lr_ratio)
+    require(optim.weight_decay >= 0, "optim.weight_decay", "a value >= 0", optim.weight_decay)
+    require(len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas), "optim.betas",
            "two values in [0, 1)", optim.betas)
-    _check(optim.warmup_steps >= 0, "optim.warmup_steps", "an int >= 0", optim.warmup_steps)
-    _check(optim.grad_clip >= 0, "optim.grad_clip", "a value >= 0 (0 disables)", optim.grad_clip)
-    _check(train.max_steps >= 1, "train.max_steps", "an int >= 1", train.max_steps)
-    _check(train.batch_size >= 1, "train.batch_size", "an int >= 1", train.batch_size)
-    _check(train.grad_accum_steps >= 1, "train.grad_accum_steps", "an int >= 1", train.grad_accum_steps)
-    _check(train.batch_size % train.grad_accum_steps == 0, "train.batch_size",
+    require(optim.warmup_steps >= 0, "optim.warmup_steps", "an int >= 0", optim.warmup_steps)
+    require(optim.grad_clip >= 0, "optim.grad_clip", "a value >= 0 (0 disables)", optim.grad_clip)
+    require(train.max_steps >= 1, "train.max_steps", "an int >= 1", train.max_steps)
+    require(train.batch_size >= 1, "train.batch_size", "an int >= 1", train.batch_size)
+    require(train.grad_accum_steps >= 1, "train.grad_accum_steps", "an int >= 1", train.grad_accum_steps)
+    require(train.batch_size % train.grad_accum_steps == 0, "train.batch_size",
            f"a multiple of train.grad_accum_steps ({train.grad_accum_steps})", train.batch_size)
-    _check(train.checkpoint_every >= 0, "train.checkpoint_every", "an int >= 0 (0: final only)",
+    require(train.checkpoint_every >= 0, "train.checkpoint_every", "an int >= 0 (0: final only)",
            train.checkpoint_every)
-    _check(train.keep_checkpoints >= 1, "train.keep_checkpoints", "an int >= 1", train.keep_checkpoints)
-    _check(train.log_every >= 1, "train.log_every", "an int >= 1", train.log_every)
-    _validate_phases(recipe)
+    require(train.keep_checkpoints >= 1, "train.keep_checkpoints", "an int >= 1", train.keep_checkpoints)
+    require(train.log_every >= 1, "train.log_every", "an int >= 1", train.log_every)
     return recipe
 
 
-def _validate_phases(recipe: Recipe) -> None:
-    previous = 0
-    patch = STUDENTS[recipe.student.name].config.vision_config.patch_size
-    for i, phase in enumerate(recipe.train.resolution_phases):
-        key = f"train.resolution_phases[{i}]"
-        _check(previous < phase.from_step < recipe.train.max_steps, f"{key}.from_step",
-               f"a step after the previous phase's ({previous}) and before train.max_steps", phase.from_step)
-        _check(phase.student_size > 0 and phase.student_size % patch == 0, f"{key}.student_size",
-               f"a multiple of {recipe.student.name}'s patch size {patch}", phase.student_size)
-        _check(phase.teacher_size is None or phase.teacher_size > 0, f"{key}.teacher_size", "a positive int or null",
-               phase.teacher_size)
-        previous = phase.from_step
-    if recipe.train.resolution_phases and recipe.cache:
-        sizes = {teacher for *_, teacher in recipe.phases()}
-        _check(len(sizes) == 1, "train.resolution_phases", "one teacher size with cache=DIR (a cache holds the "
-               "teacher's targets at the one resolution it was built at)", sorted(sizes))
-
-
-# ---------------------------------------------------------------- loading, overrides, saving
-
-
-def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
-    if not isinstance(data, dict):
-        raise UserError(f"{source} must be a YAML mapping of recipe sections, got {type(data).__name__}")
-    return validate(build_section(Recipe, data))
-
-
-def resolve_recipe_path(name_or_path: str | os.PathLike) -> Path:
-    """A path, or the name of a packaged recipe (`micro`, `b14`, ...)."""
-    path = Path(name_or_path)
-    if path.is_file():
-        return path
-    packaged = RECIPES_DIR / f"{name_or_path}.yaml"
-    if packaged.is_file():
-        return packaged
-    names = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
-    raise UserError(f"recipe {str(name_or_path)!r} is neither a file nor a packaged recipe ({', '.join(names)})")
-
-
-def load_recipe(name_or_path: str | os.PathLike, overrides: list[str] = ()) -> Recipe:
-    path = resolve_recipe_path(name_or_path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    return apply_overrides(recipe_from_dict(data, str(path)), overrides)
+# ---------------------------------------------------------------- overrides, saving
 
 
 def _plain(value: Any) -> Any:
@@ -493,26 +442,6 @@ def _parse_override_value(raw: str, tp: Any) -> Any:
         return raw
 
 
-def _source_kind(spec: str) -> str | None:
-    try:
-        return parse_spec(spec)[0]
-    except UserError:
-        return None  # a bad spec is reported when the run opens its data
-
-
-def _drop_foreign_data_options(data: dict, old_source: str, overridden: set[str]) -> None:
-    """Options of the recipe's own source kind (e.g. the scenes' `size`) do not fit another kind: when an
-    override switches `data.source` to another kind and leaves `data.options` alone, they are dropped."""
-    new_source = data["data"]["source"]
-    if "data.options" in overridden or not data["data"]["options"]:
-        return
-    if _source_kind(old_source) != _source_kind(new_source):
-        log.info("data.source changed from %s to %s: dropping the recipe's data.options %s (they belong to the "
-                 "other source kind); pass data.options=... to set new ones", old_source, new_source,
-                 data["data"]["options"])
-        data["data"]["options"] = {}
-
-
 def check_overrides_unique(overrides: list[str]) -> None:
     """A key given twice on one command line is a slip (an unquoted `data.source={a,b}` the shell expanded into
     two overrides), not a choice: only one would take effect, silently."""
@@ -527,7 +456,9 @@ def check_overrides_unique(overrides: list[str]) -> None:
         seen[key] = item
 
 
-def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
+def override_data(recipe: Recipe, overrides: list[str]) -> tuple[dict, set[str]]:
+    """`recipe` as a dict with the `key=value` overrides set, and the sections (first two path parts) they
+    touched; `distill.recipe_loader.apply_overrides` checks the result."""
     data = recipe_to_dict(recipe)
     overridden = set()
     for item in overrides:
@@ -561,9 +492,7 @@ def apply_overrides(recipe: Recipe, overrides: list[str]) -> Recipe:
         else:
             raise UserError(f"recipe key {'.'.join(path[:-1])!r} is not a section")
         overridden.add(".".join(path[:2]))
-    if "data.source" in overridden:
-        _drop_foreign_data_options(data, recipe.data.source, overridden)
-    return recipe_from_dict(data, "recipe with overrides")
+    return data, overridden
 
 
 def dump_recipe(recipe: Recipe) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, Tipsv2Model
 
-from distill.config import load_recipe
+from distill.recipe_loader import load_recipe
 from distill.eval import evaluate
 from distill.eval.models import TEACHER_SPACE
 from distill.run import run_training

@@ -12,8 +12,6 @@ import math
 import torch
 import torch.nn as nn
 
-EMA_MODES = ("heads", "full")
-
 
 def ema_copy(module: nn.Module) -> nn.Module:
     """A frozen deep copy: its parameters are never trained, only moved by `ema_update`."""

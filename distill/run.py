@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.utils import (GradientAccumulationPlugin, ProjectConfiguration, broadcast_object_list, send_to_device,
                                set_seed)
@@ -25,31 +24,26 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from distill.cache.replay import open_cache, recipe_preprocessing, replay_dataloader
 from distill.caption_check import check_captions
-from distill.config import Recipe, StudentConfig, flat_recipe, recipe_from_dict, recipe_to_dict, save_recipe
+from distill.config import Recipe, flat_recipe
 from distill.data import CAPTION_KEYS, CropConfig, Draws, MaskConfig, build_dataset, make_dataloader
 from distill.data.loader import Augment
-from distill.data.scenes import SceneDataset, caption_corpus
-from distill.targets import CachedTargets, OnlineTargets, check_cached_text_tower
+from distill.recipe_rules import check_rules, patch_size
+from distill.targets import CachedTargets, OnlineTargets
+from distill.tasks import TrainingTask
 from distill.tasks.distill_task import DistillTask
 from distill.tasks.multi_student import MultiStudentTask
 from distill.tasks.pretrain_task import PretrainTask
-from distill.train import latest_usable_checkpoint, prune_checkpoints
-from distill.train import METRICS, Progress, Run, checkpoints, load_checkpoint, save_exports, train_loop, truncate_metrics
-from students import Student, build_student
-from students.zoo import STUDENTS
+from distill.run_dir import (PRETRAINED_MODEL, STUDENT, Progress, checkpoints, load_checkpoint, open_run_dir,
+                             save_exports, write_run_start)
+from distill.train import Run, train_loop
 from students.export import export_student
 from teachers import load_teacher, teacher_dtype
 from common.errors import UserError, writing
-from teachers.tokenizer import build_tokenizer, load_tokenizer
 from common.lock import OutputLock
 
 log = logging.getLogger(__name__)
 
 NO_DECAY = ("cls_token", "register_tokens", "mask_token", "position_embeddings", "temperature", "logit_bias")
-PRETRAINED_MODEL = "model"
-# A pretraining run on the built-in scenes without a tokenizer builds one from their captions.
-TOKENIZER_VOCAB = 256
-TOKENIZER_CORPUS_SCENES = 2000
 
 
 # ---------------------------------------------------------------- pieces
@@ -93,6 +87,14 @@ def make_optimizer(recipe: Recipe, task: torch.nn.Module) -> torch.optim.Optimiz
     return torch.optim.AdamW([{"params": decay, "weight_decay": o.weight_decay},
                               {"params": no_decay, "weight_decay": 0.0}], lr=o.lr, betas=tuple(o.betas),
                              fused=cuda or None, foreach=None if cuda else True)
+
+
+def task_class(recipe: Recipe) -> type[TrainingTask]:
+    """What the recipe trains: TIPSv2 pretraining (`pretrain:`), several students on one teacher forward
+    (`students:`), or one student."""
+    if recipe.is_pretraining:
+        return PretrainTask
+    return MultiStudentTask if len(recipe.students) > 1 else DistillTask
 
 
 def compile_towers(students, teacher, teacher_text: bool = False) -> None:
@@ -142,42 +144,13 @@ def _contrastive_enabled(recipe: Recipe, dataset) -> bool:
     return True
 
 
-def _tokenizer(s: StudentConfig, fallback, dataset, pretraining: bool):
-    """The student text tower's tokenizer: `student.tokenizer`, else the teacher's (or the cache's copy);
-    a pretraining run on the built-in scenes builds one from their captions."""
-    if s.tokenizer:
-        return load_tokenizer(s.tokenizer)
-    if fallback is not None:
-        return fallback
-    if pretraining and isinstance(dataset, SceneDataset):
-        return build_tokenizer(caption_corpus(TOKENIZER_CORPUS_SCENES, seed=dataset.seed, size=dataset.size),
-                               vocab_size=TOKENIZER_VOCAB)
-    return None
-
-
-def _caption_tokenizer(targets, task: torch.nn.Module):
-    """The tokenizer that reads the captions: the frozen teacher's text tower's, else the (first) student's."""
-    if targets is not None and targets.text:
-        return targets.teacher.tokenizer
-    return next(module for module in task.modules() if isinstance(module, Student)).tokenizer
-
-
-def _student(recipe: Recipe, s: StudentConfig, *, teacher_width: int | None, text: bool, tokenizer):
-    student = build_student(s.name, teacher_width=teacher_width, text=text, init=s.init, text_init=s.text_init,
-                            image_size=s.image_size, tokenizer=tokenizer if text else None, head=s.head,
-                            gradient_checkpointing=recipe.train.gradient_checkpointing)
-    if text and student.tokenizer is None:
-        raise UserError("the student's text tower needs a tokenizer: set student.tokenizer=DIR, student.init / "
-                        "student.text_init, or use a teacher (or cache) with a tokenizer")
-    return student
-
-
 def _target_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastive: bool):
-    """The online teacher, or the cache standing in for it (which never loads the teacher)."""
+    """The online teacher, or the cache standing in for it (which never loads the teacher); None when
+    pretraining (the model is its own teacher)."""
+    if recipe.is_pretraining:
+        return None
     c = recipe.loss.contrastive
     if recipe.cache:
-        if contrastive:
-            check_cached_text_tower(c.text_tower)
         targets = CachedTargets(recipe.cache)
         if recipe.teacher is not None and recipe.teacher.spec and recipe.teacher.spec != targets.spec:
             log.warning("teacher.spec %s differs from the cache's teacher %s; the cache's targets are used",
@@ -203,8 +176,8 @@ def _target_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastiv
 
 
 def build_student_patch_size(recipe: Recipe) -> int:
-    """The students' patch size (one for all: they share the crop and the mask)."""
-    return STUDENTS[recipe.student.name].config.vision_config.patch_size
+    """The students' patch size (one for all: they share the crop and the mask; `distill.recipe_rules`)."""
+    return patch_size(recipe.run_students[0].name)
 
 
 def _draws(recipe: Recipe, patch_size: int, contrastive: bool) -> Draws:
@@ -217,7 +190,7 @@ def _draws(recipe: Recipe, patch_size: int, contrastive: bool) -> Draws:
                  dict(loss.contrastive.caption_weights) if contrastive else None, views)
 
 
-def _calibrate(task: DistillTask, targets, loader, recipe: Recipe, accelerator: Accelerator) -> None:
+def _calibrate(task: TrainingTask, targets, loader, recipe: Recipe, accelerator: Accelerator) -> None:
     """Target statistics over the first `calibration_batches` contrastive batches of epoch 0, sharded over
     processes and summed, so every process layout sees the same images (online or cached targets alike)."""
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -252,45 +225,6 @@ def _on_main_process(accelerator: Accelerator, prepare):
     return result
 
 
-def _open_run_dir(lock: OutputLock, recipe: Recipe, out: Path, resume: bool) -> Path | None:
-    """Locks the run directory (which removes the temps of killed writers), then checks it."""
-    lock.acquire()
-    return _check_run_dir(recipe, out, resume)
-
-
-def _check_run_dir(recipe: Recipe, out: Path, resume: bool) -> Path | None:
-    """The checkpoint to resume from (None for a new run): the newest whole one, older ones beyond
-    `train.keep_checkpoints` removed."""
-    existing = checkpoints(out)
-    if resume and not existing:
-        raise UserError(f"--resume: no checkpoint in {out / 'checkpoints'}; start the run without --resume")
-    final = PRETRAINED_MODEL if recipe.is_pretraining else "student"
-    if not resume and (existing or (out / final).exists()):
-        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    if not resume:
-        return None
-    checkpoint = latest_usable_checkpoint(out)
-    _check_resumable(checkpoint, recipe)
-    prune_checkpoints(out, recipe.train.keep_checkpoints, checkpoint)
-    return checkpoint
-
-
-def _check_resumable(checkpoint: Path, recipe: Recipe) -> None:
-    saved = recipe_to_dict(recipe_from_dict(yaml.safe_load((checkpoint / "recipe.yaml").read_text()),
-                                            str(checkpoint / "recipe.yaml")))
-    current = recipe_to_dict(recipe)
-
-    def diff(a, b, prefix=""):
-        if isinstance(a, dict) and isinstance(b, dict):
-            return [d for k in sorted(set(a) | set(b)) for d in diff(a.get(k), b.get(k), f"{prefix}{k}.")]
-        return [] if a == b else [prefix.rstrip(".")]
-
-    changed = diff(saved, current)
-    if changed:
-        raise UserError(f"--resume needs the recipe the run started with; changed: {', '.join(changed)} "
-                        f"(see {checkpoint / 'recipe.yaml'})")
-
-
 # ---------------------------------------------------------------- building and running
 
 
@@ -305,46 +239,34 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None,
         raise UserError(f"data {recipe.data.source} has {len(dataset)} images, fewer than one global micro-batch "
                         f"({batch} x {accelerator.num_processes} processes); lower train.batch_size or add images")
     contrastive = _contrastive_enabled(recipe, dataset)
-    c = recipe.loss.contrastive
-    text = contrastive and c.text_tower == "student"
-    if recipe.is_pretraining:
-        targets, teacher_info = None, {"spec": None, "fingerprint": None}
-        tokenizer = None if recipe.student.init else _tokenizer(recipe.student, None, dataset, pretraining=True)
-        student = _student(recipe, recipe.student, teacher_width=None, text=True, tokenizer=tokenizer)
-        task = PretrainTask(student, recipe.pretrain, recipe.loss)
-        desc = "pretrain"
-    else:
-        targets = _target_source(recipe, accelerator, teacher, contrastive)
-        teacher_info = {"spec": targets.spec, "fingerprint": targets.fingerprint}
-        tokenizer = _tokenizer(recipe.student, targets.tokenizer, dataset, pretraining=False) if text else None
-        teacher_text_width = targets.teacher.text.config.hidden_size if targets.text else None
-        tasks = {s.name: DistillTask(_student(recipe, s, teacher_width=targets.width, text=text, tokenizer=tokenizer),
-                                     recipe.loss, teacher_width=targets.width, contrastive=contrastive,
-                                     teacher_text_width=teacher_text_width)
-                 for s in recipe.students or [recipe.student]}
-        task = MultiStudentTask(tasks) if len(tasks) > 1 else next(iter(tasks.values()))
-        desc = "distill"
+    targets = _target_source(recipe, accelerator, teacher, contrastive)
+    task = task_class(recipe).build(recipe, targets, dataset, contrastive)
+    desc = task.desc  # read before `prepare` wraps the task
+    teacher_info = ({"spec": targets.spec, "fingerprint": targets.fingerprint} if targets is not None
+                    else {"spec": None, "fingerprint": None})
     if contrastive and accelerator.is_main_process:
-        check_captions(dataset, _caption_tokenizer(targets, task))
+        # The frozen teacher's text tower reads the captions when the contrastive term uses it, else the student's.
+        check_captions(dataset, targets.teacher.tokenizer if targets is not None and targets.text
+                       else task.students()[0].tokenizer)
     patch_size = build_student_patch_size(recipe)
     draws = _draws(recipe, patch_size, contrastive)
     task.to(accelerator.device)
     if recipe.train.compile:
-        compile_towers([m for m in task.modules() if isinstance(m, Student)],
-                       getattr(targets, "teacher", None), getattr(targets, "text", False))
-    teacher_size = (recipe.teacher.image_size if recipe.teacher is not None else None) or recipe.student.image_size
-    augment = Augment(recipe.student.image_size, teacher_size, recipe.seed, recipe.data.crop, draws)
+        compile_towers(task.students(), targets.teacher if targets is not None else None,
+                       targets is not None and targets.text)
+    student_size, teacher_size = recipe.view_sizes(0)
+    augment = Augment(student_size, teacher_size, recipe.seed, recipe.data.crop, draws)
     pin = accelerator.device.type == "cuda"
     if recipe.cache:
         reader = open_cache(recipe.cache, recipe_preprocessing(recipe, dataset))
         loader = replay_dataloader(dataset, reader, augment, batch_size=batch, seed=recipe.seed,
                                    num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle, pin_memory=pin)
     else:
-        loader = make_dataloader(dataset, batch_size=batch, student_size=recipe.student.image_size,
+        loader = make_dataloader(dataset, batch_size=batch, student_size=student_size,
                                  teacher_size=teacher_size, seed=recipe.seed, crop=recipe.data.crop, draws=draws,
                                  num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle, pin_memory=pin)
     sizes_setter = loader.set_sizes  # kept apart: Accelerate's prepared loader shares the sampler, not the method
-    if calibrate and getattr(task, "norm", None) is not None:
+    if calibrate and task.norm is not None:
         _calibrate(task, targets, loader, recipe, accelerator)
     optimizer = make_optimizer(recipe, task)
     o = recipe.optim
@@ -370,12 +292,13 @@ def run_training(recipe: Recipe, out_dir: str | os.PathLike, *, resume: bool = F
     teacher: an already-loaded `Teacher` instead of `recipe.teacher.spec`.
     """
     out = Path(out_dir)
+    check_rules(recipe)  # a recipe built in code, not loaded, meets them too
     if stop_at is not None and stop_at < 1:
         raise UserError(f"--stop-at {stop_at}; expected a step >= 1")
     accelerator = make_accelerator(recipe, out)
     lock = OutputLock(out)  # taken once, by the main process, before any process writes
     try:
-        checkpoint = _on_main_process(accelerator, lambda: _open_run_dir(lock, recipe, out, resume))
+        checkpoint = _on_main_process(accelerator, lambda: open_run_dir(lock, recipe, out, resume))
         return _train(recipe, out, accelerator, checkpoint, stop_at=stop_at, teacher=teacher,
                       show_progress=show_progress)
     finally:
@@ -387,18 +310,13 @@ def _train(recipe: Recipe, out: Path, accelerator: Accelerator, checkpoint: Path
     run = build_run(recipe, out, accelerator, calibrate=checkpoint is None, teacher=teacher)
     progress = load_checkpoint(run, checkpoint) if checkpoint else Progress()
     if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        save_recipe(recipe, out / "recipe.yaml")
-        norm = getattr(run.unwrapped, "norm", None)
-        if norm is not None:
-            norm.save(out / "target_norm.safetensors")
-        truncate_metrics(out / METRICS, progress.step)
+        write_run_start(out, recipe, run.unwrapped.norm, progress.step)
     with writing(out / "logs"):  # the TensorBoard tracker creates its event file and writes the recipe at once
         accelerator.init_trackers(run.desc, config=flat_recipe(recipe))
     t = recipe.train
     log.info("%s %s -> %s: %d steps, batch %d (%d per process x %d processes x %d accumulation)", run.desc,
-             run.teacher.get("spec") or "(self)", recipe.student.name, t.max_steps, t.batch_size,
-             per_process_batch(recipe, accelerator.num_processes), accelerator.num_processes, t.grad_accum_steps)
+             run.teacher.get("spec") or "(self)", ", ".join(s.name for s in recipe.run_students), t.max_steps,
+             t.batch_size, per_process_batch(recipe, accelerator.num_processes), accelerator.num_processes, t.grad_accum_steps)
     line, scalars = data_summary(recipe, run.dataset)
     log.info(line)
     accelerator.log(scalars, step=progress.step)
@@ -406,14 +324,14 @@ def _train(recipe: Recipe, out: Path, accelerator: Accelerator, checkpoint: Path
     with logging_redirect_tqdm():  # the loop's log lines (data, checkpoints) go above tqdm's bar, not onto it
         train_loop(run, progress, stop_at=stop_at, show_progress=show_progress)
     finished = progress.step >= t.max_steps
-    final = out / "student"
+    final = out / STUDENT
     if accelerator.is_main_process and finished:
         save_exports(run, final, progress.step)
         if recipe.is_pretraining:
             export_student(final, "hf", out / PRETRAINED_MODEL)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    result = (out / PRETRAINED_MODEL if recipe.is_pretraining else final) if finished else checkpoints(out)[-1] / "student"
+    result = (out / PRETRAINED_MODEL if recipe.is_pretraining else final) if finished else checkpoints(out)[-1] / STUDENT
     seconds = time.perf_counter() - start
     log.info("done: steps %d-%d in %.0f s (%.1f images/s); %s: %s", first_step + 1, progress.step, seconds,
              (progress.step - first_step) * t.batch_size / max(seconds, 1e-9),

@@ -16,7 +16,6 @@ from distill.cache.manifest import TOKENIZER_DIR, CacheManifest, read_manifest
 from distill.cache.replay import TARGET_KEYS
 from distill.tasks import TeacherOutput
 from teachers.tokenizer import load_tokenizer
-from common.errors import UserError
 from common.types import ImageTokens
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,7 @@ class CachedTargets:
         self.patch_size = m.patch_size
         tokenizer_dir = self.directory / TOKENIZER_DIR
         self.tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
-        self.text = False
+        self.teacher, self.text = None, False  # the cache stands in for the teacher: none is loaded
 
     def tokens(self, batch: dict) -> ImageTokens:
         t = batch["teacher_targets"]
@@ -65,8 +64,3 @@ class CachedTargets:
     def __call__(self, batch: dict) -> TeacherOutput:
         return TeacherOutput(self.tokens(batch))
 
-
-def check_cached_text_tower(text_tower: str) -> None:
-    if text_tower == "teacher":
-        raise UserError("loss.contrastive.text_tower=teacher needs the teacher's text tower, which a cache does "
-                        "not hold; use text_tower=student with cache=DIR")

@@ -68,7 +68,7 @@ def test_cache_command_and_a_sigkilled_build_resumed_to_the_same_bytes(tmp_path,
 def test_cache_from_a_recipe_is_accepted_by_that_recipe(tmp_path, tiny_tipsv2_dir):
     from distill.cache.manifest import check_cache_matches
     from distill.cache.replay import recipe_preprocessing
-    from distill.config import load_recipe
+    from distill.recipe_loader import load_recipe
     from distill.data import build_dataset
 
     overrides = [f"teacher.spec={tiny_tipsv2_dir}", "data.options={size: 40, length: 3}", "seed=7"]

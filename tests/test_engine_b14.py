@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from distill.config import load_recipe
+from distill.recipe_loader import load_recipe
 from distill.run import run_training
 from teachers.random import random_tipsv2_teacher
 

@@ -15,7 +15,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from distill.cli import main
-from distill.config import load_recipe
+from distill.recipe_loader import load_recipe
 from distill.run import run_training
 
 TINY = [

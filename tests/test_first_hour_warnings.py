@@ -14,7 +14,7 @@ from transformers.utils import logging as transformers_logging
 
 from distill.caption_check import check_captions, token_fit
 from distill.cli import main
-from distill.config import load_recipe
+from distill.recipe_loader import load_recipe
 from distill.data import build_dataset
 from distill.run import build_run
 from teachers.load import PACKAGED

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from distill.config import load_recipe
+from distill.recipe_loader import load_recipe
 from distill.default_job import DEFAULT_OVERRIDES, package_teacher
 from teachers.load import PACKAGED
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from distill.cli import main
-from distill.config import load_recipe
+from distill.recipe_loader import load_recipe
 from distill.run import run_training
 from test_engine_train import overriding
 

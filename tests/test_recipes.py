@@ -1,10 +1,10 @@
-"""Recipes: packaged files load, validation names the bad key, overrides coerce, compute matches."""
+"""Recipes: packaged files load, validation names the bad key, overrides coerce, the compute estimate."""
 from __future__ import annotations
 
 import pytest
 
 from distill.compute import estimate_compute
-from distill.config import RECIPES_DIR, apply_overrides, load_recipe
+from distill.recipe_loader import RECIPES_DIR, apply_overrides, load_recipe
 from common.errors import UserError
 
 REAL = ("b14", "l14", "so400m14")
@@ -26,13 +26,25 @@ def test_real_recipes_describe_the_g14_runs(name):
     assert recipe.loss.contrastive.kind == ("sigmoid" if name == "so400m14" else "infonce")
 
 
+# The figures README's recipe table quotes: (teacher, student, train) GFLOPs per image, H100 GPU-hours / 100M.
+README_COMPUTE = {"b14": (799.5, 64.05, 1058, 74.27), "l14": (799.5, 219.9, 1576, 110.7),
+                  "so400m14": (799.5, 297.4, 2011, 141.2)}
+
+
 @pytest.mark.parametrize("name", REAL)
-def test_recorded_compute_matches_the_formula(name):
-    recipe = load_recipe(name)
-    expected = estimate_compute(recipe)
-    for field in ("teacher_gflops_per_image", "student_gflops_per_image", "train_gflops_per_image",
-                  "gpu_hours_per_100m_samples"):
-        assert getattr(recipe.compute, field) == pytest.approx(getattr(expected, field), rel=1e-3), field
+def test_the_quoted_compute_matches_the_formula(name):
+    estimate = estimate_compute(load_recipe(name))
+    assert (estimate.teacher_gflops_per_image, estimate.student_gflops_per_image, estimate.train_gflops_per_image,
+            estimate.gpu_hours_per_100m_samples) == pytest.approx(README_COMPUTE[name], rel=1e-3)
+
+
+def test_the_compute_command_prints_the_estimate():
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "distill.compute", "b14"], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["gpu_hours_per_100m_samples"] == pytest.approx(74.27, rel=1e-3)
 
 
 def test_g14_forward_flops_match_known_count():
@@ -61,7 +73,8 @@ def test_bad_resolution_phases_are_refused(phases, words):
     with pytest.raises(UserError, match=words):
         load_recipe("micro", [f"train.resolution_phases={phases}"])
     with pytest.raises(UserError, match="one teacher size with cache=DIR"):
-        load_recipe("micro", ["cache=/some/cache", "train.resolution_phases=[{from_step: 50, student_size: 32}]"])
+        load_recipe("micro", ["cache=/some/cache", "loss.contrastive.text_tower=student",
+                              "train.resolution_phases=[{from_step: 50, student_size: 32}]"])
 
 
 def test_overrides_coerce_types():
@@ -111,7 +124,7 @@ def test_switching_the_source_kind_drops_the_other_kinds_options(tmp_path, caplo
     """The micro recipe's scene options (`size`, `length`) do not fit a folder: they go, and the log says so."""
     import logging
 
-    with caplog.at_level(logging.INFO, logger="distill.config"):
+    with caplog.at_level(logging.INFO, logger="distill.recipe_loader"):
         recipe = load_recipe("micro", [f"data.source=folder:{tmp_path}"])
     assert recipe.data.options == {} and "dropping the recipe's data.options" in caplog.text
     kept = load_recipe("micro", ["data.source=scenes:heldout"])  # same kind: the options stay
@@ -127,6 +140,16 @@ def test_switching_the_source_kind_drops_the_other_kinds_options(tmp_path, caplo
 def test_non_finite_numbers_negative_seeds_and_sizes_off_the_patch_grid_are_refused(override, words):
     with pytest.raises(UserError, match=words.replace("(", r"\(").replace("'", "'")):
         load_recipe("micro", [override])
+
+
+@pytest.mark.parametrize("overrides, words", [
+    (["loss.patch_tokens=masked", "loss.mask_ratio=0"], "'loss.patch_tokens' is 'masked'; expected all when "
+                                                        "loss.mask_ratio is 0"),
+    (["cache=/some/cache"], "'loss.contrastive.text_tower' is 'teacher'; expected student with cache=DIR"),
+])
+def test_recipes_that_would_fail_at_step_1_are_refused_on_load(overrides, words):
+    with pytest.raises(UserError, match=words):
+        load_recipe("micro", overrides)
 
 
 def test_overrides_may_follow_the_options(tiny_tipsv2_dir):

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save_file
 from distill.cli import main
 from distill.data import build_dataset
 from distill.data.clean import BadSample, decode_image
-from distill.train import CHECKPOINTS, METRICS
+from distill.run_dir import CHECKPOINTS, METRICS
 from common.atomic import TMP_PREFIX, atomic_directory, write_atomic
 from common.errors import UserError
 from common.lock import LOCK_NAME, OutputLock
@@ -262,7 +262,7 @@ def test_resume_refuses_a_checkpoint_whose_state_is_a_pickle_and_falls_back(tiny
     sizes = json.loads((checkpoint / "sizes.json").read_text())
     (checkpoint / "sizes.json").write_text(json.dumps({**sizes, "optimizer.bin": (checkpoint / "optimizer.bin")
                                                        .stat().st_size}))
-    caplog.set_level("INFO", logger="distill.train")
+    caplog.set_level("INFO", logger="distill.run_dir")
     assert main(["distill", "--out", str(out), "--resume"]) == 0
     assert "step_00000002 is damaged (optimizer.bin is not a torch.save file of plain tensors" in caplog.text
     assert "resumed from " + str(out / CHECKPOINTS / "step_00000001") in caplog.text

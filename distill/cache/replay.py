@@ -50,7 +50,7 @@ def recipe_preprocessing(recipe, dataset) -> Preprocessing:
     """What a distill recipe feeds its teacher, in the terms the cache records."""
     d = recipe.data
     # Without a teacher section the cache alone says at which resolution its teacher ran.
-    teacher_size = (recipe.teacher.image_size or recipe.student.image_size) if recipe.teacher is not None else None
+    teacher_size = recipe.view_sizes(0)[1] if recipe.teacher is not None else None
     return Preprocessing(dataset=dataset_identity(d.source), data_options=dict(d.options), dataset_length=len(dataset),
                          teacher_image_size=teacher_size, crop=d.crop, seed=recipe.seed)
 

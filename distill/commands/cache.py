@@ -50,7 +50,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from distill.cache.writer import CacheSettings
-    from distill.config import DataConfig, Recipe, load_recipe
+    from distill.config import DataConfig, Recipe
+    from distill.recipe_loader import load_recipe
     from common.errors import UserError
     from common.lock import OutputLock
 
@@ -86,8 +87,7 @@ def _build(args: argparse.Namespace, recipe, teacher_spec: str, data: str, setti
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     teacher = load_teacher(teacher_spec, dtype=teacher_dtype(device, "bf16"), device=device)
-    recipe_size = ((recipe.teacher.image_size if recipe.teacher else None) or recipe.student.image_size
-                   if args.recipe else None)
+    recipe_size = recipe.view_sizes(0)[1] if args.recipe else None
     size = args.image_size or recipe_size or teacher.image_size
     if size % teacher.patch_size:
         raise UserError(f"--image-size {size} is not a multiple of the teacher's patch size {teacher.patch_size}")

@@ -28,7 +28,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from distill.config import load_recipe
+    from distill.recipe_loader import load_recipe
     from distill.run import run_training
     from common.errors import UserError
 

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
 def check_not_a_run(out: Path) -> None:
     """--overwrite replaces --out whole: a training run there would lose its checkpoints and metrics."""
-    from distill.train import run_marker
+    from distill.run_dir import run_marker
     from common.errors import UserError
 
     marker = run_marker(out)

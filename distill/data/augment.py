@@ -13,28 +13,8 @@ import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
 
+from distill.config import CropConfig
 from distill.data.rng import keyed_generator
-from common.errors import UserError
-
-
-@dataclass(frozen=True)
-class CropConfig:
-    """The random resized crop + flip, one object for the recipe (`data.crop`), the loaders, the cache and
-    the CLI. `scale` is the crop's fraction of the image area, `ratio` its aspect range (w / h)."""
-
-    scale: tuple[float, float] = (0.4, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-
-    def __post_init__(self):
-        object.__setattr__(self, "scale", tuple(float(v) for v in self.scale))
-        object.__setattr__(self, "ratio", tuple(float(v) for v in self.ratio))
-        if not (len(self.scale) == 2 and 0 < self.scale[0] <= self.scale[1] <= 1):
-            raise UserError(f"crop scale={self.scale}: expected (min, max) with 0 < min <= max <= 1")
-        if not (len(self.ratio) == 2 and 0 < self.ratio[0] <= self.ratio[1]):
-            raise UserError(f"crop ratio={self.ratio}: expected (min, max) aspect ratios with 0 < min <= max")
-        if not 0 <= self.flip_p <= 1:
-            raise UserError(f"flip_p={self.flip_p}: expected a probability in [0, 1]")
 
 
 @dataclass(frozen=True)

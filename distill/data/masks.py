@@ -41,9 +41,6 @@ def _block_mask(g: torch.Generator, h: int, w: int, count: int) -> torch.Tensor:
     return flat
 
 
-MASK_SHAPES = ("block", "random")
-
-
 @dataclass(frozen=True)
 class MaskConfig:
     patch_size: int  # the student's: its patch grid follows the view size

@@ -6,8 +6,7 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
-# Caption granularities, TIPSv2 style: web alt-text, a medium and a long synthetic caption.
-CAPTION_KEYS = ("short", "medium", "long")
+from distill.config import CAPTION_KEYS  # noqa: F401 - the caption granularities, re-exported
 
 
 # An event met while producing a sample, and the item it is about (a file, a row, a shard record).

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from distill.losses.patch_distill_loss import PATCH_TOKENS
+from distill.config import PATCH_TOKENS
 from distill.losses.prototype_targets import PrototypeTargets, cross_entropy_to_targets
 
 

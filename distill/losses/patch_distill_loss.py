@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import torch
 
+from distill.config import PATCH_TOKENS
 from distill.losses.token_distance import token_distance
 from common.types import ImageTokens
 
-PATCH_TOKENS = ("all", "masked")
 
 
 @dataclass

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-CENTERINGS = ("center", "sinkhorn")
+from distill.config import CENTERINGS
+
 
 
 @torch.no_grad()

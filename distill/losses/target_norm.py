@@ -23,12 +23,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from distill.config import TARGET_NORMS
 from distill.losses.hadamard import hadamard
 from common.atomic import write_atomic
 from common.errors import UserError
 from common.types import ImageTokens
 
-KINDS = ("channel", "phi-s")
 PARTS = ("cls", "registers", "patches")
 
 
@@ -39,8 +39,8 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 class TargetNorm(nn.Module):
     def __init__(self, kind: str, width: int):
         super().__init__()
-        if kind not in KINDS:
-            raise UserError(f"target normalisation {kind!r} is unknown; expected one of {', '.join(KINDS)}")
+        if kind not in TARGET_NORMS:
+            raise UserError(f"target normalisation {kind!r} is unknown; expected one of {', '.join(TARGET_NORMS)}")
         if kind == "phi-s" and hadamard(width) is None:
             raise UserError(f"PHI-S needs a Hadamard matrix of order {width} (teacher width), which is not built in; "
                             "use loss.target_norm=channel")

@@ -8,7 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-DISTANCES = ("cosine", "smooth_l1", "mse")
+from distill.config import DISTANCES
+
 
 
 def _single(pred: torch.Tensor, target: torch.Tensor, kind: str) -> torch.Tensor:

@@ -8,9 +8,19 @@ A task is the one `nn.Module` that `accelerator.prepare` wraps. The loop knows o
 - `exports() -> {name: Student}`: the students to save ("" for a single one), in teacher space, and
   `export_notes()`: what to record with them;
 - its state for checkpoints is its state dict (students, heads, EMA copies, target statistics).
+
+The run (`distill.run.build_run`) also reads, before the loop:
+- `Task.build(recipe, targets, dataset, contrastive)`: the task a recipe describes, its students built
+  (`targets`: the target source, None for pretraining; `contrastive`: whether the caption term is on);
+- `students()`: the student modules it trains, in recipe order (compiled by `train.compile`; the first one's
+  tokenizer reads the captions unless the frozen teacher's text tower does);
+- `norm`: the target statistics (`TargetNorm`) that `calibrate` fills before the first step and the run
+  saves, or None when the targets are used as they are;
+- `desc`: its name in logs and trackers.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +42,24 @@ class TeacherOutput:
 
 
 class TrainingTask(nn.Module):
+    desc = "distill"
+
+    def __init__(self):
+        super().__init__()
+        self.norm: nn.Module | None = None  # a `TargetNorm` in the tasks that standardise their targets
+
+    @classmethod
+    def build(cls, recipe, targets, dataset, contrastive: bool) -> TrainingTask:
+        raise NotImplementedError
+
+    def students(self) -> list[nn.Module]:
+        raise NotImplementedError
+
+    def calibrate(self, tokens: Iterable[ImageTokens], reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Target statistics (`norm`, when set) from teacher tokens (float32), summed over processes by
+        `reduce_sum`."""
+        self.norm.calibrate(tokens, reduce_sum)
+
     def forward(self, batch: dict, targets: TeacherOutput | None) -> LossOutput:
         raise NotImplementedError
 

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import copy
 import logging
-from collections.abc import Callable, Iterable
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.config import LossConfig
+from distill.config import LossConfig, Recipe, StudentConfig
 from distill.contrastive import CaptionContrastive
 from distill.losses.patch_distill_loss import PatchDistillWeights, patch_distill_loss
 from distill.losses.target_norm import TargetNorm
 from distill.tasks import LossOutput, TeacherOutput, TrainingTask
+from distill.tasks.student_setup import make_student, student_tokenizer
 from common.types import ImageTokens
 
 log = logging.getLogger(__name__)
@@ -48,9 +47,20 @@ class DistillTask(TrainingTask):
                             if contrastive else None)
         self._resize_logged = False
 
-    def calibrate(self, tokens: Iterable[ImageTokens], reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Target statistics from teacher tokens (float32), summed over processes by `reduce_sum`."""
-        self.norm.calibrate(tokens, reduce_sum)
+    @classmethod
+    def build(cls, recipe: Recipe, targets, dataset, contrastive: bool,
+              entry: StudentConfig | None = None) -> DistillTask:
+        """The task for one student entry (default: the recipe's only student) on `targets`."""
+        entry = entry or recipe.run_students[0]
+        text = contrastive and recipe.loss.contrastive.text_tower == "student"
+        tokenizer = student_tokenizer(entry, targets.tokenizer, dataset, pretraining=False) if text else None
+        student = make_student(recipe, entry, teacher_width=targets.width, text=text, tokenizer=tokenizer)
+        teacher_text_width = targets.teacher.text.config.hidden_size if targets.text else None
+        return cls(student, recipe.loss, teacher_width=targets.width, contrastive=contrastive,
+                   teacher_text_width=teacher_text_width)
+
+    def students(self) -> list[nn.Module]:
+        return [self.student]
 
     def forward(self, batch: dict, targets: TeacherOutput) -> LossOutput:
         """batch: `pixels` (B,3,S,S) in [0,1], `mask` (B, h*w) bool (all False when masking is off, so the mask

@@ -8,30 +8,31 @@ no parameter is shared, each student's gradients are exactly those of its own ru
 
 The students see the same crop and the same mask, so they share the image size and the patch size;
 target standardisation is calibrated per task and so not supported here yet (one shared statistic would
-be needed).
+be needed). `distill.recipe_rules` refuses recipes that break either rule.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from distill.config import Recipe
 from distill.tasks import LossOutput, TeacherOutput, TrainingTask
 from distill.tasks.distill_task import DistillTask
-from common.errors import UserError
 
 
 class MultiStudentTask(TrainingTask):
     def __init__(self, tasks: dict[str, DistillTask]):
         super().__init__()
-        if len(tasks) < 2:
-            raise UserError(f"students: {len(tasks)} given; list two or more (or use student: for one)")
-        patch_sizes = {name: t.student.patch_size for name, t in tasks.items()}
-        if len(set(patch_sizes.values())) > 1:
-            raise UserError(f"students {patch_sizes} have different patch sizes; the students of one run share "
-                            "the crop and the mask, so they need one patch size")
-        if any(t.norm is not None for t in tasks.values()):
-            raise UserError("loss.target_norm must be none when training several students at once")
         self.tasks = nn.ModuleDict(tasks)
+
+    @classmethod
+    def build(cls, recipe: Recipe, targets, dataset, contrastive: bool) -> MultiStudentTask:
+        """One `DistillTask` per `students:` entry, built in recipe order, named by student."""
+        return cls({s.name: DistillTask.build(recipe, targets, dataset, contrastive, entry=s)
+                    for s in recipe.students})
+
+    def students(self) -> list[nn.Module]:
+        return [task.student for task in self.tasks.values()]
 
     def forward(self, batch: dict, targets: TeacherOutput) -> LossOutput:
         total, parts = 0.0, {}

@@ -17,12 +17,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from distill.config import LossConfig, PretrainConfig
+from distill.config import LossConfig, PretrainConfig, Recipe
 from distill.contrastive import CaptionContrastive
 from distill.ema import ema_copy, ema_momentum, ema_update
 from distill.losses.dino_cls_loss import DinoClsLoss
 from distill.losses.ibot_patch_loss import IbotPatchLoss
 from distill.tasks import LossOutput, TrainingTask
+from distill.tasks.student_setup import make_student, student_tokenizer
 from common.errors import UserError
 from teachers.tipsv2_tokens import tipsv2_tokens
 from common.types import ImageTokens
@@ -54,6 +55,8 @@ def crop_views(pixels: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Te
 class PretrainTask(TrainingTask):
     """What stage 1 trains (`student` backbone + text tower, `heads`) plus the frozen EMA copies."""
 
+    desc = "pretrain"
+
     def __init__(self, student, config: PretrainConfig, loss: LossConfig):
         super().__init__()
         if student.text is None or student.tokenizer is None:
@@ -70,6 +73,17 @@ class PretrainTask(TrainingTask):
         self.dino_loss = DinoClsLoss(c.num_prototypes, c.student_temp, c.teacher_temp, c.centering)
         self.ibot_loss = IbotPatchLoss(c.num_prototypes, loss.patch_tokens, c.student_temp, c.teacher_temp,
                                        c.centering)
+
+    @classmethod
+    def build(cls, recipe: Recipe, targets, dataset, contrastive: bool) -> PretrainTask:
+        """The student with its text tower (the model is its own teacher: `targets` is None)."""
+        s = recipe.student
+        tokenizer = None if s.init else student_tokenizer(s, None, dataset, pretraining=True)
+        student = make_student(recipe, s, teacher_width=None, text=True, tokenizer=tokenizer)
+        return cls(student, recipe.pretrain, recipe.loss)
+
+    def students(self) -> list[nn.Module]:
+        return [self.student]
 
     def forward(self, batch: dict, targets=None) -> LossOutput:
         """batch: `pixels` (B,3,S,S) in [0,1]; `mask` (B, h*w) bool, True = hidden from the student;

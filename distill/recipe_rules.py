@@ -1,0 +1,113 @@
+"""Recipe rules: every static check of a recipe across keys or against the registries, run on every load.
+
+`distill.config` checks each key's value on its own; the rules here need several keys at once or the student
+registry, and they run when a recipe is loaded (`distill.recipe_loader`), so a recipe that could only fail at
+step 1 (or after loading a teacher) is refused before anything is written. Each is a one-line `UserError`
+naming the key.
+"""
+from __future__ import annotations
+
+from distill.config import Recipe, require
+from students.zoo import STUDENTS
+
+
+def check_rules(recipe: Recipe) -> Recipe:
+    if recipe.is_pretraining:
+        _pretraining(recipe)
+    _student_names(recipe)
+    _students(recipe)
+    _phases(recipe)
+    _masking(recipe)
+    _cache(recipe)
+    return recipe
+
+
+def patch_size(name: str) -> int:
+    return STUDENTS[name].config.vision_config.patch_size
+
+
+def _student_names(recipe: Recipe) -> None:
+    for i, s in enumerate([recipe.student, *recipe.students]):
+        key = "student" if i == 0 else f"students[{i - 1}]"
+        require(s.name in STUDENTS, f"{key}.name", f"one of {', '.join(STUDENTS)}", s.name)
+        patch = patch_size(s.name)
+        require(s.image_size % patch == 0, f"{key}.image_size", f"a multiple of {s.name}'s patch size {patch}",
+                s.image_size)
+
+
+def _students(recipe: Recipe) -> None:
+    """`students:` is self-contained (`student:` is then unused): its entries see one crop and one mask, so
+    they share the image size, the patch size and the tokenizer that reads the captions."""
+    if not recipe.students:
+        return
+    first = recipe.students[0]
+    for i, s in enumerate(recipe.students[1:], 1):
+        require(s.name not in [t.name for t in recipe.students[:i]], f"students[{i}].name",
+                "a student not listed before it (each is trained and saved under its name)", s.name)
+        require(s.image_size == first.image_size, f"students[{i}].image_size",
+                f"students[0].image_size ({first.image_size}): the students share one crop", s.image_size)
+        require(patch_size(s.name) == patch_size(first.name), f"students[{i}].name",
+                f"a student with {first.name}'s patch size {patch_size(first.name)}: the students share one mask",
+                s.name)
+        require(s.tokenizer == first.tokenizer, f"students[{i}].tokenizer",
+                f"students[0].tokenizer ({first.tokenizer}): one tokenizer reads the captions", s.tokenizer)
+    if len(recipe.students) > 1:
+        require(recipe.loss.target_norm == "none", "loss.target_norm",
+                "none when training several students at once (target statistics are calibrated per student)",
+                recipe.loss.target_norm)
+
+
+def _masking(recipe: Recipe) -> None:
+    loss = recipe.loss
+    require(loss.patch_tokens != "masked" or loss.mask_ratio > 0, "loss.patch_tokens",
+            "all when loss.mask_ratio is 0 (masked averages over the hidden patches, and none are hidden)",
+            loss.patch_tokens)
+
+
+def _cache(recipe: Recipe) -> None:
+    if not recipe.cache:
+        return
+    c = recipe.loss.contrastive
+    require(c.kind == "none" or c.text_tower == "student", "loss.contrastive.text_tower",
+            "student with cache=DIR (a cache holds no teacher text tower)", c.text_tower)
+    if recipe.train.resolution_phases:
+        sizes = {teacher for *_, teacher in recipe.phases()}
+        require(len(sizes) == 1, "train.resolution_phases", "one teacher size with cache=DIR (a cache holds the "
+                "teacher's targets at the one resolution it was built at)", sorted(sizes))
+
+
+def _phases(recipe: Recipe) -> None:
+    previous = 0
+    name = recipe.run_students[0].name
+    patch = patch_size(name)
+    for i, phase in enumerate(recipe.train.resolution_phases):
+        key = f"train.resolution_phases[{i}]"
+        require(previous < phase.from_step < recipe.train.max_steps, f"{key}.from_step",
+               f"a step after the previous phase's ({previous}) and before train.max_steps", phase.from_step)
+        require(phase.student_size > 0 and phase.student_size % patch == 0, f"{key}.student_size",
+               f"a multiple of {name}'s patch size {patch}", phase.student_size)
+        require(phase.teacher_size is None or phase.teacher_size > 0, f"{key}.teacher_size", "a positive int or null",
+               phase.teacher_size)
+        previous = phase.from_step
+
+
+def _pretraining(recipe: Recipe) -> None:
+    p, loss, c = recipe.pretrain, recipe.loss, recipe.loss.contrastive
+    require(recipe.teacher is None, "teacher", "no teacher section in a pretraining recipe (the model is its own "
+           "teacher)", recipe.teacher)
+    require(recipe.cache is None and not recipe.students, "cache/students", "neither in a pretraining recipe",
+           recipe.cache or recipe.students)
+    require(loss.target_norm == "none", "loss.target_norm", "none when pretraining (there are no teacher targets)",
+           loss.target_norm)
+    require(c.kind != "none" and c.text_tower == "student", "loss.contrastive",
+           "a contrastive kind other than none with text_tower=student: pretraining trains its own text tower "
+           "against captions", f"{c.kind}/{c.text_tower}")
+    for name in ("alpha", "beta"):
+        require(getattr(p, name) >= 0, f"pretrain.{name}", "a weight >= 0", getattr(p, name))
+    require(0 <= p.ema_momentum < 1, "pretrain.ema_momentum", "a value in [0, 1)", p.ema_momentum)
+    for name in ("num_prototypes", "head_hidden", "head_bottleneck"):
+        require(getattr(p, name) >= 1, f"pretrain.{name}", "an int >= 1", getattr(p, name))
+    require(p.student_temp > 0 and p.teacher_temp > 0, "pretrain.student_temp/teacher_temp", "positive temperatures",
+           (p.student_temp, p.teacher_temp))
+    require(p.local_crops >= 0, "pretrain.local_crops", "an int >= 0", p.local_crops)
+    require(p.local_size >= 8, "pretrain.local_size", "at least 8 px", p.local_size)

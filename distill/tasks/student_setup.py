@@ -1,0 +1,35 @@
+"""The students a task trains, built from the recipe's `student:` / `students:` entries."""
+from __future__ import annotations
+
+from distill.config import Recipe, StudentConfig
+from distill.data.scenes import SceneDataset, caption_corpus
+from students import build_student
+from common.errors import UserError
+from teachers.tokenizer import build_tokenizer, load_tokenizer
+
+# A pretraining run on the built-in scenes without a tokenizer builds one from their captions.
+TOKENIZER_VOCAB = 256
+TOKENIZER_CORPUS_SCENES = 2000
+
+
+def student_tokenizer(s: StudentConfig, fallback, dataset, pretraining: bool):
+    """The student text tower's tokenizer: `student.tokenizer`, else the teacher's (or the cache's copy);
+    a pretraining run on the built-in scenes builds one from their captions."""
+    if s.tokenizer:
+        return load_tokenizer(s.tokenizer)
+    if fallback is not None:
+        return fallback
+    if pretraining and isinstance(dataset, SceneDataset):
+        return build_tokenizer(caption_corpus(TOKENIZER_CORPUS_SCENES, seed=dataset.seed, size=dataset.size),
+                               vocab_size=TOKENIZER_VOCAB)
+    return None
+
+
+def make_student(recipe: Recipe, s: StudentConfig, *, teacher_width: int | None, text: bool, tokenizer):
+    student = build_student(s.name, teacher_width=teacher_width, text=text, init=s.init, text_init=s.text_init,
+                            image_size=s.image_size, tokenizer=tokenizer if text else None, head=s.head,
+                            gradient_checkpointing=recipe.train.gradient_checkpointing)
+    if text and student.tokenizer is None:
+        raise UserError("the student's text tower needs a tokenizer: set student.tokenizer=DIR, student.init / "
+                        "student.text_init, or use a teacher (or cache) with a tokenizer")
+    return student
