@@ -1,0 +1,44 @@
+"""Cache builds at scale: split over processes (killed and resumed per shard), and over wds: streams."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distill.cache.manifest import read_manifest
+from distill.cli import main
+from test_cache_cli import cache_args, image_folder  # noqa: F401 (a fixture)
+from test_engine_train import _free_port
+
+
+def tree(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def launch_two(args: list[str], **env) -> subprocess.CompletedProcess:
+    # As tests/test_engine_train.py: `--multi_gpu` starts torchrun, whose processes join over gloo without a GPU.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_machines", "1",
+           "--num_processes", "2", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), "-m", "distill.cli", *args]
+    return subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.slow
+def test_two_processes_killed_and_resumed_build_the_one_process_bytes(tmp_path, tiny_tipsv2_dir, image_folder):  # noqa: F811
+    # PCA: the basis is fitted on shard 0 by the main process before the others start.
+    extra = ("--compress", "pca:8")
+    assert main(cache_args(tiny_tipsv2_dir, image_folder, tmp_path / "one", *extra)) == 0
+    two = tmp_path / "two"
+    # Each process SIGKILLs itself once it knows of two complete shards: the main after shards 0 and 1 (which
+    # the manifest lists), the other after shard 2 (on disk, unlisted, adopted by the resumed build).
+    killed = launch_two(cache_args(tiny_tipsv2_dir, image_folder, two, *extra), TIPSDISTILL_CRASH_AT="cache-shard:2")
+    assert killed.returncode != 0
+    assert read_manifest(two).shards == ["shard-00000.safetensors", "shard-00001.safetensors"]
+    assert (two / "shard-00002.safetensors").is_file()
+    done = launch_two(cache_args(tiny_tipsv2_dir, image_folder, two, *extra))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "48 targets" in done.stdout and "(2 processes)" in done.stdout and "img/s" in done.stderr
+    assert "images/s" in done.stdout and done.stdout.count("cache ") == 1  # the main process reports
+    assert tree(two) == tree(tmp_path / "one")
