@@ -42,3 +42,42 @@ def test_two_processes_killed_and_resumed_build_the_one_process_bytes(tmp_path, 
     assert "48 targets" in done.stdout and "(2 processes)" in done.stdout and "img/s" in done.stderr
     assert "images/s" in done.stdout and done.stdout.count("cache ") == 1  # the main process reports
     assert tree(two) == tree(tmp_path / "one")
+
+
+def write_stream(root: Path) -> str:
+    """Two shards of 4 valid samples; shard 0's position 1 holds no image (the stream skips it)."""
+    import tarfile
+
+    from test_data_sources import add_member, colour_image, png_bytes
+
+    for shard in range(2):
+        with tarfile.open(root / f"shard-{shard}.tar", "w") as tar:
+            for position in range(5 if shard == 0 else 4):
+                key = f"{shard}{position:03d}"
+                if (shard, position) != (0, 1):
+                    add_member(tar, f"{key}.png", png_bytes(colour_image(4 * shard + position, (40, 44))))
+                add_member(tar, f"{key}.txt", f"sample {key}".encode())
+    return f"wds:{root}/shard-{{0..1}}.tar"
+
+
+def test_a_wds_cache_replays_the_online_run(tmp_path, tiny_tipsv2_dir):
+    from distill.cache.reader import CacheReader
+    from common.errors import UserError
+    from test_cache_distill import losses, recipe_args
+
+    args = recipe_args(tiny_tipsv2_dir, f"data.source={write_stream(tmp_path)}", "data.options={}")
+    assert main(["cache", *args, "--out", str(tmp_path / "cache"), "--augmentations", "2"]) == 0
+    manifest = read_manifest(tmp_path / "cache")
+    assert manifest.layout == "data-shards" and manifest.complete and manifest.num_shards == 2
+    reader = CacheReader(tmp_path / "cache")
+    assert reader.targets((1 << 32) | 3, 1)["patches"].shape == (4, 4, 32)
+    assert reader.crop(2, 0) != reader.crop(2, 1)  # shard 0, position 2: after the skipped position 1
+    with pytest.raises(UserError, match="holds no targets for sample 0#1"):
+        reader.crop(1, 0)
+    # 8 samples, 4 a step: steps 1-2 are epoch 0, steps 3-4 epoch 1, both among the K=2 stored crops.
+    assert main(["distill", *args, "--out", str(tmp_path / "online")]) == 0
+    assert main(["distill", *args, f"cache={tmp_path / 'cache'}", "--out", str(tmp_path / "cached")]) == 0
+    online, cached = losses(tmp_path / "online"), losses(tmp_path / "cached")
+    assert len(online) == len(cached) == 4
+    for a, b in zip(online, cached):
+        assert abs(a - b) <= 2 ** -8 * abs(a) + 1e-4

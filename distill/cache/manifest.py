@@ -18,6 +18,7 @@ from pathlib import Path
 
 from distill.data.augment import CropConfig
 from distill.data.build import parse_spec
+from distill.data.wds import is_local
 from common.atomic import write_atomic
 from common.errors import UserError
 
@@ -54,10 +55,13 @@ class Preprocessing:
 
 
 def dataset_identity(spec: str) -> str:
-    """The data spec as recorded: local paths made absolute, so `./data` and `/abs/data` agree."""
+    """The data spec as recorded: local paths (and wds: patterns) made absolute, so `./data` and `/abs/data`
+    agree."""
     kind, argument = parse_spec(str(spec))
     if kind == "scenes":
         return f"scenes:{argument or 'train'}"
+    if kind == "wds":
+        return f"wds:{os.path.abspath(os.path.expanduser(argument)) if is_local(argument) else argument}"
     return f"{kind}:{os.path.abspath(argument) if os.path.exists(argument) else argument}"
 
 
