@@ -62,3 +62,27 @@ def test_a_missing_or_failing_remote_shard_is_one_line(tmp_path, server):
     with pytest.raises(UserError, match=r"broken.tar could not be opened after 3 tries") as err:
         ids(f"wds:{server}/broken.tar")
     assert "\n" not in str(err.value) and Handler.failures == ["/broken.tar"] * 3
+
+
+def test_a_cache_at_a_url_builds_and_trains_as_a_local_one(tmp_path, tiny_tipsv2_dir, monkeypatch):
+    from distill.cache.reader import CacheReader
+    from distill.cli import main
+    from test_cache_distill import losses, recipe_args
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the mirror of remote files
+    args = recipe_args(tiny_tipsv2_dir)
+    memory = fsspec.filesystem("memory")
+    try:
+        for out in (str(tmp_path / "local"), "memory://caches/c"):
+            assert main(["cache", *args, "--out", out, "--augmentations", "2", "--compress", "pca:4",
+                         "--shard-size", "3"]) == 0
+        local = {p.name: p.read_bytes() for p in (tmp_path / "local").glob("*.*")}
+        assert local == {name: memory.cat(f"/caches/c/{name}") for name in local}
+        assert memory.isdir("/caches/c/tokenizer")
+        row = CacheReader("memory://caches/c").targets(7, 1)
+        assert all((row[k] == CacheReader(tmp_path / "local").targets(7, 1)[k]).all() for k in row)
+        for name, cache in (("from-local", tmp_path / "local"), ("from-url", "memory://caches/c")):
+            assert main(["distill", *args, f"cache={cache}", "--out", str(tmp_path / name)]) == 0
+        assert losses(tmp_path / "from-local") == losses(tmp_path / "from-url")
+    finally:
+        memory.rm("/caches", recursive=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from distill.data.augment import CropConfig
 from distill.data.build import parse_spec
 from distill.data.wds import is_local
-from common.atomic import write_atomic
+from distill.cache.store import open_store
 from common.errors import UserError
 
 FORMAT = "tipsdistill-cache/2"
@@ -117,6 +117,10 @@ class CacheManifest:
             settings.pop(progress)
         return json.loads(json.dumps(settings))
 
+    def content_key(self) -> str:
+        """What decides every file's bytes (shards are pure functions of the build settings)."""
+        return json.dumps(self.build_settings(), sort_keys=True)
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
 
@@ -128,16 +132,17 @@ class CacheManifest:
         return cls(preprocessing=Preprocessing(**pre), grid=tuple(data.pop("grid")), **data)
 
 
-def write_manifest(directory: Path, manifest: CacheManifest) -> None:
-    write_atomic(Path(directory) / MANIFEST, lambda tmp: tmp.write_text(manifest.to_json()))
+def write_manifest(directory: str | Path, manifest: CacheManifest) -> None:
+    open_store(directory).put(MANIFEST, lambda tmp: tmp.write_text(manifest.to_json()))
 
 
-def read_manifest(directory: Path) -> CacheManifest:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
+def read_manifest(directory: str | Path) -> CacheManifest:
+    """The manifest of the cache at `directory`, a local path or a URL."""
+    store = open_store(directory)
+    if MANIFEST not in store.names():
         raise UserError(f"cache {directory} has no {MANIFEST}; expected a directory written by `tipsdistill cache`")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(store.read_text(MANIFEST))
         if data.get("format") != FORMAT:
             raise UserError(f"cache {directory} has format {data.get('format')!r}; expected {FORMAT!r}")
         return CacheManifest.from_dict(data)

@@ -1,4 +1,5 @@
-"""Random access to a complete teacher-target cache: stored crop parameters and decoded targets per row."""
+"""Random access to a complete teacher-target cache (a local directory or a URL): stored crop parameters and
+decoded targets per row."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,6 +10,7 @@ from safetensors.torch import load_file
 
 from distill.cache.compression import Compression, PatchCodec, PcaBasis, storage_dtype
 from distill.cache.manifest import DATA_SHARDS, PCA_BASIS, CacheManifest, read_manifest
+from distill.cache.store import open_store
 from distill.data.augment import CropParams
 from common.errors import UserError
 
@@ -19,13 +21,14 @@ class CacheReader:
     shard is opened."""
 
     def __init__(self, directory: Path | str):
-        self.directory = Path(directory)
-        self.manifest: CacheManifest = read_manifest(self.directory)
+        self.directory = directory
+        self.store = open_store(directory)
+        self.manifest: CacheManifest = read_manifest(directory)
         compression = Compression.parse(self.manifest.compression)
         self.codec = PatchCodec(compression, storage_dtype(self.manifest.dtype))
         if compression.kind == "pca":
             self.codec.basis = PcaBasis.from_tensors(
-                load_file(self.directory / PCA_BASIS), self.manifest.pca_explained)
+                load_file(self.store.local(PCA_BASIS, self.manifest.content_key())), self.manifest.pca_explained)
         self._complete = set(self.manifest.shards)
         self._open: dict[int, tuple[object, dict[int, int] | None]] = {}
 
@@ -59,7 +62,8 @@ class CacheReader:
         return index // m.shard_size, index % m.shard_size
 
     def _open_shard(self, shard: int) -> tuple[object, dict[int, int] | None]:
-        f = safe_open(str(self.directory / self.manifest.shard_name(shard)), framework="pt")
+        name = self.manifest.shard_name(shard)
+        f = safe_open(str(self.store.local(name, self.manifest.content_key())), framework="pt")
         if self.manifest.layout != DATA_SHARDS:
             return f, None
         first_rows = f.get_tensor("index")[:: self.manifest.augmentations].tolist()

@@ -63,7 +63,7 @@ def recipe_preprocessing(recipe, dataset) -> Preprocessing:
 
 def open_cache(directory: str | Path, preprocessing: Preprocessing) -> CacheReader:
     """A reader for a complete cache built with this preprocessing, else a one-line UserError."""
-    check_cache_matches(Path(directory), read_manifest(directory), preprocessing)
+    check_cache_matches(directory, read_manifest(directory), preprocessing)
     return CacheReader(directory)
 
 

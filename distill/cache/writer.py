@@ -16,13 +16,13 @@ from tqdm.auto import tqdm
 from safetensors.torch import load_file, save_file
 from torch.utils.data import IterableDataset
 
-from common.atomic import atomic_directory, write_atomic
 from distill.cache.compression import Compression, PatchCodec, PcaBasis, storage_dtype
 from distill.cache.manifest import (
     DATA_SHARDS, IMAGES, MANIFEST, PCA_BASIS, TOKENIZER_DIR, CacheManifest, Preprocessing, read_manifest,
     write_manifest,
 )
 from distill.cache.processes import Processes
+from distill.cache.store import open_store
 from distill.data import DataStats
 from distill.data.loader import Augment
 from distill.data.sample import Sample
@@ -94,20 +94,20 @@ def _shard_samples(dataset, manifest: CacheManifest, shard: int) -> Iterator[tup
     return ((i, dataset[i]) for i in range(shard * size, min(len(dataset), (shard + 1) * size)))
 
 
-def _adopt_written(out: Path, manifest: CacheManifest) -> CacheManifest:
-    """Shards are written atomically, so every one on disk is complete, listed or not."""
-    names = {manifest.shard_name(s) for s in manifest.missing()}
-    manifest.record(p.name for p in out.iterdir() if p.name in names)
+def _adopt_written(store, manifest: CacheManifest) -> CacheManifest:
+    """Shards are written whole (atomically, or in one upload), so every one there is complete, listed or not."""
+    manifest.record(store.names() & {manifest.shard_name(s) for s in manifest.missing()})
     return manifest
 
 
-def _start_or_resume(out: Path, fresh: CacheManifest) -> CacheManifest:
-    if not (out / MANIFEST).is_file():
-        found = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) if out.is_dir() else []
+def _start_or_resume(store, fresh: CacheManifest) -> CacheManifest:
+    out = store.location
+    names = store.names()
+    if MANIFEST not in names:
+        found = sorted(names - {LOCK_NAME})
         if found:
             raise UserError(f"--out {out} is a non-empty directory without a cache ({MANIFEST}; it holds "
                             f"{found[0]}); choose a new or empty directory")
-        out.mkdir(parents=True, exist_ok=True)
         write_manifest(out, fresh)
         return fresh
     existing = read_manifest(out)
@@ -117,7 +117,7 @@ def _start_or_resume(out: Path, fresh: CacheManifest) -> CacheManifest:
         raise UserError(
             f"--out {out} holds a cache built with other settings ({key}: {old.get(key)!r} there, "
             f"{new[key]!r} now); choose another directory")
-    write_manifest(out, _adopt_written(out, existing))
+    write_manifest(out, _adopt_written(store, existing))
     return existing
 
 
@@ -137,7 +137,7 @@ def _fresh_manifest(teacher, dataset, pre: Preprocessing, settings: CacheSetting
 def build_cache(
     teacher,
     dataset,
-    out: Path,
+    out: str | Path,
     pre: Preprocessing,
     settings: CacheSettings,
     device: str | torch.device = "cpu",
@@ -147,19 +147,19 @@ def build_cache(
     processes: Processes = Processes(),
     show_progress: bool = False,
 ) -> CacheManifest:
-    """Write (or finish) the cache in `out`, whose `common.lock.OutputLock` the main process holds.
+    """Write (or finish) the cache in `out`, a local directory whose `common.lock.OutputLock` the main process
+    holds, or a URL (no lock there: one build at a time).
     Every process of `processes` calls it and computes its share of the missing shards. `on_shard(done, total,
     images)` is called after each shard this process writes (`done` of the cache's `total` are complete;
     `images` were in that shard). `teacher_spec` names the teacher for the model cards of students trained
     from the cache. `stats` counts the images this process read and the data problems met. `show_progress`:
     a progress bar of the main process's shards, with its images/s and the time left."""
     settings.validate()
-    out = Path(out)
+    store = open_store(out)
     fresh = _fresh_manifest(teacher, dataset, pre, settings, teacher_spec)
-    manifest = processes.main_first(lambda: _start_or_resume(out, fresh))
-    if processes.is_main and teacher.tokenizer is not None and not (out / TOKENIZER_DIR).is_dir():
-        with atomic_directory(out / TOKENIZER_DIR) as tmp:
-            teacher.tokenizer.save_pretrained(tmp)
+    manifest = processes.main_first(lambda: _start_or_resume(store, fresh))
+    if processes.is_main and teacher.tokenizer is not None and TOKENIZER_DIR not in store.names():
+        store.put_dir(TOKENIZER_DIR, teacher.tokenizer.save_pretrained)
     compression = Compression.parse(settings.compression)
     codec = PatchCodec(compression, storage_dtype(settings.dtype))
     stats = DataStats() if stats is None else stats
@@ -171,7 +171,7 @@ def build_cache(
             # Fitted on shard 0 and stored before any shard is, so every shard of every process and of a
             # resumed build is encoded with the same basis.
             codec.basis = PcaBasis.fit(tokens.patches, compression.components)
-            write_atomic(out / PCA_BASIS, lambda tmp: save_file(codec.basis.tensors(), tmp))
+            store.put(PCA_BASIS, lambda tmp: save_file(codec.basis.tensors(), tmp))
             manifest.pca_explained = codec.basis.explained
         tensors = {
             "index": indices,
@@ -181,10 +181,10 @@ def build_cache(
             **{key: t.contiguous() for key, t in codec.encode(tokens.patches).items()},
         }
         name = manifest.shard_name(shard)
-        write_atomic(out / name, lambda tmp: save_file(tensors, tmp, metadata={"format": manifest.format}))
+        store.put(name, lambda tmp: save_file(tensors, tmp, metadata={"format": manifest.format}))
         manifest.record([name])
         if processes.is_main:
-            write_manifest(out, manifest)
+            write_manifest(store.location, manifest)
         crash_point("cache-shard", len(manifest.shards))
         if on_shard:
             on_shard(len(manifest.shards), manifest.num_shards, len(indices) // settings.augmentations)
@@ -192,7 +192,8 @@ def build_cache(
     if compression.kind == "pca":
         if manifest.pca_explained is None:
             manifest = processes.main_first(lambda: write(0) or manifest)  # the basis, before any other shard
-        codec.basis = PcaBasis.from_tensors(load_file(out / PCA_BASIS), manifest.pca_explained)
+        codec.basis = PcaBasis.from_tensors(load_file(store.local(PCA_BASIS, manifest.content_key())),
+                                            manifest.pca_explained)
     mine, read_before = processes.share(manifest.missing()), stats.samples
     with tqdm(mine, unit="shard", disable=not (show_progress and processes.is_main),
               desc=f"cache (process 1 of {processes.count})" if processes.count > 1 else "cache") as bar:
@@ -202,10 +203,10 @@ def build_cache(
                 bar.set_postfix_str(f"{(stats.samples - read_before) / bar.format_dict['elapsed']:.1f} img/s",
                                     refresh=False)
     processes.wait()
-    return processes.main_first(lambda: _finish(out, manifest))
+    return processes.main_first(lambda: _finish(store, manifest))
 
 
-def _finish(out: Path, manifest: CacheManifest) -> CacheManifest:
+def _finish(store, manifest: CacheManifest) -> CacheManifest:
     """The main process's merge of every process's shards into the manifest."""
-    write_manifest(out, _adopt_written(out, manifest))
+    write_manifest(store.location, _adopt_written(store, manifest))
     return manifest

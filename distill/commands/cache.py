@@ -32,7 +32,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--data", help="data spec (folder:PATH, hf:PATH, wds:PATTERN, scenes[:split], DIR)")
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a data source option, as the recipe's data.options (repeatable), e.g. length=512")
-    parser.add_argument("--out", required=True, help="cache directory (created; an existing cache is resumed)")
+    parser.add_argument("--out", required=True, help="cache directory or fsspec URL (s3://, gs://, hf://, ...); "
+                                                     "created; an existing cache is resumed")
     parser.add_argument("--augmentations", type=int, required=True, metavar="K", help="crops stored per image")
     parser.add_argument("--dtype", default="bf16", help="storage precision: bf16 (default) or fp16")
     parser.add_argument("--compress", default="none", metavar="none|int8|pca:N",
@@ -57,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from distill.cache.writer import CacheSettings
     from distill.config import DataConfig, Recipe, load_recipe
     from distill.cache.processes import launched
+    from distill.cache.store import is_remote
     from common.errors import UserError
     from common.lock import OutputLock
 
@@ -71,13 +73,16 @@ def run(args: argparse.Namespace) -> int:
     settings = CacheSettings(args.augmentations, args.dtype, args.compress, args.shard_size, args.batch_size)
     settings.validate()
     processes, device = launched(cpu=args.device == "cpu")
-    lock = OutputLock(args.out)
+    # A URL has no lock (an object store has no flock): one build at a time there.
+    lock = None if is_remote(args.out) else OutputLock(args.out)
     try:
-        # Before the teacher loads: a busy or unwritable --out fails at once; the main process alone holds it.
-        processes.main_first(lambda: lock.acquire() and None)
+        if lock is not None:
+            # Before the teacher loads: a busy or unwritable --out fails at once; the main process alone holds it.
+            processes.main_first(lambda: lock.acquire() and None)
         return _build(args, recipe, teacher_spec, data, settings, processes, args.device or device)
     finally:
-        lock.release()
+        if lock is not None:
+            lock.release()
 
 
 def _build(args: argparse.Namespace, recipe, teacher_spec: str, data: str, settings, processes, device) -> int:
