@@ -57,7 +57,7 @@ class CachedTargets:
         self.patch_size = m.patch_size
         store = open_store(directory)
         self.tokenizer = (load_tokenizer(store.local(TOKENIZER_DIR, m.content_key()))
-                          if TOKENIZER_DIR in store.names() else None)
+                          if store.exists(TOKENIZER_DIR) else None)
         self.text = False
 
     def tokens(self, batch: dict) -> ImageTokens:

@@ -64,7 +64,7 @@ def test_a_missing_or_failing_remote_shard_is_one_line(tmp_path, server):
     assert "\n" not in str(err.value) and Handler.failures == ["/broken.tar"] * 3
 
 
-def test_a_cache_at_a_url_builds_and_trains_as_a_local_one(tmp_path, tiny_tipsv2_dir, monkeypatch):
+def test_a_cache_at_a_url_builds_and_trains_as_a_local_one(tmp_path, tiny_tipsv2_dir, monkeypatch, server):
     from distill.cache.reader import CacheReader
     from distill.cli import main
     from test_cache_distill import losses, recipe_args
@@ -79,8 +79,9 @@ def test_a_cache_at_a_url_builds_and_trains_as_a_local_one(tmp_path, tiny_tipsv2
         local = {p.name: p.read_bytes() for p in (tmp_path / "local").glob("*.*")}
         assert local == {name: memory.cat(f"/caches/c/{name}") for name in local}
         assert memory.isdir("/caches/c/tokenizer")
-        row = CacheReader("memory://caches/c").targets(7, 1)
-        assert all((row[k] == CacheReader(tmp_path / "local").targets(7, 1)[k]).all() for k in row)
+        row = CacheReader(tmp_path / "local").targets(7, 1)
+        for url in ("memory://caches/c", f"{server}/local"):  # read-only over https too
+            assert all((CacheReader(url).targets(7, 1)[k] == row[k]).all() for k in row)
         for name, cache in (("from-local", tmp_path / "local"), ("from-url", "memory://caches/c")):
             assert main(["distill", *args, f"cache={cache}", "--out", str(tmp_path / name)]) == 0
         assert losses(tmp_path / "from-local") == losses(tmp_path / "from-url")

@@ -139,7 +139,7 @@ def write_manifest(directory: str | Path, manifest: CacheManifest) -> None:
 def read_manifest(directory: str | Path) -> CacheManifest:
     """The manifest of the cache at `directory`, a local path or a URL."""
     store = open_store(directory)
-    if MANIFEST not in store.names():
+    if not store.exists(MANIFEST):
         raise UserError(f"cache {directory} has no {MANIFEST}; expected a directory written by `tipsdistill cache`")
     try:
         data = json.loads(store.read_text(MANIFEST))

@@ -30,6 +30,9 @@ class LocalStore:
     def names(self) -> set[str]:
         return {p.name for p in self.root.iterdir()} if self.root.is_dir() else set()
 
+    def exists(self, name: str) -> bool:
+        return (self.root / name).exists()
+
     def read_text(self, name: str) -> str:
         return (self.root / name).read_text()
 
@@ -61,6 +64,9 @@ class RemoteStore:
             return {p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)}
         except FileNotFoundError:
             return set()
+
+    def exists(self, name: str) -> bool:
+        return self.fs.exists(self._path(name))
 
     def read_text(self, name: str) -> str:
         with self.fs.open(self._path(name), "r") as f:
