@@ -59,7 +59,7 @@ def teacher_augment(pre: Preprocessing) -> Augment:
 
 
 def _run_teacher(teacher, samples: Iterable[tuple[int, Sample]], pre: Preprocessing, k: int, batch_size: int,
-                 device, stats: DataStats) -> tuple[torch.Tensor, torch.Tensor, ImageTokens]:
+                 device, stats: DataStats, where: str) -> tuple[torch.Tensor, torch.Tensor, ImageTokens]:
     """Row indices (n,), crop rows (n, 5) and float32 teacher tokens for one shard's (index, sample) pairs,
     image-major, augmentation-minor; what the data met on the way (skipped items) goes to `stats`."""
     augment = teacher_augment(pre)
@@ -80,8 +80,9 @@ def _run_teacher(teacher, samples: Iterable[tuple[int, Sample]], pre: Preprocess
             if len(pixels) == batch_size:
                 flush()
     flush()
-    if not indices:
-        raise UserError(f"cache shard of {pre.dataset} holds no valid image; remove the empty data shard")
+    if not indices:  # only a stream's shard can be empty: a map-style source substitutes bad images
+        raise UserError(f"{where} holds no valid sample; a wds: cache needs one in every data shard: leave it out "
+                        "of the pattern")
     return torch.tensor(indices, dtype=torch.int64), torch.stack(crops), ImageTokens.cat(outs)
 
 
@@ -166,7 +167,9 @@ def build_cache(
 
     def write(shard: int) -> None:
         indices, crops, tokens = _run_teacher(teacher, _shard_samples(dataset, manifest, shard), pre,
-                                              settings.augmentations, settings.batch_size, device, stats)
+                                              settings.augmentations, settings.batch_size, device, stats,
+                                              f"data shard {dataset.shards[shard]}" if manifest.layout == DATA_SHARDS
+                                              else f"cache shard {shard}")
         if compression.kind == "pca" and codec.basis is None:
             # Fitted on shard 0 and stored before any shard is, so every shard of every process and of a
             # resumed build is encoded with the same basis.
