@@ -81,3 +81,23 @@ def test_a_wds_cache_replays_the_online_run(tmp_path, tiny_tipsv2_dir):
     assert len(online) == len(cached) == 4
     for a, b in zip(online, cached):
         assert abs(a - b) <= 2 ** -8 * abs(a) + 1e-4
+
+
+def test_a_wds_data_shard_without_a_valid_sample_is_refused_by_name(tmp_path):
+    import tarfile
+
+    from common.errors import UserError
+    from distill.cache.manifest import Preprocessing
+    from distill.cache.writer import CacheSettings, build_cache
+    from distill.data import build_dataset
+    from distill.data.augment import CropConfig
+    from test_cache_build import tiny_teacher
+    from test_data_sources import add_member
+
+    spec = write_stream(tmp_path)
+    with tarfile.open(tmp_path / "shard-1.tar", "w") as tar:
+        add_member(tar, "only.txt", b"a caption without its image")
+    dataset = build_dataset(spec)
+    pre = Preprocessing(spec, {}, None, 32, CropConfig(), 0)
+    with pytest.raises(UserError, match=r"data shard .*shard-1.tar holds no valid sample"):
+        build_cache(tiny_teacher(), dataset, tmp_path / "cache", pre, CacheSettings(augmentations=1))
