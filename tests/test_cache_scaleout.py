@@ -26,7 +26,8 @@ def launch_two(args: list[str], **env) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_two_processes_killed_and_resumed_build_the_one_process_bytes(tmp_path, tiny_tipsv2_dir, image_folder):  # noqa: F811
+def test_two_processes_killed_and_resumed_build_the_one_process_bytes(tmp_path, tiny_tipsv2_dir,
+                                                                      image_folder):  # noqa: F811
     # PCA: the basis is fitted on shard 0 by the main process before the others start.
     extra = ("--compress", "pca:8")
     assert main(cache_args(tiny_tipsv2_dir, image_folder, tmp_path / "one", *extra)) == 0

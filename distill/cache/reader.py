@@ -47,8 +47,8 @@ class CacheReader:
         f, positions = self._open[shard]
         if positions is not None:
             if index not in positions:
-                raise UserError(f"cache {self.directory} holds no targets for sample {index >> 32}#{index & 0xFFFFFFFF} "
-                                "of the data: the data shard changed since the cache was built; rebuild it")
+                raise UserError(f"cache {self.directory} holds no targets for sample {shard}#{index & 0xFFFFFFFF} "
+                                "(data shard#position): the data changed since the cache was built; rebuild it")
             image = positions[index]
         return f, image * m.augmentations + k
 

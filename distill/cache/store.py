@@ -2,7 +2,8 @@
 memory://, ...).
 
 A remote file is written whole to a local temp, then uploaded in one put (an object store publishes an object
-atomically), so a remote cache, like a local one, only ever holds complete files. Remote files are read from a
+atomically), so a remote cache, like a local one, only ever holds complete files. Remote operations are retried
+(`distill.data.remote`); one that keeps failing is a one-line error. Remote files are read from a
 local mirror (safetensors memory-maps local files only), downloaded once per machine into
 `$XDG_CACHE_HOME/tipsdistill/mirror/`, keyed by the URL and the manifest (a rebuilt cache gets a new mirror).
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from common.atomic import atomic_directory, write_atomic
 from common.errors import UserError
+from distill.data.remote import retried
 
 
 def is_remote(location: str | os.PathLike) -> bool:
@@ -59,6 +61,9 @@ class RemoteStore:
     def _path(self, name: str) -> str:
         return f"{self.root}/{name}"
 
+    def _what(self, name: str) -> str:
+        return f"cache file {self.location}/{name}"
+
     def names(self) -> set[str]:
         try:
             return {p.rstrip("/").rsplit("/", 1)[-1] for p in self.fs.ls(self.root, detail=False)}
@@ -69,18 +74,18 @@ class RemoteStore:
         return self.fs.exists(self._path(name))
 
     def read_text(self, name: str) -> str:
-        with self.fs.open(self._path(name), "r") as f:
-            return f.read()
+        return retried(lambda: self.fs.cat_file(self._path(name)).decode(), self._what(name), "read")
 
     def put(self, name: str, write: Callable[[Path], None]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             write(Path(tmp) / name)
-            self.fs.put_file(str(Path(tmp) / name), self._path(name))
+            retried(lambda: self.fs.put_file(str(Path(tmp) / name), self._path(name)), self._what(name), "written")
 
     def put_dir(self, name: str, write: Callable[[Path], None]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             write(Path(tmp) / name)
-            self.fs.put(str(Path(tmp) / name), self._path(name), recursive=True)
+            retried(lambda: self.fs.put(str(Path(tmp) / name), self._path(name), recursive=True), self._what(name),
+                    "written")
 
     def local(self, name: str, key: str = "") -> Path:
         base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "tipsdistill" / "mirror"
@@ -89,9 +94,11 @@ class RemoteStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             if self.fs.isdir(self._path(name)):
                 with atomic_directory(path) as tmp:
-                    self.fs.get(self._path(name) + "/", str(tmp), recursive=True)
+                    retried(lambda: self.fs.get(self._path(name) + "/", str(tmp), recursive=True), self._what(name),
+                            "read")
             else:
-                write_atomic(path, lambda tmp: self.fs.get_file(self._path(name), str(tmp)))
+                write_atomic(path, lambda tmp: retried(lambda: self.fs.get_file(self._path(name), str(tmp)),
+                                                       self._what(name), "read"))
         return path
 
 

@@ -124,7 +124,8 @@ def _build(args: argparse.Namespace, recipe, teacher_spec: str, data: str, setti
     k = settings.augmentations
     rows = (f"targets for every valid sample x {k} crops" if stream else
             f"{pre.dataset_length * k} targets ({pre.dataset_length} images x {k} crops)")
-    print(f"cache {args.out}: {rows} in {len(manifest.shards)} shard{'s' if len(manifest.shards) != 1 else ''}, teacher {manifest.teacher_fingerprint[:12]}; "
+    shards = f"{len(manifest.shards)} shard{'s' if len(manifest.shards) != 1 else ''}"
+    print(f"cache {args.out}: {rows} in {shards}, teacher {manifest.teacher_fingerprint[:12]}; "
           f"this build: {stats.samples} images in {seconds:.1f} s, {stats.samples / seconds:.1f} images/s "
           f"({processes.count} process{'es' if processes.count > 1 else ''})")
     if stats.items:  # a skipped image's targets are those of the next valid one: the user must hear of it

@@ -2,7 +2,7 @@
 
 Shards are local paths, URLs of any fsspec file system (`https://`, `s3://`, `gs://`, `hf://`, `memory://`;
 s3 and gs need s3fs / gcsfs, https aiohttp) or webdataset's `pipe:COMMAND` (the shard is the command's
-standard output). Opening a remote shard is retried (RETRIES times, with backoff); a shard that does not exist
+standard output). Opening a remote shard is retried (`distill.data.remote`); a shard that does not exist
 or cannot be opened is a one-line error, a read that fails part-way loses the rest of that shard (reported
 as `skipped/corrupt_shard`), like a truncated local file.
 
@@ -21,7 +21,6 @@ import posixpath
 import re
 import subprocess
 import tarfile
-import time
 import zlib
 from collections import Counter
 from contextlib import contextmanager
@@ -35,6 +34,7 @@ from common.errors import UserError
 
 from distill.data.augment import keyed_generator
 from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS, BadSample, check_max_image_pixels
+from distill.data.remote import retried
 from distill.data.sample import CAPTION_KEYS, Event, Sample
 from distill.data.source import DEFAULT_COLUMNS, RawRecord, check_caption_columns, clean_record
 
@@ -42,7 +42,6 @@ IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff", "gif")
 TEXT_KEYS = {"short": ("txt", "short.txt"), "medium": ("medium.txt",), "long": ("long.txt",)}
 _BRACE = re.compile(r"\{([^{}]*)\}")
 PIPE = "pipe:"
-RETRIES = 3
 
 
 def is_local(path: str) -> bool:
@@ -126,19 +125,8 @@ def _open_url(path: str) -> BinaryIO:
 
     # http(s) shards are streamed (block_size 0): no range requests, which many servers do not serve.
     options = {"block_size": 0} if path.startswith(("http://", "https://")) else {}
-    for attempt in range(1, RETRIES + 1):
-        try:
-            return fsspec.open(path, "rb", **options).open()
-        except Exception as exc:  # noqa: BLE001 (every file system has its own transient errors: retry, then name it)
-            # fsspec's http reports every failed request as FileNotFoundError, caused by the real error.
-            cause = exc.__cause__ if isinstance(exc, FileNotFoundError) else exc
-            if cause is None or getattr(cause, "status", None) == 404:
-                raise UserError(f"webdataset shard {path} does not exist: expected tar files, e.g. "
-                                "wds:https://host/shard-{000..009}.tar") from None
-            if attempt == RETRIES:
-                raise UserError(f"webdataset shard {path} could not be opened after {RETRIES} tries: "
-                                f"{type(cause).__name__}: {cause}".splitlines()[0]) from None
-            time.sleep(0.5 * 2 ** (attempt - 1))
+    return retried(lambda: fsspec.open(path, "rb", **options).open(), f"webdataset shard {path}", "opened",
+                   ": expected tar files, e.g. wds:https://host/shard-{000..009}.tar")
 
 
 @contextmanager
