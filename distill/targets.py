@@ -14,6 +14,7 @@ import torch
 
 from distill.cache.manifest import TOKENIZER_DIR, CacheManifest, read_manifest
 from distill.cache.replay import TARGET_KEYS
+from distill.cache.store import open_store
 from distill.tasks import TeacherOutput
 from teachers.tokenizer import load_tokenizer
 from common.types import ImageTokens
@@ -47,14 +48,15 @@ class CachedTargets:
     """Targets stored by `tipsdistill cache`, carried by the replay loader's batches (`teacher_targets`)."""
 
     def __init__(self, directory: str | Path, manifest: CacheManifest | None = None):
-        self.directory = Path(directory)
-        self.manifest = manifest or read_manifest(self.directory)
+        self.directory = directory  # a local path or a URL
+        self.manifest = manifest or read_manifest(directory)
         m = self.manifest
         self.spec, self.width, self.num_registers, self.fingerprint = (m.teacher_spec, m.teacher_width,
                                                                          m.num_registers, m.teacher_fingerprint)
         self.patch_size = m.patch_size
-        tokenizer_dir = self.directory / TOKENIZER_DIR
-        self.tokenizer = load_tokenizer(tokenizer_dir) if tokenizer_dir.is_dir() else None
+        store = open_store(directory)
+        self.tokenizer = (load_tokenizer(store.local(TOKENIZER_DIR, m.content_key()))
+                          if store.exists(TOKENIZER_DIR) else None)
         self.teacher, self.text = None, False  # the cache stands in for the teacher: none is loaded
 
     def tokens(self, batch: dict) -> ImageTokens:

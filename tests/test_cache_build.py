@@ -61,7 +61,7 @@ def test_killed_build_resumes_to_the_same_shards(tmp_path, teacher, dataset, com
     reference = build_cache(teacher, dataset, tmp_path / "whole", pre, settings)
     assert reference.complete and len(reference.shards) == 3
 
-    def kill_after_two(done, total):
+    def kill_after_two(done, total, images):
         if done == 2:
             raise Killed
 
@@ -76,7 +76,7 @@ def test_killed_build_resumes_to_the_same_shards(tmp_path, teacher, dataset, com
         check_cache_matches(out, read_manifest(out), pre)
     done = []
     with OutputLock(out):  # as the command does: taking it removes the temps
-        resumed = build_cache(teacher, dataset, out, pre, settings, on_shard=lambda d, t: done.append(d))
+        resumed = build_cache(teacher, dataset, out, pre, settings, on_shard=lambda d, t, n: done.append(d))
     assert done == [3]  # only the missing shard was computed
     assert resumed.complete and resumed.shards == reference.shards
     assert shard_bytes(out) == shard_bytes(tmp_path / "whole")

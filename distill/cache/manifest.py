@@ -1,8 +1,13 @@
 """`manifest.json` of a teacher-target cache: what produced the targets and which shards are complete.
 
-The manifest is rewritten atomically after every shard, so it only ever lists shards that are
-fully on disk; a reader refuses a cache whose shard list is short (a build still running or
-killed), and a resumed build starts at the first shard the manifest does not list.
+The manifest is rewritten atomically by the build's main process, so it only ever lists shards that are
+fully on disk; a reader refuses a cache whose shard list is short (a build still running or killed). Shards
+are written atomically too, so a resumed build also counts those on disk that a killed build had not listed
+yet (the other processes' shards of a distributed build), and computes only the others.
+
+Two layouts: `images` (folder:, hf:, scenes; shard s holds images [s * shard_size, (s + 1) * shard_size))
+and `data-shards` (wds:; cache shard s holds the valid samples of data shard s, in stream order, found by
+their stream index (shard << 32) | position).
 """
 from __future__ import annotations
 
@@ -13,10 +18,12 @@ from pathlib import Path
 
 from distill.data.augment import CropConfig
 from distill.data.build import parse_spec
-from common.atomic import write_atomic
+from distill.data.wds import is_local
+from distill.cache.store import open_store
 from common.errors import UserError
 
 FORMAT = "tipsdistill-cache/2"
+IMAGES, DATA_SHARDS = "images", "data-shards"  # layouts, see above
 MANIFEST = "manifest.json"
 PCA_BASIS = "pca_basis.safetensors"
 TOKENIZER_DIR = "tokenizer"  # the teacher's tokenizer, so a cached run can train a text tower without the teacher
@@ -28,7 +35,7 @@ class Preprocessing:
 
     dataset: str
     data_options: dict  # the source's options (`build_dataset(spec, **options)`)
-    dataset_length: int
+    dataset_length: int | None  # None for a stream (wds:), whose length is only known once read
     teacher_image_size: int | None
     crop: CropConfig
     seed: int
@@ -48,10 +55,13 @@ class Preprocessing:
 
 
 def dataset_identity(spec: str) -> str:
-    """The data spec as recorded: local paths made absolute, so `./data` and `/abs/data` agree."""
+    """The data spec as recorded: local paths (and wds: patterns) made absolute, so `./data` and `/abs/data`
+    agree."""
     kind, argument = parse_spec(str(spec))
     if kind == "scenes":
         return f"scenes:{argument or 'train'}"
+    if kind == "wds":
+        return f"wds:{os.path.abspath(os.path.expanduser(argument)) if is_local(argument) else argument}"
     return f"{kind}:{os.path.abspath(argument) if os.path.exists(argument) else argument}"
 
 
@@ -74,10 +84,11 @@ class CacheManifest:
     augmentations: int
     dtype: str
     compression: str
-    shard_size: int  # images per shard; a shard holds shard_size * augmentations rows
+    shard_size: int  # images per shard (layout `images`; 0 for `data-shards`); rows = images * augmentations
     num_shards: int
-    shards: list[str] = field(default_factory=list)
+    shards: list[str] = field(default_factory=list)  # the complete ones, in shard order
     pca_explained: float | None = None  # variance kept by the PCA basis stored in PCA_BASIS
+    layout: str = IMAGES
     format: str = FORMAT
 
     @property
@@ -91,12 +102,24 @@ class CacheManifest:
     def shard_name(self, index: int) -> str:
         return f"shard-{index:05d}.safetensors"
 
+    def record(self, names) -> None:
+        """Mark the shards `names` complete (with those already listed)."""
+        self.shards = sorted(set(self.shards) | set(names))
+
+    def missing(self) -> list[int]:
+        done = set(self.shards)
+        return [s for s in range(self.num_shards) if self.shard_name(s) not in done]
+
     def build_settings(self) -> dict:
         """The fields a resumed build must agree on (everything except progress)."""
         settings = asdict(self)
         for progress in ("shards", "pca_explained"):
             settings.pop(progress)
         return json.loads(json.dumps(settings))
+
+    def content_key(self) -> str:
+        """What decides every file's bytes (shards are pure functions of the build settings)."""
+        return json.dumps(self.build_settings(), sort_keys=True)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2) + "\n"
@@ -109,16 +132,17 @@ class CacheManifest:
         return cls(preprocessing=Preprocessing(**pre), grid=tuple(data.pop("grid")), **data)
 
 
-def write_manifest(directory: Path, manifest: CacheManifest) -> None:
-    write_atomic(Path(directory) / MANIFEST, lambda tmp: tmp.write_text(manifest.to_json()))
+def write_manifest(directory: str | Path, manifest: CacheManifest) -> None:
+    open_store(directory).put(MANIFEST, lambda tmp: tmp.write_text(manifest.to_json()))
 
 
-def read_manifest(directory: Path) -> CacheManifest:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
+def read_manifest(directory: str | Path) -> CacheManifest:
+    """The manifest of the cache at `directory`, a local path or a URL."""
+    store = open_store(directory)
+    if not store.exists(MANIFEST):
         raise UserError(f"cache {directory} has no {MANIFEST}; expected a directory written by `tipsdistill cache`")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(store.read_text(MANIFEST))
         if data.get("format") != FORMAT:
             raise UserError(f"cache {directory} has format {data.get('format')!r}; expected {FORMAT!r}")
         return CacheManifest.from_dict(data)

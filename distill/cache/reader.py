@@ -1,4 +1,5 @@
-"""Random access to a complete teacher-target cache: stored crop parameters and decoded targets per row."""
+"""Random access to a complete teacher-target cache (a local directory or a URL): stored crop parameters and
+decoded targets per row."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,38 +9,65 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from distill.cache.compression import Compression, PatchCodec, PcaBasis, storage_dtype
-from distill.cache.manifest import PCA_BASIS, CacheManifest, read_manifest
+from distill.cache.manifest import DATA_SHARDS, PCA_BASIS, CacheManifest, read_manifest
+from distill.cache.store import open_store
 from distill.data.augment import CropParams
 from common.errors import UserError
 
 
 class CacheReader:
-    """Rows are addressed by (dataset index, augmentation k). Shards are memory-mapped lazily, per
-    process, so a reader can be handed to DataLoader workers before any shard is opened."""
+    """Rows are addressed by (dataset index, augmentation k); a stream's index is (shard << 32) | position.
+    Shards are memory-mapped lazily, per process, so a reader can be handed to DataLoader workers before any
+    shard is opened."""
 
     def __init__(self, directory: Path | str):
-        self.directory = Path(directory)
-        self.manifest: CacheManifest = read_manifest(self.directory)
+        self.directory = directory
+        self.store = open_store(directory)
+        self.manifest: CacheManifest = read_manifest(directory)
         compression = Compression.parse(self.manifest.compression)
         self.codec = PatchCodec(compression, storage_dtype(self.manifest.dtype))
         if compression.kind == "pca":
             self.codec.basis = PcaBasis.from_tensors(
-                load_file(self.directory / PCA_BASIS), self.manifest.pca_explained)
-        self._open: dict[int, object] = {}
+                load_file(self.store.local(PCA_BASIS, self.manifest.content_key())), self.manifest.pca_explained)
+        self._complete = set(self.manifest.shards)
+        self._open: dict[int, tuple[object, dict[int, int] | None]] = {}
 
     def __getstate__(self):
         return {**self.__dict__, "_open": {}}
 
     def _locate(self, index: int, k: int) -> tuple[object, int]:
         m = self.manifest
-        if not 0 <= index < m.preprocessing.dataset_length or not 0 <= k < m.augmentations:
-            raise IndexError(f"cache row ({index}, {k}) outside {m.preprocessing.dataset_length} x {m.augmentations}")
-        shard = index // m.shard_size
-        if shard >= len(m.shards):
+        if not 0 <= k < m.augmentations:
+            raise IndexError(f"cache augmentation {k} outside 0..{m.augmentations - 1}")
+        shard, image = self._image(index)
+        if m.shard_name(shard) not in self._complete:
             raise UserError(f"cache {self.directory} is incomplete: shard {shard} is not written yet")
         if shard not in self._open:
-            self._open[shard] = safe_open(str(self.directory / m.shards[shard]), framework="pt")
-        return self._open[shard], (index - shard * m.shard_size) * m.augmentations + k
+            self._open[shard] = self._open_shard(shard)
+        f, positions = self._open[shard]
+        if positions is not None:
+            if index not in positions:
+                raise UserError(f"cache {self.directory} holds no targets for sample {shard}#{index & 0xFFFFFFFF} "
+                                "(data shard#position): the data changed since the cache was built; rebuild it")
+            image = positions[index]
+        return f, image * m.augmentations + k
+
+    def _image(self, index: int) -> tuple[int, int | None]:
+        """(shard, image within it); for a stream the image is the shard's own index column's to say."""
+        m = self.manifest
+        if m.layout == DATA_SHARDS:
+            return index >> 32, None
+        if not 0 <= index < m.preprocessing.dataset_length:
+            raise IndexError(f"cache row {index} outside {m.preprocessing.dataset_length} images")
+        return index // m.shard_size, index % m.shard_size
+
+    def _open_shard(self, shard: int) -> tuple[object, dict[int, int] | None]:
+        name = self.manifest.shard_name(shard)
+        f = safe_open(str(self.store.local(name, self.manifest.content_key())), framework="pt")
+        if self.manifest.layout != DATA_SHARDS:
+            return f, None
+        first_rows = f.get_tensor("index")[:: self.manifest.augmentations].tolist()
+        return f, {index: image for image, index in enumerate(first_rows)}
 
     def crop(self, index: int, k: int) -> CropParams:
         f, row = self._locate(index, k)

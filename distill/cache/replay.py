@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import IterableDataset
 
 from distill.cache.manifest import Preprocessing, check_cache_matches, dataset_identity, read_manifest
 from distill.cache.reader import CacheReader
-from distill.cache.writer import require_indexed
 from distill.data.loader import Augment, EpochDataLoader, collate, epoch_loader
 from distill.data.sample import Sample
 
@@ -30,6 +30,11 @@ class ReplayAugment:
 
     reader: CacheReader
     augment: Augment  # the student side: size, seed and draws
+
+    @property
+    def seed(self) -> int:
+        """A stream (wds:) orders its samples by it, as online."""
+        return self.augment.seed
 
     def __call__(self, sample: Sample, epoch: int, sizes=None) -> dict[str, Any]:
         """`sizes`: the student's may change between phases; the teacher's is the cache's."""
@@ -51,19 +56,19 @@ def recipe_preprocessing(recipe, dataset) -> Preprocessing:
     d = recipe.data
     # Without a teacher section the cache alone says at which resolution its teacher ran.
     teacher_size = recipe.view_sizes(0)[1] if recipe.teacher is not None else None
-    return Preprocessing(dataset=dataset_identity(d.source), data_options=dict(d.options), dataset_length=len(dataset),
+    length = None if isinstance(dataset, IterableDataset) else len(dataset)
+    return Preprocessing(dataset=dataset_identity(d.source), data_options=dict(d.options), dataset_length=length,
                          teacher_image_size=teacher_size, crop=d.crop, seed=recipe.seed)
 
 
 def open_cache(directory: str | Path, preprocessing: Preprocessing) -> CacheReader:
     """A reader for a complete cache built with this preprocessing, else a one-line UserError."""
-    check_cache_matches(Path(directory), read_manifest(directory), preprocessing)
+    check_cache_matches(directory, read_manifest(directory), preprocessing)
     return CacheReader(directory)
 
 
 def replay_dataloader(dataset, reader: CacheReader, augment: Augment, *, batch_size: int, seed: int = 0,
                       num_workers: int = 0, shuffle: bool = True, pin_memory: bool = False) -> EpochDataLoader:
     """`make_dataloader`'s counterpart for a cached run: the same sampler, so the same image order."""
-    require_indexed(dataset)
     return epoch_loader(dataset, ReplayAugment(reader, augment), replay_collate, batch_size=batch_size, seed=seed,
                         num_workers=num_workers, drop_last=True, shuffle=shuffle, pin_memory=pin_memory)

@@ -1,5 +1,8 @@
 """`tipsdistill cache --teacher SPEC --data DATA --out DIR --augmentations K`: teacher targets, computed once.
 
+Under `accelerate launch` or torchrun (one node or several, sharing --out) every process computes its share
+of the shards; the result is the one-process build's, byte for byte.
+
 With `--recipe RECIPE [key=value ...]` the teacher, data, crop options, seed and teacher resolution come
 from the distill recipe (the flags still win), so the cache matches that run by construction.
 """
@@ -21,19 +24,22 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         "cache", help="run the teacher once and store its targets for K crops per image",
         description="Store a teacher's CLS, register and patch tokens for K augmentations of every image "
                     "(with the crop parameters), so `tipsdistill distill cache=DIR` trains without the teacher. "
-                    "Rerunning the same command finishes an interrupted build.")
+                    "Rerunning the same command finishes an interrupted build. Under `accelerate launch` "
+                    "the processes share the shards.")
     parser.add_argument("--recipe", help="take teacher, data, crops, seed and resolution from this distill recipe")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides (with --recipe)")
     parser.add_argument("--teacher", help="teacher spec (as for distill: dir, hub id, npz:, timm:)")
-    parser.add_argument("--data", help="data spec (folder:PATH, hf:PATH, scenes[:split], DIR)")
+    parser.add_argument("--data", help="data spec (folder:PATH, hf:PATH, wds:PATTERN, scenes[:split], DIR)")
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a data source option, as the recipe's data.options (repeatable), e.g. length=512")
-    parser.add_argument("--out", required=True, help="cache directory (created; an existing cache is resumed)")
+    parser.add_argument("--out", required=True, help="cache directory or fsspec URL (s3://, gs://, hf://, ...); "
+                                                     "created; an existing cache is resumed")
     parser.add_argument("--augmentations", type=int, required=True, metavar="K", help="crops stored per image")
     parser.add_argument("--dtype", default="bf16", help="storage precision: bf16 (default) or fp16")
     parser.add_argument("--compress", default="none", metavar="none|int8|pca:N",
                         help="patch-token storage: none, per-token int8, or N PCA components")
-    parser.add_argument("--shard-size", type=int, default=256, metavar="N", help="images per shard (default 256)")
+    parser.add_argument("--shard-size", type=int, default=256, metavar="N",
+                        help="images per shard (default 256); a wds: cache has one shard per data shard")
     parser.add_argument("--image-size", type=int, default=None, metavar="S",
                         help="teacher input resolution (default: the recipe's teacher/student size, else the "
                              "teacher's native size); must equal the distill run's")
@@ -43,7 +49,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--crop-ratio", type=_pair, default=None, metavar="MIN,MAX")
     parser.add_argument("--flip-p", type=float, default=None)
     parser.add_argument("--batch-size", type=int, default=32, help="teacher batch size")
-    parser.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    parser.add_argument("--device", default=None, help="default: this process's GPU when there is one, else cpu")
     parser.set_defaults(func=run)
     return parser
 
@@ -52,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     from distill.cache.writer import CacheSettings
     from distill.config import DataConfig, Recipe
     from distill.recipe_loader import load_recipe
+    from distill.cache.processes import launched
+    from distill.cache.store import is_remote
     from common.errors import UserError
     from common.lock import OutputLock
 
@@ -65,12 +73,23 @@ def run(args: argparse.Namespace) -> int:
                         "teacher.spec and data.source")
     settings = CacheSettings(args.augmentations, args.dtype, args.compress, args.shard_size, args.batch_size)
     settings.validate()
-    with OutputLock(args.out):  # before the teacher loads: a busy or unwritable --out fails at once
-        return _build(args, recipe, teacher_spec, data, settings)
+    processes, device = launched(cpu=args.device == "cpu")
+    # A URL has no lock (an object store has no flock): one build at a time there.
+    lock = None if is_remote(args.out) else OutputLock(args.out)
+    try:
+        if lock is not None:
+            # Before the teacher loads: a busy or unwritable --out fails at once; the main process alone holds it.
+            processes.main_first(lambda: lock.acquire() and None)
+        return _build(args, recipe, teacher_spec, data, settings, processes, args.device or device)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
-def _build(args: argparse.Namespace, recipe, teacher_spec: str, data: str, settings) -> int:
-    import torch
+def _build(args: argparse.Namespace, recipe, teacher_spec: str, data: str, settings, processes, device) -> int:
+    import time
+
+    from torch.utils.data import IterableDataset
 
     from distill.cache.manifest import Preprocessing, dataset_identity
     from distill.cache.writer import build_cache
@@ -84,21 +103,31 @@ def _build(args: argparse.Namespace, recipe, teacher_spec: str, data: str, setti
                       d.crop.flip_p if args.flip_p is None else args.flip_p)
     options = {**(d.options if args.data is None else {}), **data_options(args.data_option)}
     dataset = build_dataset(data, **options)
+    stream = isinstance(dataset, IterableDataset)
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    teacher = load_teacher(teacher_spec, dtype=teacher_dtype(device, "bf16"), device=device)
+    teacher = load_teacher(teacher_spec, dtype=teacher_dtype(str(device), "bf16"), device=device)
     recipe_size = recipe.view_sizes(0)[1] if args.recipe else None
     size = args.image_size or recipe_size or teacher.image_size
     if size % teacher.patch_size:
         raise UserError(f"--image-size {size} is not a multiple of the teacher's patch size {teacher.patch_size}")
-    pre = Preprocessing(dataset=dataset_identity(data), data_options=options, dataset_length=len(dataset),
-                        teacher_image_size=size, crop=crop, seed=recipe.seed if args.seed is None else args.seed)
-    stats = DataStats()
+    pre = Preprocessing(dataset=dataset_identity(data), data_options=options,
+                        dataset_length=None if stream else len(dataset), teacher_image_size=size, crop=crop,
+                        seed=recipe.seed if args.seed is None else args.seed)
+    stats, start = DataStats(), time.perf_counter()
     manifest = build_cache(teacher, dataset, args.out, pre, settings, device=device, teacher_spec=teacher_spec,
-                           on_shard=lambda done, total: print(f"shard {done}/{total}", flush=True), stats=stats)
-    rows = pre.dataset_length * settings.augmentations
-    print(f"cache {args.out}: {rows} targets ({pre.dataset_length} images x {settings.augmentations} crops) "
-          f"in {len(manifest.shards)} shards, teacher {manifest.teacher_fingerprint[:12]}")
+                           stats=stats, processes=processes, show_progress=True)
+    for other in processes.gather(stats)[1:]:
+        stats.merge(other)
+    if not processes.is_main:
+        return 0
+    seconds = time.perf_counter() - start
+    k = settings.augmentations
+    rows = (f"targets for every valid sample x {k} crops" if stream else
+            f"{pre.dataset_length * k} targets ({pre.dataset_length} images x {k} crops)")
+    shards = f"{len(manifest.shards)} shard{'s' if len(manifest.shards) != 1 else ''}"
+    print(f"cache {args.out}: {rows} in {shards}, teacher {manifest.teacher_fingerprint[:12]}; "
+          f"this build: {stats.samples} images in {seconds:.1f} s, {stats.samples / seconds:.1f} images/s "
+          f"({processes.count} process{'es' if processes.count > 1 else ''})")
     if stats.items:  # a skipped image's targets are those of the next valid one: the user must hear of it
         print(stats.summary())
     return 0

@@ -1,5 +1,11 @@
 """WebDataset tar shards, read as a stream with the standard library's `tarfile`.
 
+Shards are local paths, URLs of any fsspec file system (`https://`, `s3://`, `gs://`, `hf://`, `memory://`;
+s3 and gs need s3fs / gcsfs, https aiohttp) or webdataset's `pipe:COMMAND` (the shard is the command's
+standard output). Opening a remote shard is retried (`distill.data.remote`); a shard that does not exist
+or cannot be opened is a one-line error, a read that fails part-way loses the rest of that shard (reported
+as `skipped/corrupt_shard`), like a truncated local file.
+
 A sample is the group of consecutive tar members sharing a key (the member path up to the first dot
 of its file name): `0001.jpg` + `0001.txt` (short caption) + optional `0001.medium.txt`,
 `0001.long.txt` or `0001.json` (caption fields). Shards are split over every (process, data-loader
@@ -13,11 +19,13 @@ import json
 import os
 import posixpath
 import re
+import subprocess
 import tarfile
 import zlib
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -26,19 +34,27 @@ from common.errors import UserError
 
 from distill.data.augment import keyed_generator
 from distill.data.clean import DEFAULT_MAX_CAPTION_CHARS, BadSample, check_max_image_pixels
+from distill.data.remote import retried
 from distill.data.sample import CAPTION_KEYS, Event, Sample
 from distill.data.source import DEFAULT_COLUMNS, RawRecord, check_caption_columns, clean_record
 
 IMAGE_KEYS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff", "gif")
 TEXT_KEYS = {"short": ("txt", "short.txt"), "medium": ("medium.txt",), "long": ("long.txt",)}
 _BRACE = re.compile(r"\{([^{}]*)\}")
+PIPE = "pipe:"
+
+
+def is_local(path: str) -> bool:
+    """A path on this machine (not a URL nor a `pipe:` command)."""
+    return "://" not in path and not path.startswith(PIPE)
 
 
 def expand_braces(pattern: str) -> list[str]:
     """`shard-{000..009}.tar` and `{train,val}.tar` (nested groups too), then shell globs."""
     match = _BRACE.search(pattern)
     if match is None:
-        return sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]
+        # Globs are local only: `?` and `*` are ordinary characters of URLs and shell commands.
+        return sorted(glob.glob(pattern)) if is_local(pattern) and glob.has_magic(pattern) else [pattern]
     body, head, tail = match.group(1), pattern[: match.start()], pattern[match.end():]
     numeric = re.fullmatch(r"(\d+)\.\.(\d+)", body)
     if numeric:
@@ -68,7 +84,7 @@ def read_shard(path: str) -> Iterator[tuple[int, dict[str, bytes] | None]]:
     """(position, {extension: bytes}) per key group; a corrupt shard ends with (position, None)."""
     position, key, group = 0, None, {}
     try:
-        with tarfile.open(path, mode="r|*") as tar:
+        with open_shard(path) as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
             for member in tar:
                 directory, base = posixpath.split(member.name)
                 if not member.isfile() or base.startswith("."):
@@ -88,6 +104,45 @@ def read_shard(path: str) -> Iterator[tuple[int, dict[str, bytes] | None]]:
         return
     if key is not None:
         yield position, group
+
+
+@contextmanager
+def open_shard(path: str) -> Iterator[BinaryIO]:
+    """The shard's bytes as a stream: a local file, an fsspec URL or a `pipe:` command's output."""
+    if path.startswith(PIPE):
+        with _piped(path[len(PIPE):]) as stream:
+            yield stream
+    elif is_local(path):
+        with open(path, "rb") as stream:
+            yield stream
+    else:
+        with _open_url(path) as stream:
+            yield stream
+
+
+def _open_url(path: str) -> BinaryIO:
+    import fsspec
+
+    # http(s) shards are streamed (block_size 0): no range requests, which many servers do not serve.
+    options = {"block_size": 0} if path.startswith(("http://", "https://")) else {}
+    return retried(lambda: fsspec.open(path, "rb", **options).open(), f"webdataset shard {path}", "opened",
+                   ": expected tar files, e.g. wds:https://host/shard-{000..009}.tar")
+
+
+@contextmanager
+def _piped(command: str) -> Iterator[BinaryIO]:
+    process = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        yield process.stdout
+    finally:
+        process.stdout.close()
+        # Still running once the tar's end is read (padding left) or the reader stopped early: not a failure.
+        running = process.poll() is None
+        if running:
+            process.kill()
+        process.wait()
+    if not running and process.returncode != 0:
+        raise OSError(f"{PIPE}{command} exited with status {process.returncode}")
 
 
 def group_record(group: dict[str, bytes], columns: dict[str, tuple[str, ...]]) -> RawRecord:
@@ -116,8 +171,9 @@ class WebDatasetSource(IterableDataset):
                  caption_columns: dict[str, str] | None = None, max_caption_chars: int = DEFAULT_MAX_CAPTION_CHARS,
                  max_image_pixels: int | None = None):
         self.name = f"wds {pattern}"
-        self.shards = expand_braces(os.path.expanduser(pattern))
-        missing = [s for s in self.shards if not os.path.isfile(s)]
+        self.shards = expand_braces(os.path.expanduser(pattern) if is_local(pattern) else pattern)
+        # Remote shards are checked as they are opened: a request per shard up front would not scale.
+        missing = [s for s in self.shards if is_local(s) and not os.path.isfile(s)]
         if not self.shards or missing:
             raise UserError(f"webdataset shard {missing[0] if missing else pattern} does not exist: "
                             "expected tar files, e.g. wds:data/shard-{000..009}.tar")
