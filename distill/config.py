@@ -28,7 +28,9 @@ from distill.losses.patch_distill_loss import PATCH_TOKENS
 from distill.losses.prototype_targets import CENTERINGS
 from distill.losses.target_norm import KINDS as TARGET_NORMS
 from distill.losses.token_distance import DISTANCES
+from students.build import student_patch_size
 from students.zoo import STUDENTS
+from teachers.timm_vision import is_timm_name
 from common.atomic import write_atomic
 from common.errors import UserError
 
@@ -44,12 +46,14 @@ class TeacherConfig:
 
 @dataclass
 class StudentConfig:
-    name: str = "tipsv2-micro"  # a `students` registry name
+    name: str = "tipsv2-micro"  # a `students` registry name, or timm:NAME (any timm image model)
     image_size: int = 64
     init: str | None = None  # a TIPSv2 checkpoint of the same shape to start from (anything the teacher layer reads)
     text_init: str | None = None  # a TIPSv2 checkpoint whose text tower (same width) and tokenizer the student reuses
     tokenizer: str | None = None  # tokenizer dir / hub id for the student's text tower; default: init's, else the teacher's
     head: Literal["linear", "mlp"] = "linear"  # projection heads to the teacher width
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)  # timm:NAME only: timm.create_model keywords
+    feature_stride: int | None = None  # timm:NAME only: the feature level's stride (null: the last level)
 
 
 @dataclass
@@ -350,8 +354,11 @@ def validate(recipe: Recipe) -> Recipe:
     for i, s in enumerate([recipe.student, *recipe.students]):
         key = "student" if i == 0 else f"students[{i - 1}]"
         _check(s.image_size > 0, f"{key}.image_size", "a positive int", s.image_size)
-        _check(s.name in STUDENTS, f"{key}.name", f"one of {', '.join(STUDENTS)}", s.name)
-        patch = STUDENTS[s.name].config.vision_config.patch_size
+        _check(s.name in STUDENTS or is_timm_name(s.name), f"{key}.name",
+               f"one of {', '.join(STUDENTS)} or timm:NAME", s.name)
+        _check(is_timm_name(s.name) or not (s.timm_kwargs or s.feature_stride), f"{key}.timm_kwargs/feature_stride",
+               "none for a zoo student (they configure timm:NAME students)", s.name)
+        patch = student_patch_size(s.name, s.timm_kwargs, s.feature_stride)
         _check(s.image_size % patch == 0, f"{key}.image_size", f"a multiple of {s.name}'s patch size {patch}",
                s.image_size)
     for i, s in enumerate(recipe.students):
@@ -401,7 +408,8 @@ def validate(recipe: Recipe) -> Recipe:
 
 def _validate_phases(recipe: Recipe) -> None:
     previous = 0
-    patch = STUDENTS[recipe.student.name].config.vision_config.patch_size
+    s = recipe.student
+    patch = student_patch_size(s.name, s.timm_kwargs, s.feature_stride)
     for i, phase in enumerate(recipe.train.resolution_phases):
         key = f"train.resolution_phases[{i}]"
         _check(previous < phase.from_step < recipe.train.max_steps, f"{key}.from_step",

@@ -36,7 +36,6 @@ from distill.tasks.pretrain_task import PretrainTask
 from distill.train import latest_usable_checkpoint, prune_checkpoints
 from distill.train import METRICS, Progress, Run, checkpoints, load_checkpoint, save_exports, train_loop, truncate_metrics
 from students import Student, build_student
-from students.zoo import STUDENTS
 from students.export import export_student
 from teachers import load_teacher, teacher_dtype
 from common.errors import UserError, writing
@@ -165,7 +164,8 @@ def _caption_tokenizer(targets, task: torch.nn.Module):
 def _student(recipe: Recipe, s: StudentConfig, *, teacher_width: int | None, text: bool, tokenizer):
     student = build_student(s.name, teacher_width=teacher_width, text=text, init=s.init, text_init=s.text_init,
                             image_size=s.image_size, tokenizer=tokenizer if text else None, head=s.head,
-                            gradient_checkpointing=recipe.train.gradient_checkpointing)
+                            gradient_checkpointing=recipe.train.gradient_checkpointing, timm_kwargs=s.timm_kwargs,
+                            feature_stride=s.feature_stride)
     if text and student.tokenizer is None:
         raise UserError("the student's text tower needs a tokenizer: set student.tokenizer=DIR, student.init / "
                         "student.text_init, or use a teacher (or cache) with a tokenizer")
@@ -202,9 +202,9 @@ def _target_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastiv
     return OnlineTargets(teacher, recipe.teacher.spec or type(teacher).__name__, text=text_tower)
 
 
-def build_student_patch_size(recipe: Recipe) -> int:
+def build_student_patch_size(task: torch.nn.Module) -> int:
     """The students' patch size (one for all: they share the crop and the mask)."""
-    return STUDENTS[recipe.student.name].config.vision_config.patch_size
+    return next(module for module in task.modules() if isinstance(module, Student)).patch_size
 
 
 def _draws(recipe: Recipe, patch_size: int, contrastive: bool) -> Draws:
@@ -326,7 +326,7 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None,
         desc = "distill"
     if contrastive and accelerator.is_main_process:
         check_captions(dataset, _caption_tokenizer(targets, task))
-    patch_size = build_student_patch_size(recipe)
+    patch_size = build_student_patch_size(task)
     draws = _draws(recipe, patch_size, contrastive)
     task.to(accelerator.device)
     if recipe.train.compile:

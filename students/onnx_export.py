@@ -113,9 +113,9 @@ def _vision_axes(outputs: tuple[str, ...]) -> dict:
 
 
 def _vision_cases(student: Student) -> list[tuple[torch.Tensor]]:
-    size, patch = student.image_size, student.patch_size
+    size, step = student.image_size, student.input_multiple
     generator = torch.Generator().manual_seed(0)
-    shapes = [(1, size, size), (3, size, size), (2, size + 2 * patch, max(patch, size // 2 // patch * patch))]
+    shapes = [(1, size, size), (3, size, size), (2, size + 2 * step, max(step, size // 2 // step * step))]
     return [(torch.rand(b, 3, h, w, generator=generator),) for b, h, w in shapes]
 
 
