@@ -84,6 +84,14 @@ def test_the_main_job_bench_runs_the_job_in_fresh_processes(tmp_path):
     assert set(result["moved_by_threads"]["2 vs 1 threads"]) == {"teacher", "student"}
 
 
+@pytest.mark.slow
+def test_the_convnet_student_bench_scores_both_students_against_the_teacher(tmp_path):
+    result = bench("convnet_student", tmp_path)
+    assert set(result["models"]) == {"pico", "convnet", "teacher"} and result["quick"]
+    assert set(result["bootstrap"]["differences"]) == {"convnet - pico", "teacher - pico"}
+    assert result["cost"]["convnet"]["vision_params"] > result["cost"]["pico"]["vision_params"] > 0
+
+
 def test_the_alignment_bench_reports_each_class(tmp_path):
     out = tmp_path / "alignment.json"
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "alignment.py"), "--model", "teacher=micro",

@@ -162,3 +162,24 @@ def test_bad_timm_students_are_refused_before_anything_is_written(overrides, wor
 def test_a_timm_model_without_spatial_features_is_refused(flat_model):
     with pytest.raises(UserError, match="has no spatial features"):
         build_student(f"timm:{flat_model}", text=False, image_size=32)
+
+
+def test_a_timm_student_trains_beside_a_zoo_student_on_one_mask_grid():
+    from distill.config import ContrastiveConfig, LossConfig
+    from distill.targets import OnlineTargets
+    from distill.tasks.distill_task import DistillTask
+    from distill.tasks.multi_student import MultiStudentTask
+    from test_cache_build import tiny_teacher
+
+    teacher = tiny_teacher()
+    loss = LossConfig(distance="cosine", mask_ratio=0.3, contrastive=ContrastiveConfig(kind="none"))
+    students = {"nano": build_student("tipsv2-nano", teacher_width=teacher.width, text=False, image_size=32),
+                "convnet": _build(CONVNET, teacher_width=teacher.width)}
+    pair = MultiStudentTask({name: DistillTask(s, loss, teacher_width=teacher.width, contrastive=False)
+                             for name, s in students.items()})
+    pixels, mask = torch.rand(2, 3, 32, 32), torch.zeros(2, 16, dtype=torch.bool)
+    mask[:, :4] = True
+    batch = {"pixels": pixels, "teacher_pixels": pixels, "mask": mask}
+    out = pair(batch, OnlineTargets(teacher, "tiny")(batch))
+    out.loss.backward()
+    assert {"nano/loss", "convnet/loss"} <= set(out.parts) and students["convnet"].mask_token.grad.abs().sum() > 0
