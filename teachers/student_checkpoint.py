@@ -2,8 +2,9 @@
 saved with `save_pretrained`).
 
 `student.json` holds everything needed to rebuild the modules (both towers' configs, or for a `timm:NAME`
-student its `timm` section: name, keywords, feature stride, image size; the head kind and teacher width) and free-form metadata (recipe, teacher fingerprint, evaluation) that exports carry into
-model cards. The teacher layer reads the towers (a student is a TIPSv2 encoder like any other); the
+student its `timm` section: name, keywords, feature stride, image size; the head kind and teacher width) and
+free-form metadata (recipe, teacher fingerprint, evaluation) that exports carry into model cards. The teacher
+layer reads the towers (a student is a TIPSv2 encoder like any other, a timm student a vision-only one); the
 `students` package writes the format and adds the projection heads. Loading never unpickles:
 safetensors and JSON only.
 """

@@ -3,9 +3,9 @@
 Spec: `timm:NAME[,checkpoint=PATH][,KEY=VALUE...]`; extra KEY=VALUE pairs go to `timm.create_model`
 (e.g. `img_size=224`). A `tipsdistill export --format timm` folder loads by its path alone: its
 `timm_config.json` holds the name, the keywords and the data config; the export of a `timm:NAME` student
-(any timm image model) also holds its token layout and CLS maps and loads as that student's vision tower. The checkpoint goes through timm's own `checkpoint_filter_fn`, so a timm state
-dict, a DINOv2/official-layout vision state dict and the multimodal TIPSv2 checkpoint
-(`vision_encoder.*`) all load; files are read as safetensors or `torch.load(weights_only=True)`.
+(any timm image model) also holds its token layout and CLS maps and loads as that student's vision tower. The
+checkpoint goes through timm's own `checkpoint_filter_fn`, so a timm state dict, a DINOv2/official-layout vision
+state dict and the multimodal TIPSv2 checkpoint (`vision_encoder.*`) all load; files are read as safetensors or `torch.load(weights_only=True)`.
 At sizes other than the native one timm resamples position embeddings itself (bicubic), where
 transformers' TIPSv2 uses bilinear: tokens then differ slightly between the two sources.
 """
