@@ -19,15 +19,15 @@ __all__ = ["MANIFEST", "WEIGHTS", "is_student_dir", "load_student"]
 def load_student(directory: str | os.PathLike) -> Student:
     checkpoint = read_student_checkpoint(directory)
     manifest, state = checkpoint.manifest, checkpoint.state
-    timm = isinstance(checkpoint.vision, TimmVision)
+    is_timm = isinstance(checkpoint.vision, TimmVision)
     heads = None
     if manifest.get("teacher_width") is not None:
         try:
-            width = checkpoint.vision.width if timm else checkpoint.vision.config.hidden_size
+            width = checkpoint.vision.width if is_timm else checkpoint.vision.config.hidden_size
             heads = ProjectionHeads(width, manifest["teacher_width"], manifest["head_kind"])
         except (KeyError, TypeError) as exc:
             raise UserError(f"{Path(directory) / MANIFEST} describes no valid student ({exc})") from None
-    if timm:
+    if is_timm:
         student = TimmStudent(manifest["name"], checkpoint.vision, heads, metadata=manifest.get("metadata"))
     else:
         student = Student(manifest["name"], checkpoint.vision, checkpoint.text, heads, tokenizer=checkpoint.tokenizer,

@@ -82,6 +82,11 @@ class Student(nn.Module):
         return self.patch_size
 
     @property
+    def fixed_size(self) -> bool:
+        """Whether the tower takes its own `image_size` only (TIPSv2 resamples its position embeddings: no)."""
+        return False
+
+    @property
     def num_registers(self) -> int:
         return self.vision.config.num_register_tokens
 

@@ -50,7 +50,8 @@ class TimmStudent(Student):
     patch_size = property(lambda self: self.vision.patch_size)
     image_size = property(lambda self: self.vision.image_size)
     num_registers = property(lambda self: 1)  # CLS2, as TIPSv2's register
-    input_multiple = property(lambda self: self.vision.model.feature_info[-1]["reduction"])  # the deepest stage
+    input_multiple = property(lambda self: self.vision.input_multiple)
+    fixed_size = property(lambda self: self.vision.fixed_size)
     fingerprint = property(lambda self: self.vision.fingerprint)
 
     def image_tokens(self, pixels: torch.Tensor, bool_masked_pos: torch.Tensor | None = None,

@@ -96,7 +96,9 @@ class TimmVision(nn.Module):
         cfg = self.model.pretrained_cfg
         self.register_buffer("mean", torch.tensor(cfg.get("mean", (0.0,) * 3)).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.get("std", (1.0,) * 3)).view(1, 3, 1, 1), persistent=False)
+        self.input_multiple = self.model.feature_info[-1]["reduction"]  # the deepest stage's: the whole net runs
         self.width, pooled = self._probe()
+        self.fixed_size = not self._runs_at(size=image_size + self.input_multiple)
         self.cls1 = nn.Linear(pooled, self.width)
         self.cls2 = nn.Linear(pooled, self.width)
 
@@ -106,21 +108,34 @@ class TimmVision(nn.Module):
         if size % stride:
             raise UserError(f"student.image_size {size} is not a multiple of timm:{self.name}'s feature stride "
                             f"{stride}")
-        mode = self.model.training
         try:
-            with torch.no_grad():
-                dense, pooled = self._features(torch.zeros(1, 3, size, size), self.model.eval())
+            dense, pooled = self._dry_run(size)
         except (RuntimeError, AssertionError, ValueError) as err:
             first = (str(err).splitlines() or [type(err).__name__])[0]
             raise UserError(f"timm:{self.name} cannot take {size} px images ({first}); expected its input size "
                             f"{self.model.pretrained_cfg.get('input_size', '?')[-1]} or timm_kwargs that fit "
                             f"(e.g. img_size: {size} for a ViT)") from None
-        finally:
-            self.model.train(mode)
         if dense.ndim != 4 or tuple(dense.shape[-2:]) != (size // stride, size // stride):
             raise UserError(f"timm:{self.name} gives features of shape {tuple(dense.shape)} at level {self.level}; "
                             f"expected a {size // stride}x{size // stride} map for stride {stride}")
         return dense.shape[1], pooled.shape[-1]
+
+    def _dry_run(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One eval-mode forward of a blank image (batch-norm statistics untouched, no randomness drawn)."""
+        mode = self.model.training
+        try:
+            with torch.no_grad():
+                return self._features(torch.zeros(1, 3, size, size), self.model.eval())
+        finally:
+            self.model.train(mode)
+
+    def _runs_at(self, size: int) -> bool:
+        """Whether the model takes another size than its own (a ViT without dynamic_img_size does not)."""
+        try:
+            self._dry_run(size)
+        except (RuntimeError, AssertionError, ValueError):
+            return False
+        return True
 
     def _features(self, pixels: torch.Tensor, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         x = (pixels - self.mean.to(pixels.dtype)) / self.std.to(pixels.dtype)
@@ -133,6 +148,9 @@ class TimmVision(nn.Module):
         if h % self.patch_size or w % self.patch_size:
             raise UserError(f"image size {h}x{w} is not a multiple of timm:{self.name}'s feature stride "
                             f"{self.patch_size}")
+        if self.fixed_size and (h, w) != (self.image_size, self.image_size):
+            raise UserError(f"image size {h}x{w}: timm:{self.name} takes {self.image_size}x{self.image_size} only; "
+                            "expected that size, or timm_kwargs dynamic_img_size: true for a ViT")
         dense, pooled = self._features(pixels, self.model)
         return ImageTokens(self.cls1(pooled), self.cls2(pooled)[:, None], dense.permute(0, 2, 3, 1))
 

@@ -63,6 +63,20 @@ def test_a_timm_student_gives_tipsv2_tokens_and_masks_in_pixel_space(arch):
     assert student.mask_token.grad is not None and student.mask_token.grad.abs().sum() > 0
 
 
+def test_a_timm_vit_takes_other_sizes_with_dynamic_img_size_and_exports_them_to_onnx(tmp_path):
+    fixed = _build(VIT)
+    with pytest.raises(UserError, match="takes 32x32 only; expected that size, or timm_kwargs dynamic_img_size"):
+        fixed(torch.rand(1, 3, 48, 48))
+    dynamic = _build({**VIT, "timm_kwargs": {**VIT["timm_kwargs"], "dynamic_img_size": True}}, teacher_width=48)
+    assert fixed.fixed_size and not dynamic.fixed_size
+    dynamic.save(tmp_path / "vit")
+    # timm resamples the position embeddings with antialiased bicubic, which the export maps to ONNX's Resize.
+    assert main(["export", str(tmp_path / "vit"), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
+    pixels = torch.rand(2, 3, 48, 24)
+    got = load_teacher(f"onnx:{tmp_path / 'onnx'}").encode_image(pixels)
+    assert (got.patches - load_student(tmp_path / "vit").encode_image(pixels).patches).abs().max() <= 1e-4
+
+
 @pytest.fixture(scope="module")
 def run(tiny_tipsv2_dir, tmp_path_factory):
     """A tiny convnet distilled 4 steps, and the same run stopped at 2 and resumed."""
