@@ -196,6 +196,9 @@ def _quantize_int8(path: Path) -> None:
 def _graph(out: Path, name: str, module: nn.Module, inputs: tuple, outputs: tuple, axes: dict,
            cases: list, quantize: str | None) -> str:
     """Export one graph, quantise it on request, and check it against PyTorch; returns the parity note."""
+    # The exporter restores the wrapper's mode after tracing, and with it the student's: a wrapper left in
+    # training mode would give the parity reference batch-norm batch statistics (timm convnets).
+    module.eval()
     _trace(module, cases[-1], out / name, inputs, outputs, axes)  # the largest case: batch > 1, padded text
     if quantize:
         _quantize_int8(out / name)

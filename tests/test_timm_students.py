@@ -77,6 +77,16 @@ def test_a_timm_vit_takes_other_sizes_with_dynamic_img_size_and_exports_them_to_
     assert (got.patches - load_student(tmp_path / "vit").encode_image(pixels).patches).abs().max() <= 1e-4
 
 
+def test_a_batch_norm_convnet_exports_to_onnx_with_its_running_statistics(tmp_path):
+    student = _build({"name": "timm:mobilenetv3_small_050", "feature_stride": 8}, teacher_width=48)
+    student(torch.rand(4, 3, 32, 32))  # a training-mode forward moves the running statistics off their init
+    student.save(tmp_path / "bn")
+    assert main(["export", str(tmp_path / "bn"), "--format", "onnx", "--out", str(tmp_path / "onnx")]) == 0
+    pixels = torch.rand(2, 3, 32, 32)
+    got = load_teacher(f"onnx:{tmp_path / 'onnx'}").encode_image(pixels)
+    assert (got.patches - load_student(tmp_path / "bn").eval().encode_image(pixels).patches).abs().max() <= 1e-4
+
+
 @pytest.fixture(scope="module")
 def run(tiny_tipsv2_dir, tmp_path_factory):
     """A tiny convnet distilled 4 steps, and the same run stopped at 2 and resumed."""
