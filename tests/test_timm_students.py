@@ -207,3 +207,20 @@ def test_a_timm_student_trains_beside_a_zoo_student_on_one_mask_grid():
     out = pair(batch, OnlineTargets(teacher, "tiny")(batch))
     out.loss.backward()
     assert {"nano/loss", "convnet/loss"} <= set(out.parts) and students["convnet"].mask_token.grad.abs().sum() > 0
+
+
+def test_init_reads_a_local_timm_weights_file_and_refuses_one_of_another_shape(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    source = timm.create_model("convnext_atto", **CONVNET["timm_kwargs"])  # with its classifier, as released
+    save_file(source.state_dict(), tmp_path / "weights.safetensors")
+    student = _build(CONVNET, init=str(tmp_path / "weights.safetensors"))
+    mine = student.vision.model.state_dict()
+    assert all(torch.equal(mine[k], v) for k, v in source.state_dict().items() if not k.startswith("head.fc"))
+    assert student.metadata["init"]["spec"] == str(tmp_path / "weights.safetensors")
+    wider = {**CONVNET, "timm_kwargs": {**CONVNET["timm_kwargs"], "dims": [8, 16, 24, 40]}}
+    with pytest.raises(UserError, match=r"^timm could not build convnext_atto .* from .*weights.safetensors \("):
+        _build(wider, init=str(tmp_path / "weights.safetensors"))
+    with pytest.raises(UserError, match="no such weights file"):
+        _build(CONVNET, init=str(tmp_path / "missing.safetensors"))
