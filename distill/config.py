@@ -64,12 +64,16 @@ class TeacherConfig:
 
 @dataclass
 class StudentConfig:
-    name: str = "tipsv2-micro"  # a `students` registry name
+    name: str = "tipsv2-micro"  # a `students` registry name, or timm:NAME (any timm image model)
     image_size: int = 64
-    init: str | None = None  # a TIPSv2 checkpoint of the same shape to start from (anything the teacher layer reads)
+    # A TIPSv2 checkpoint of the same shape to start from (anything the teacher layer reads); timm:NAME: a local
+    # weights file for the timm model.
+    init: str | None = None
     text_init: str | None = None  # a TIPSv2 checkpoint whose text tower (same width) and tokenizer the student reuses
     tokenizer: str | None = None  # tokenizer dir / hub id for the student's text tower; default: init's, else the teacher's
     head: Literal["linear", "mlp"] = "linear"  # projection heads to the teacher width
+    timm_kwargs: dict[str, Any] = field(default_factory=dict)  # timm:NAME only: timm.create_model keywords
+    feature_stride: int | None = None  # timm:NAME only: the feature level's stride (null: the last level)
 
 
 @dataclass

@@ -7,8 +7,10 @@ naming the key.
 """
 from __future__ import annotations
 
-from distill.config import Recipe, require
+from distill.config import Recipe, StudentConfig, require
+from students.build import student_patch_size
 from students.zoo import STUDENTS
+from teachers.timm_vision import is_timm_name
 
 
 def check_rules(recipe: Recipe) -> Recipe:
@@ -22,15 +24,19 @@ def check_rules(recipe: Recipe) -> Recipe:
     return recipe
 
 
-def patch_size(name: str) -> int:
-    return STUDENTS[name].config.vision_config.patch_size
+def patch_size(s: StudentConfig) -> int:
+    """A zoo student's patch size, a timm student's feature stride (timm builds it on the meta device to tell)."""
+    return student_patch_size(s.name, s.timm_kwargs, s.feature_stride)
 
 
 def _student_names(recipe: Recipe) -> None:
     for i, s in enumerate([recipe.student, *recipe.students]):
         key = "student" if i == 0 else f"students[{i - 1}]"
-        require(s.name in STUDENTS, f"{key}.name", f"one of {', '.join(STUDENTS)}", s.name)
-        patch = patch_size(s.name)
+        require(s.name in STUDENTS or is_timm_name(s.name), f"{key}.name",
+                f"one of {', '.join(STUDENTS)} or timm:NAME", s.name)
+        require(is_timm_name(s.name) or not (s.timm_kwargs or s.feature_stride), f"{key}.timm_kwargs/feature_stride",
+                "none for a zoo student (they configure timm:NAME students)", s.name)
+        patch = patch_size(s)
         require(s.image_size % patch == 0, f"{key}.image_size", f"a multiple of {s.name}'s patch size {patch}",
                 s.image_size)
 
@@ -46,8 +52,8 @@ def _students(recipe: Recipe) -> None:
                 "a student not listed before it (each is trained and saved under its name)", s.name)
         require(s.image_size == first.image_size, f"students[{i}].image_size",
                 f"students[0].image_size ({first.image_size}): the students share one crop", s.image_size)
-        require(patch_size(s.name) == patch_size(first.name), f"students[{i}].name",
-                f"a student with {first.name}'s patch size {patch_size(first.name)}: the students share one mask",
+        require(patch_size(s) == patch_size(first), f"students[{i}].name",
+                f"a student with {first.name}'s patch size {patch_size(first)}: the students share one mask",
                 s.name)
         require(s.tokenizer == first.tokenizer, f"students[{i}].tokenizer",
                 f"students[0].tokenizer ({first.tokenizer}): one tokenizer reads the captions", s.tokenizer)
@@ -79,7 +85,7 @@ def _cache(recipe: Recipe) -> None:
 def _phases(recipe: Recipe) -> None:
     previous = 0
     name = recipe.run_students[0].name
-    patch = patch_size(name)
+    patch = patch_size(recipe.run_students[0])
     for i, phase in enumerate(recipe.train.resolution_phases):
         key = f"train.resolution_phases[{i}]"
         require(previous < phase.from_step < recipe.train.max_steps, f"{key}.from_step",

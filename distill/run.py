@@ -27,7 +27,7 @@ from distill.caption_check import check_captions
 from distill.config import Recipe, flat_recipe
 from distill.data import CAPTION_KEYS, CropConfig, Draws, MaskConfig, build_dataset, make_dataloader
 from distill.data.loader import Augment
-from distill.recipe_rules import check_rules, patch_size
+from distill.recipe_rules import check_rules
 from distill.targets import CachedTargets, OnlineTargets
 from distill.tasks import TrainingTask
 from distill.tasks.distill_task import DistillTask
@@ -175,9 +175,6 @@ def _target_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastiv
     return OnlineTargets(teacher, recipe.teacher.spec or type(teacher).__name__, text=text_tower)
 
 
-def build_student_patch_size(recipe: Recipe) -> int:
-    """The students' patch size (one for all: they share the crop and the mask; `distill.recipe_rules`)."""
-    return patch_size(recipe.run_students[0].name)
 
 
 def _draws(recipe: Recipe, patch_size: int, contrastive: bool) -> Draws:
@@ -248,7 +245,7 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None,
         # The frozen teacher's text tower reads the captions when the contrastive term uses it, else the student's.
         check_captions(dataset, targets.teacher.tokenizer if targets is not None and targets.text
                        else task.students()[0].tokenizer)
-    patch_size = build_student_patch_size(recipe)
+    patch_size = task.students()[0].patch_size  # one for all: one crop, one mask
     draws = _draws(recipe, patch_size, contrastive)
     task.to(accelerator.device)
     if recipe.train.compile:

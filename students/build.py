@@ -8,9 +8,11 @@ from transformers.initialization import no_init_weights
 
 from students.heads import ProjectionHeads
 from students.model import Student
+from students.timm_student import build_timm_student
 from students.zoo import get_arch
 from teachers import load_teacher
 from teachers.student_checkpoint import check_state_dict
+from teachers.timm_vision import is_timm_name, timm_patch_size
 from common.errors import UserError
 
 
@@ -26,8 +28,11 @@ def build_student(
     tokenizer=None,
     head: str = "linear",
     gradient_checkpointing: bool = False,
+    timm_kwargs: dict | None = None,
+    feature_stride: int | None = None,
 ) -> Student:
-    """Build a zoo student.
+    """Build a zoo student, or a `timm:NAME` one (`students.timm_student`: `init` is then a local timm weights
+    file, `timm_kwargs` go to `timm.create_model`, `feature_stride` picks the feature level, default the last).
 
     init:       a teacher spec (hub id, save_pretrained dir, official .npz, student dir) whose TIPSv2
                 towers have exactly this architecture's shapes (the vocabulary may differ); its vision
@@ -40,6 +45,12 @@ def build_student(
     image_size: the native resolution (position-embedding grid); defaults to the zoo entry's.
     head:       "linear" or "mlp" projection heads, built when `teacher_width` is given.
     """
+    if is_timm_name(name):
+        return build_timm_student(name, teacher_width=teacher_width, text=text, init=init, text_init=text_init,
+                                  image_size=image_size, head=head, timm_kwargs=timm_kwargs,
+                                  feature_stride=feature_stride, gradient_checkpointing=gradient_checkpointing)
+    if timm_kwargs or feature_stride is not None:
+        raise UserError(f"timm_kwargs / feature_stride are for timm:NAME students; {name} is a zoo student")
     arch = get_arch(name)
     if tokenizer is not None:
         if vocab_size is not None and vocab_size != len(tokenizer):
@@ -115,3 +126,10 @@ def _copy_tower(target, source, what: str, spec: str) -> None:
                         f"{what} has {target.config.num_attention_heads}")
     check_state_dict(target, source.state_dict(), f"init checkpoint {spec!r}", what)
     target.load_state_dict(source.state_dict())
+
+
+def student_patch_size(name: str, timm_kwargs: dict | None = None, feature_stride: int | None = None) -> int:
+    """The patch size (a timm student: feature stride) a student of this name has, without building it."""
+    if is_timm_name(name):
+        return timm_patch_size(name, timm_kwargs or {}, feature_stride)
+    return get_arch(name).config.vision_config.patch_size

@@ -8,8 +8,10 @@ from pathlib import Path
 
 from students.heads import ProjectionHeads
 from students.model import Student
+from students.timm_student import TimmStudent
 from teachers.student_checkpoint import MANIFEST, WEIGHTS, check_state_dict, is_student_dir, read_student_checkpoint
 from common.errors import UserError
+from teachers.timm_vision import TimmVision
 
 __all__ = ["MANIFEST", "WEIGHTS", "is_student_dir", "load_student"]
 
@@ -17,15 +19,19 @@ __all__ = ["MANIFEST", "WEIGHTS", "is_student_dir", "load_student"]
 def load_student(directory: str | os.PathLike) -> Student:
     checkpoint = read_student_checkpoint(directory)
     manifest, state = checkpoint.manifest, checkpoint.state
+    is_timm = isinstance(checkpoint.vision, TimmVision)
     heads = None
     if manifest.get("teacher_width") is not None:
         try:
-            heads = ProjectionHeads(checkpoint.vision.config.hidden_size, manifest["teacher_width"],
-                                    manifest["head_kind"])
+            width = checkpoint.vision.width if is_timm else checkpoint.vision.config.hidden_size
+            heads = ProjectionHeads(width, manifest["teacher_width"], manifest["head_kind"])
         except (KeyError, TypeError) as exc:
             raise UserError(f"{Path(directory) / MANIFEST} describes no valid student ({exc})") from None
-    student = Student(manifest["name"], checkpoint.vision, checkpoint.text, heads, tokenizer=checkpoint.tokenizer,
-                      metadata=manifest.get("metadata"))
+    if is_timm:
+        student = TimmStudent(manifest["name"], checkpoint.vision, heads, metadata=manifest.get("metadata"))
+    else:
+        student = Student(manifest["name"], checkpoint.vision, checkpoint.text, heads, tokenizer=checkpoint.tokenizer,
+                          metadata=manifest.get("metadata"))
     check_state_dict(student, state, str(Path(directory) / WEIGHTS), f"student {manifest['name']!r} in {MANIFEST}")
     student.load_state_dict(state)
     return student

@@ -26,9 +26,11 @@ from students.heads import ProjectionHeads
 from students.model import Student
 from students.model_card import model_card
 from students.onnx_export import QUANTIZATIONS, export_onnx
+from students.timm_student import FORMATS as TIMM_STUDENT_FORMATS, TimmStudent
 from students.zoo import get_arch
 from common.errors import UserError
 from teachers.sources.timm_source import EXPORT_MANIFEST as TIMM_MANIFEST, EXPORT_WEIGHTS as TIMM_WEIGHTS
+from teachers.timm_vision import EXPORT_TOKENS as TIMM_TOKENS
 from teachers.official_npz import HEADS_FILE, official_from_tipsv2, write_npz
 
 FORMATS = ("hf", "timm", "npz", "onnx")
@@ -68,6 +70,10 @@ def export_student(
         # --overwrite would replace the checkpoint along with --out.
         raise UserError(f"--out {out} is or holds the checkpoint {checkpoint}; expected a directory outside it")
     student = load_student(checkpoint)
+    timm_student = isinstance(student, TimmStudent)
+    if timm_student and fmt not in TIMM_STUDENT_FORMATS:
+        raise UserError(f"--format {fmt}: {checkpoint} is a {student.name} student, not a TIPSv2 backbone; expected "
+                        f"--format {' or '.join(TIMM_STUDENT_FORMATS)}")
     if with_heads and student.heads is None:
         raise UserError(f"--with-heads: {checkpoint} has no projection heads (built without teacher_width)")
     student.eval()
@@ -75,7 +81,7 @@ def export_student(
         if fmt == "onnx":  # the heads go into its vision graphs (and beside them, as in every format)
             notes = export_onnx(student, tmp, list(evaluation), with_heads=with_heads, quantize=quantize)
         else:
-            notes = _EXPORTERS[fmt](student, tmp, list(evaluation))
+            notes = (_export_timm_student if timm_student else _EXPORTERS[fmt])(student, tmp, list(evaluation))
         if with_heads:
             _write_heads(student.heads, tmp)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
@@ -153,6 +159,26 @@ def _export_timm(student: Student, out: Path, evaluation: list[str]) -> list[str
              "tokens = model.forward_features(transform(image)[None])  # [CLS1, register, patches]")
     _write_card(student, out, evaluation, "timm", usage)
     return ["timm holds the vision tower only; the text tower is not exported in this format"] if student.text else []
+
+
+def _export_timm_student(student: TimmStudent, out: Path, evaluation: list[str]) -> list[str]:
+    """The timm model's own state dict (no classifier) loads with `timm.create_model(..., checkpoint_path=...)`;
+    the CLS maps and the feature level, which timm's model does not hold, go beside it."""
+    state = {k: v.detach().contiguous() for k, v in student.vision.state_dict().items()}
+    save_file({k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}, out / TIMM_WEIGHTS)
+    save_file({k: v for k, v in state.items() if not k.startswith("model.")}, out / TIMM_TOKENS)
+    (out / TIMM_MANIFEST).write_text(json.dumps(student.vision.timm_manifest(), indent=2))
+    level = student.vision.level
+    usage = (f"import json, timm\ncfg = json.load(open('DIR/{TIMM_MANIFEST}'))\n"
+             f"model = timm.create_model(cfg['model_name'], pretrained=False, checkpoint_path='DIR/{TIMM_WEIGHTS}',\n"
+             "                          pretrained_cfg_overlay=cfg['pretrained_cfg'], **cfg['kwargs'])\n"
+             "transform = timm.data.create_transform(**timm.data.resolve_data_config(model=model))\n"
+             "image = load_image(path)  # see Input above: transparency on white, as in training\n"
+             f"final, (patches,) = model.forward_intermediates(transform(image)[None], indices=[{level}], norm=True)\n"
+             f"pooled = model.forward_head(final, pre_logits=True)  # CLS1/CLS2 maps: {TIMM_TOKENS}\n"
+             "# or, with tipsdistill: teachers.load_teacher('DIR').encode_image(pixels)")
+    _write_card(student, out, evaluation, "timm", usage)
+    return []
 
 
 def _export_npz(student: Student, out: Path, evaluation: list[str]) -> list[str]:

@@ -77,6 +77,16 @@ class Student(nn.Module):
         return self.vision.config.image_size
 
     @property
+    def input_multiple(self) -> int:
+        """What image sides must be multiples of for the whole network to run (a ViT: its patch size)."""
+        return self.patch_size
+
+    @property
+    def fixed_size(self) -> bool:
+        """Whether the tower takes its own `image_size` only (TIPSv2 resamples its position embeddings: no)."""
+        return False
+
+    @property
     def num_registers(self) -> int:
         return self.vision.config.num_register_tokens
 
@@ -166,6 +176,20 @@ class Student(nn.Module):
             state["temperature"] = self.temperature.detach()
         return state
 
+    def architecture(self) -> dict[str, Any]:
+        """The towers' configs, as `student.json` records them."""
+        return {"vision_config": self.vision.config.to_dict(),
+                "text_config": None if self.text is None else self.text.config.to_dict()}
+
+    def vision_summary(self) -> str:
+        """The vision tower in a sentence, for model cards."""
+        v = self.vision.config
+        return (f"width {v.hidden_size}, depth {v.num_hidden_layers}, {v.num_attention_heads} heads, patch "
+                f"{v.patch_size}, {v.image_size} px, 1 register")
+
+    def input_summary(self) -> str:
+        return "Input: RGB in [0, 1], no mean/std normalisation. Tokens: [CLS1, register (CLS2), patches]."
+
     def save(self, directory: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
         """Atomic: the directory appears complete or not at all (`teachers.student_checkpoint` format).
         Replaces an earlier student checkpoint at the same path (training saves repeatedly), never any other
@@ -174,9 +198,7 @@ class Student(nn.Module):
         if directory.is_dir() and any(directory.iterdir()) and not is_student_dir(directory):
             raise UserError(f"{directory} is a non-empty directory that is not a student checkpoint; not overwriting it")
         manifest = {
-            "format": FORMAT, "version": VERSION, "name": self.name,
-            "vision_config": self.vision.config.to_dict(),
-            "text_config": None if self.text is None else self.text.config.to_dict(),
+            "format": FORMAT, "version": VERSION, "name": self.name, **self.architecture(),
             "teacher_width": self.teacher_width, "head_kind": self.head_kind,
             "metadata": {**self.metadata, **(metadata or {})},
         }

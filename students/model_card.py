@@ -54,14 +54,12 @@ def _teacher(metadata: dict[str, Any]) -> str | None:
 
 def model_card(student: Student, evaluation: list[str], fmt: str, usage: str) -> str:
     """`evaluation`: markdown sections, one per evaluation report."""
-    v = student.vision.config
     meta = student.metadata
     lines = [
         "---", "library_name: " + (fmt if fmt in ("transformers", "timm", "onnx") else "tips"),
         "license: apache-2.0", "tags: [tipsv2, tipsdistill, distillation, vision-language]", "---", "",
         f"# {student.name} (tipsdistill student, {fmt} format)", "",
-        f"A TIPSv2 student distilled with tipsdistill. Vision: width {v.hidden_size}, depth {v.num_hidden_layers}, "
-        f"{v.num_attention_heads} heads, patch {v.patch_size}, {v.image_size} px, 1 register "
+        f"A TIPSv2 student distilled with tipsdistill. Vision: {student.vision_summary()} "
         f"({_params(student.vision)} parameters).",
     ]
     if student.text is not None:
@@ -69,7 +67,7 @@ def model_card(student: Student, evaluation: list[str], fmt: str, usage: str) ->
         lines.append(f"Text: width {t.hidden_size}, depth {t.num_hidden_layers}, {t.num_attention_heads} heads, "
                      f"vocabulary {t.vocab_size} ({_params(student.text)} parameters); "
                      f"temperature {float(student.temperature.detach()):.6g}.")
-    lines += ["Input: RGB in [0, 1], no mean/std normalisation. Tokens: [CLS1, register (CLS2), patches].",
+    lines += [student.input_summary(),
               "Training composited transparent images (RGBA, LA, P) on white after EXIF rotation; "
               "`.convert('RGB')` alone puts black there, so read images as training did:", "",
               "```python", RGB_AS_TRAINED, "```", ""]

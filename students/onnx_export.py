@@ -26,6 +26,7 @@ import json
 import warnings
 from collections.abc import Callable
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -74,24 +75,30 @@ class _TextGraph(nn.Module):
         return self.student.text_features(input_ids, attention_mask)
 
 
-def _resize_antialias(g, pixels, output_size, align_corners, scale_factors):
-    """ONNX symbolic for aten::_upsample_bilinear2d_aa (size given, align_corners=False: what transformers calls)."""
+def _resize_antialias(g, pixels, output_size, align_corners, scale_factors, mode="linear"):
+    """ONNX symbolic for aten::_upsample_{bilinear,bicubic}2d_aa (size given, align_corners=False: what transformers
+    and timm call). torch's antialiased bicubic is PIL's, cubic coefficient -0.5 (ONNX's default: -0.75)."""
     start, stop = g.op("Constant", value_t=torch.tensor([0])), g.op("Constant", value_t=torch.tensor([2]))
     leading = g.op("Slice", g.op("Shape", pixels), start, stop)  # batch, channels
     sizes = g.op("Concat", leading, g.op("Cast", output_size, to_i=7), axis_i=0)  # 7: INT64
     empty = g.op("Constant", value_t=torch.tensor([], dtype=torch.float32))
     return g.op("Resize", pixels, empty, empty, sizes, antialias_i=1, exclude_outside_i=1,
-                coordinate_transformation_mode_s="half_pixel", mode_s="linear")
+                coordinate_transformation_mode_s="half_pixel", mode_s=mode, cubic_coeff_a_f=-0.5)
+
+
+# transformers' TIPSv2 resamples position embeddings bilinearly, timm's ViTs (dynamic_img_size) bicubically.
+_ANTIALIASED = {"aten::_upsample_bilinear2d_aa": "linear", "aten::_upsample_bicubic2d_aa": "cubic"}
 
 
 @contextmanager
 def _antialias_symbolic():
-    name = "aten::_upsample_bilinear2d_aa"
-    torch.onnx.register_custom_op_symbolic(name, _resize_antialias, OPSET)
+    for name, mode in _ANTIALIASED.items():
+        torch.onnx.register_custom_op_symbolic(name, partial(_resize_antialias, mode=mode), OPSET)
     try:
         yield
     finally:
-        torch.onnx.unregister_custom_op_symbolic(name, OPSET)
+        for name in _ANTIALIASED:
+            torch.onnx.unregister_custom_op_symbolic(name, OPSET)
 
 
 def _trace(module: nn.Module, example: tuple, path: Path, inputs: tuple, outputs: tuple, axes: dict) -> None:
@@ -113,9 +120,11 @@ def _vision_axes(outputs: tuple[str, ...]) -> dict:
 
 
 def _vision_cases(student: Student) -> list[tuple[torch.Tensor]]:
-    size, patch = student.image_size, student.patch_size
+    size, step = student.image_size, student.input_multiple
     generator = torch.Generator().manual_seed(0)
-    shapes = [(1, size, size), (3, size, size), (2, size + 2 * patch, max(patch, size // 2 // patch * patch))]
+    shapes = [(1, size, size), (3, size, size), (2, size + 2 * step, max(step, size // 2 // step * step))]
+    if student.fixed_size:  # e.g. a timm ViT without dynamic_img_size: no other resolution to check
+        shapes = shapes[:2]
     return [(torch.rand(b, 3, h, w, generator=generator),) for b, h, w in shapes]
 
 
@@ -187,6 +196,9 @@ def _quantize_int8(path: Path) -> None:
 def _graph(out: Path, name: str, module: nn.Module, inputs: tuple, outputs: tuple, axes: dict,
            cases: list, quantize: str | None) -> str:
     """Export one graph, quantise it on request, and check it against PyTorch; returns the parity note."""
+    # The exporter restores the wrapper's mode after tracing, and with it the student's: a wrapper left in
+    # training mode would give the parity reference batch-norm batch statistics (timm convnets).
+    module.eval()
     _trace(module, cases[-1], out / name, inputs, outputs, axes)  # the largest case: batch > 1, padded text
     if quantize:
         _quantize_int8(out / name)

@@ -1,9 +1,10 @@
 """The tipsdistill student checkpoint format, read side: `model.safetensors` + `student.json` (+ the tokenizer
 saved with `save_pretrained`).
 
-`student.json` holds everything needed to rebuild the modules (both towers' configs, the head kind and
-teacher width) and free-form metadata (recipe, teacher fingerprint, evaluation) that exports carry into
-model cards. The teacher layer reads the towers (a student is a TIPSv2 encoder like any other); the
+`student.json` holds everything needed to rebuild the modules (both towers' configs, or for a `timm:NAME`
+student its `timm` section: name, keywords, feature stride, image size; the head kind and teacher width) and
+free-form metadata (recipe, teacher fingerprint, evaluation) that exports carry into model cards. The teacher
+layer reads the towers (a student is a TIPSv2 encoder like any other, a timm student a vision-only one); the
 `students` package writes the format and adds the projection heads. Loading never unpickles:
 safetensors and JSON only.
 """
@@ -22,6 +23,7 @@ from torch import nn
 from transformers import Tipsv2TextConfig, Tipsv2TextModel, Tipsv2VisionConfig, Tipsv2VisionModel
 from transformers.initialization import no_init_weights
 
+from teachers.timm_vision import TimmVision
 from teachers.tokenizer import load_tokenizer
 from common.errors import UserError
 
@@ -35,7 +37,7 @@ MANIFEST = "student.json"
 class StudentCheckpoint:
     manifest: dict[str, Any]
     state: dict[str, torch.Tensor]  # every tensor of the checkpoint: vision.*, text.*, temperature, heads.*
-    vision: Tipsv2VisionModel  # loaded
+    vision: Tipsv2VisionModel | TimmVision  # loaded
     text: Tipsv2TextModel | None  # loaded
     tokenizer: object | None
 
@@ -99,7 +101,8 @@ def read_student_checkpoint(directory: str | os.PathLike) -> StudentCheckpoint:
     source, name = str(directory / WEIGHTS), f"student {manifest.get('name')!r} in {MANIFEST}"
     try:
         with no_init_weights():  # every weight is overwritten below; random init is slow at B/L/SO sizes
-            vision = Tipsv2VisionModel(Tipsv2VisionConfig.from_dict(manifest["vision_config"]))
+            vision = (TimmVision.from_description(manifest["timm"], str(directory / MANIFEST)) if manifest.get("timm")
+                      else Tipsv2VisionModel(Tipsv2VisionConfig.from_dict(manifest["vision_config"])))
             text = (None if manifest["text_config"] is None
                     else Tipsv2TextModel(Tipsv2TextConfig.from_dict(manifest["text_config"])))
     except (KeyError, TypeError, ValueError) as exc:

@@ -28,7 +28,8 @@ def student_tokenizer(s: StudentConfig, fallback, dataset, pretraining: bool):
 def make_student(recipe: Recipe, s: StudentConfig, *, teacher_width: int | None, text: bool, tokenizer):
     student = build_student(s.name, teacher_width=teacher_width, text=text, init=s.init, text_init=s.text_init,
                             image_size=s.image_size, tokenizer=tokenizer if text else None, head=s.head,
-                            gradient_checkpointing=recipe.train.gradient_checkpointing)
+                            gradient_checkpointing=recipe.train.gradient_checkpointing, timm_kwargs=s.timm_kwargs,
+                            feature_stride=s.feature_stride)
     if text and student.tokenizer is None:
         raise UserError("the student's text tower needs a tokenizer: set student.tokenizer=DIR, student.init / "
                         "student.text_init, or use a teacher (or cache) with a tokenizer")

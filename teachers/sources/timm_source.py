@@ -2,9 +2,10 @@
 
 Spec: `timm:NAME[,checkpoint=PATH][,KEY=VALUE...]`; extra KEY=VALUE pairs go to `timm.create_model`
 (e.g. `img_size=224`). A `tipsdistill export --format timm` folder loads by its path alone: its
-`timm_config.json` holds the name, the keywords and the data config. The checkpoint goes through timm's own `checkpoint_filter_fn`, so a timm state
-dict, a DINOv2/official-layout vision state dict and the multimodal TIPSv2 checkpoint
-(`vision_encoder.*`) all load; files are read as safetensors or `torch.load(weights_only=True)`.
+`timm_config.json` holds the name, the keywords and the data config; the export of a `timm:NAME` student
+(any timm image model) also holds its token layout and CLS maps and loads as that student's vision tower. The
+checkpoint goes through timm's own `checkpoint_filter_fn`, so a timm state dict, a DINOv2/official-layout vision
+state dict and the multimodal TIPSv2 checkpoint (`vision_encoder.*`) all load; files are read as safetensors or `torch.load(weights_only=True)`.
 At sizes other than the native one timm resamples position embeddings itself (bicubic), where
 transformers' TIPSv2 uses bilinear: tokens then differ slightly between the two sources.
 """
@@ -22,6 +23,8 @@ from timm.models import VisionTransformer
 from teachers.base import Teacher
 from common.errors import UserError
 from teachers.fingerprint import fingerprint
+from teachers.student_checkpoint import check_state_dict, read_weights
+from teachers.timm_vision import EXPORT_KEY, EXPORT_TOKENS, TimmVision, TimmVisionTeacher
 from teachers.tipsv2_tokens import split_tokens
 from common.types import ImageTokens
 
@@ -93,13 +96,28 @@ def load(name: str, *, checkpoint: str | None = None, **model_kwargs) -> TimmTea
     return TimmTeacher(model, name)
 
 
-def load_export(directory: Path, **options) -> TimmTeacher:
+def load_export(directory: Path, **options) -> Teacher:
     """A timm export folder: the architecture keywords and data config come from its manifest (options win)."""
     try:
         manifest = json.loads((directory / EXPORT_MANIFEST).read_text())
-        name, kwargs, overlay = manifest["model_name"], dict(manifest["kwargs"]), dict(manifest["pretrained_cfg"])
+        student = manifest.get(EXPORT_KEY)  # a timm student's export: its tokens need its CLS maps and feature level
+        if student is None:
+            name, kwargs = manifest["model_name"], dict(manifest["kwargs"])
+            overlay = dict(manifest["pretrained_cfg"])
     except (ValueError, KeyError, TypeError) as err:
         raise UserError(f"{directory / EXPORT_MANIFEST}: not a timm export manifest ({err!r}); expected the "
                         f"model_name, kwargs and pretrained_cfg that `tipsdistill export --format timm` writes") from None
+    if student is not None:
+        return _timm_student_export(directory, student)
     options = {**kwargs, "pretrained_cfg_overlay": overlay, **options}
     return load(name, checkpoint=str(directory / EXPORT_WEIGHTS), **options)
+
+
+def _timm_student_export(directory: Path, description: dict) -> TimmVisionTeacher:
+    """The timm weights plus the CLS maps beside them, as the student's vision tower."""
+    vision = TimmVision.from_description(description, str(directory / EXPORT_MANIFEST))
+    state = {f"model.{k}": v for k, v in read_weights(directory / EXPORT_WEIGHTS).items()}
+    state.update(read_weights(directory / EXPORT_TOKENS))
+    check_state_dict(vision, state, str(directory), f"timm:{vision.name}")
+    vision.load_state_dict(state)
+    return TimmVisionTeacher(vision)
