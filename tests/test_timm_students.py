@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from distill.cli import main
-from distill.config import load_recipe
+from distill.recipe_loader import load_recipe
 from distill.eval import evaluate
 from distill.eval.models import TEACHER_SPACE
 from distill.run import run_training
