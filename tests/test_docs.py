@@ -1,0 +1,114 @@
+"""The docs site builds without a dead link or anchor, the README stays a five-minute read, and every table of
+figures in the pages shows what the committed result it quotes holds (`bench/results/`), so a table that drifts from
+its report fails here. The Quickstart's table is checked by tests/test_main_job.py."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+README_LIMIT = 20_000  # bytes: pitch, install, Quickstart, headline results, links; the reference lives in docs/
+
+
+def test_the_docs_site_builds_strict(tmp_path):
+    # cwd: the snippets that bring the README's pitch and Quickstart into docs/index.md are read from the root
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert 'id="quickstart"' in (tmp_path / "site" / "index.html").read_text()  # the README's, brought in
+
+
+def test_the_readme_stays_short():
+    assert len((ROOT / "README.md").read_bytes()) < README_LIMIT
+
+
+# ------------------------------------------------------------------ tables against their results
+
+
+def table(page: str, header: str) -> list[list[str]]:
+    """The body rows (cells, markup kept) of the one table on `page` whose header line is `header`."""
+    text = (ROOT / page).read_text()
+    assert text.count(header + "\n") == 1, f"{page}: no single table {header}"
+    lines = text[text.index(header + "\n"):].split("\n\n")[0].splitlines()[2:]
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
+
+
+def shown(text: str, *values: float) -> bool:
+    """`text` shows `values`, in order, each as its own number rounded to the decimals printed."""
+    numbers = NUMBER.findall(text)
+    return len(numbers) == len(values) and all(
+        abs(float(number) - value) <= 0.5 * 10 ** -len((number.split(".") + [""])[1]) + 1e-9
+        for number, value in zip(numbers, values))
+
+
+def result(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def test_the_scenes_probe_tables_show_their_reports():
+    seg, depth = result("scenes_probes/linear-seg.json"), result("scenes_probes/depth.json")
+    rows = table("docs/evaluation.md", "| linear-seg | teacher | student | | depth (linear bins) | teacher | student "
+                                       "| train-mean baseline |")
+    assert len(rows) == 4
+    for seg_metric, *seg_cells, _, depth_label, teacher, student, baseline in rows:
+        for model, cell in zip(("teacher", "student"), seg_cells):
+            assert shown(cell, seg["models"][model][seg_metric]), (seg_metric, model, cell)
+        metric = depth_label.split()[0]  # "rmse (m)"
+        for model, cell in (("teacher", teacher), ("student", student)):
+            assert shown(cell, depth["models"][model][metric]), (metric, model, cell)
+        assert shown(baseline, depth["baselines"][f"train_mean_{metric}"]), (metric, baseline)
+
+
+def test_the_teacher_curve_table_shows_its_result():
+    curve = result("teacher_curve.json")
+    rows = table("docs/pretraining.md", "| teacher steps | validation mIoU [95 % bootstrap] | things mIoU | pixel acc |")
+    points = {point["steps"]: point for point in curve["points"]}
+    assert sorted(int(row[0]) for row in rows) == sorted(points)
+    for steps, miou, things, pixel_acc in rows:
+        point = points[int(steps)]
+        assert shown(miou, point["teacher"]["miou"], *point["teacher_miou_ci95"]), (steps, miou)
+        assert shown(things, point["teacher"]["things_miou"]) and shown(pixel_acc, point["teacher"]["pixel_acc"])
+        assert ("**" in miou) == (point["steps"] == curve["chosen_steps"])  # bold: the step count chosen
+
+
+LAB_OTHER = {"pixel acc": "pixel_acc", "text-to-image R@1": "t2i_r1"}
+
+
+def test_the_lab_table_shows_the_committed_claims():
+    claims = {}
+    for claim in result("ablation.json")["claims"]:
+        claims.setdefault(claim["claim"], {})[claim["metric"]] = claim
+    rows = table("docs/lab.md", "| comparison | mIoU | things mIoU | other | paper's claim | verdict (Holm) |")
+    assert len(rows) == len(claims)
+    for label, miou, things, other, _, verdict in rows:
+        name = re.sub(r"\s*\(.*\)$", "", label.replace("**", ""))  # "iBOT++ vs iBOT (masked tokens)"
+        cells = {"miou": miou, "things_miou": things}
+        if other:
+            other_label, other_cell = re.fullmatch(r"(.*?) (\**[-+].*)", other).groups()
+            cells[LAB_OTHER[other_label]] = other_cell
+        for metric, cell in cells.items():
+            claim = claims[name][metric]
+            assert shown(cell, claim["mean"], *claim["ci95"]), (name, metric, cell)
+        reproduced = any(claim["verdict"].startswith("reproduced") for claim in claims[name].values())
+        assert verdict.startswith("reproduced") == reproduced, (name, verdict)
+
+
+def test_the_cpu_performance_table_shows_its_result():
+    measured = result("throughput.json")
+    bold = [" ".join(re.findall(r"\*\*(.*?)\*\*", row[1]))
+            for row in table("docs/performance.md", "| measurement | result | goal |")]
+    expected = [[100 * measured["step_overhead"]], [measured["cached_step_over_student_step"]],
+                [measured["cache_speedup"]], [measured["loader_images_per_cpu_s"]],
+                [measured["cache"]["memory"]["peak_over_weights_and_state"]],
+                [measured["lightly_train"]["lightly_median_cpu_s_per_batch"],
+                 measured["lightly_train"]["tipsdistill_median_cpu_s_per_batch"]]]
+    assert len(bold) == len(expected)
+    for cell, values in zip(bold, expected):
+        assert shown(cell, *values), (cell, values)
