@@ -112,3 +112,53 @@ def test_the_cpu_performance_table_shows_its_result():
     assert len(bold) == len(expected)
     for cell, values in zip(bold, expected):
         assert shown(cell, *values), (cell, values)
+
+
+# ------------------------------------------------------------------ figures in the text, against their results
+
+
+def prose(page: str) -> str:
+    """A page's text with its line breaks undone, so a figure's sentence reads as one line."""
+    return " ".join((ROOT / page).read_text().split())
+
+
+def test_the_alignment_figures_show_their_result():
+    models, classes = result("alignment.json")["models"], result("alignment.json")["setup"]["classes"]
+    teacher, student, text = models["teacher"], models["student"], prose("docs/default.md")
+    between = [row[j] for i, row in enumerate(teacher["text_text_cosine"]) for j in range(len(row)) if i != j]
+    assert f"are {min(between):.2f}-{max(between):.2f} (mean {sum(between) / len(between):.3f})" in text
+
+    def closer(name: str) -> float:  # how much nearer its patches sit to another class's prompt than to their own
+        i = classes.index(name)
+        row = teacher["patch_text_cosine"][i]
+        return max(value for j, value in enumerate(row) if j != i) - row[i]
+
+    assert (f"sit {closer('red'):.2f} closer to another class's prompt than to \"red\" (yellow {closer('yellow'):.2f},"
+            f" blue {closer('blue'):.2f})") in text
+    accuracy = teacher["patch_accuracy_per_class"]
+    assert (f"(patch accuracy {accuracy['red']:.0%}, blue {accuracy['blue']:.0%}, green {accuracy['green']:.0%})"
+            .replace("%", " %")) in text and accuracy["yellow"] == 0  # "red and yellow ... never labelled right"
+    right = student["patch_accuracy_per_class"]  # "labels red and yellow patches right every time, misses green, blue"
+    assert (right["red"], right["yellow"], right["green"], right["blue"]) == (1, 1, 0, 0)
+    assert student["text_text_cosine"] == teacher["text_text_cosine"]  # "reading the *same* text embeddings"
+
+
+LAB_ARMS = {"teacher": "teacher", "all tokens": "all_tokens", "masked tokens": "masked_tokens", "CLS only": "cls_only",
+            "no contrastive": "no_contrastive", "cosine": "cosine"}
+
+
+def test_the_lab_arm_means_and_ema_cost_show_their_result():
+    lab, text = result("ablation.json"), prose("docs/lab.md")
+    arms = lab["arms"]
+    sentence = text[text.index("Arm means"):].split(". ")[0]
+    for words, arm in LAB_ARMS.items():
+        miou = arms[arm]["miou"]
+        shows = f"{words} {miou['mean']:.1f}" + ("" if arm == "teacher" else f" ± {miou['std']:.1f}")
+        assert shows in sentence, shows
+    heads, full = lab["ema_cost"]["heads"], lab["ema_cost"]["full"]
+    assert (f"keeps {heads['ema_params']:,} EMA parameters against {full['ema_params']:,} for full EMA "
+            f"({1 - heads['ema_params'] / full['ema_params']:.0%} fewer), the same {heads['trainable_params']:,} "
+            f"trainable ones, full EMA steps {lab['ema_cost']['full_over_heads_step_time']:.2f}x slower"
+            ).replace("%", " %") in text
+    [beat] = [claim for claim in lab["claims"] if claim["claim"] == "student vs its teacher" and claim["metric"] == "miou"]
+    assert f"(+{min(beat['differences']):.1f} to +{max(beat['differences']):.1f} mIoU per seed)" in text
