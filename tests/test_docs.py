@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
@@ -112,6 +114,31 @@ def test_the_cpu_performance_table_shows_its_result():
     assert len(bold) == len(expected)
     for cell, values in zip(bold, expected):
         assert shown(cell, *values), (cell, values)
+    overhead, cache = measured["overhead"], measured["cache"]
+    memory = cache["memory"]
+    for pair in (f"{overhead['toolkit_cpu_s_per_step']:.2f} vs {overhead['bare_cpu_s_per_step']:.2f} CPU-s/step",
+                 f"{cache['cached_epoch2_images_per_cpu_s']:.2f} vs {cache['online_epoch2_images_per_cpu_s']:.2f} "
+                 "images/CPU-s",
+                 f"{memory['step_peak_rss_gib']:.2f} vs "
+                 f"{memory['teacher_weights_gib'] + memory['student_train_state_gib']:.2f} GiB"):
+        assert pair in prose("docs/performance.md"), pair
+
+
+def test_the_recipe_compute_table_shows_the_recipes():
+    """The real-scale rows quote each recipe's `compute` section (tests/test_recipes.py checks it against the
+    formula of distill/compute.py)."""
+    fields = ("teacher_gflops_per_image", "student_gflops_per_image", "train_gflops_per_image",
+              "gpu_hours_per_100m_samples")
+    rows = table("docs/training.md", "| recipe | student | teacher | px | batch x steps | contrastive | teacher "
+                                     "GFLOPs/img | student GFLOPs/img | train GFLOPs/img | H100 GPU-h / 100M samples* |")
+    checked = 0
+    for name, *_, teacher, student, train, hours in rows:
+        compute = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text()).get("compute")
+        if compute:  # the micro recipe runs on a CPU and records none
+            for field, cell in zip(fields, (teacher, student, train, hours)):
+                assert shown(cell, compute[field]), (name, field, cell)
+            checked += 1
+    assert checked == 3
 
 
 # ------------------------------------------------------------------ figures in the text, against their results
