@@ -18,6 +18,16 @@ NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 README_LIMIT = 20_000  # bytes: pitch, install, Quickstart, headline results, links; the reference lives in docs/
 
 
+def pages() -> list[str]:
+    """README.md, then the docs pages in the order of the site's navigation: the order a reader follows."""
+    def flat(nav) -> list[str]:
+        entries = [entry if isinstance(entry, (str, list)) else next(iter(entry.values())) for entry in nav]
+        return [page for entry in entries for page in (flat(entry) if isinstance(entry, list) else [entry])]
+
+    site = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    return ["README.md"] + [f"{site['docs_dir']}/{page}" for page in flat(site["nav"])]
+
+
 def test_the_docs_site_builds_strict(tmp_path):
     # cwd: the snippets that bring the README's pitch and Quickstart into docs/index.md are read from the root
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
@@ -70,7 +80,8 @@ def test_the_scenes_probe_tables_show_their_reports():
 
 def test_the_teacher_curve_table_shows_its_result():
     curve = result("teacher_curve.json")
-    rows = table("docs/pretraining.md", "| teacher steps | validation mIoU [95 % bootstrap] | things mIoU | pixel acc |")
+    rows = table("docs/pretraining.md",
+                 "| teacher steps | validation mIoU [95 % bootstrap] | things mIoU | pixel acc |")
     points = {point["steps"]: point for point in curve["points"]}
     assert sorted(int(row[0]) for row in rows) == sorted(points)
     for steps, miou, things, pixel_acc in rows:
@@ -129,8 +140,9 @@ def test_the_recipe_compute_table_shows_the_recipes():
     formula of distill/compute.py)."""
     fields = ("teacher_gflops_per_image", "student_gflops_per_image", "train_gflops_per_image",
               "gpu_hours_per_100m_samples")
-    rows = table("docs/training.md", "| recipe | student | teacher | px | batch x steps | contrastive | teacher "
-                                     "GFLOPs/img | student GFLOPs/img | train GFLOPs/img | H100 GPU-h / 100M samples* |")
+    rows = table("docs/training.md",
+                 "| recipe | student | teacher | px | batch x steps | contrastive | teacher GFLOPs/img "
+                 "| student GFLOPs/img | train GFLOPs/img | H100 GPU-h / 100M samples* |")
     checked = 0
     for name, *_, teacher, student, train, hours in rows:
         compute = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text()).get("compute")
@@ -187,5 +199,13 @@ def test_the_lab_arm_means_and_ema_cost_show_their_result():
             f"({1 - heads['ema_params'] / full['ema_params']:.0%} fewer), the same {heads['trainable_params']:,} "
             f"trainable ones, full EMA steps {lab['ema_cost']['full_over_heads_step_time']:.2f}x slower"
             ).replace("%", " %") in text
-    [beat] = [claim for claim in lab["claims"] if claim["claim"] == "student vs its teacher" and claim["metric"] == "miou"]
+    [beat] = [claim for claim in lab["claims"]
+              if claim["claim"] == "student vs its teacher" and claim["metric"] == "miou"]
     assert f"(+{min(beat['differences']):.1f} to +{max(beat['differences']):.1f} mIoU per seed)" in text
+
+
+def test_the_readme_links_every_page():
+    """The README is the way in: every page of the site's navigation is one link away."""
+    readme = (ROOT / "README.md").read_text()
+    for page in pages()[1:]:
+        assert f"]({page})" in readme or page.endswith("index.md"), page

@@ -66,8 +66,9 @@ def test_the_readme_quickstart_intervals_and_baselines_show_the_committed_figure
     moved = RESULT["moved_by_threads"]["1 vs 2 threads"]["student"]["miou"]
     assert f"one thread instead of two moves its mIoU by {moved:.2f}" in text
     cost = HEADLINE["cost"]
-    assert (f"{cost['teacher']['vision_params'] / cost['student']['vision_params']:.1f}x fewer vision parameters" in text
-            and f"{cost['teacher']['gflops_per_image'] / cost['student']['gflops_per_image']:.1f}x fewer FLOPs" in text)
+    teacher, student = cost["teacher"], cost["student"]
+    assert f"{teacher['vision_params'] / student['vision_params']:.1f}x fewer vision parameters" in text
+    assert f"{teacher['gflops_per_image'] / student['gflops_per_image']:.1f}x fewer FLOPs" in text
     assert (f"{HEADLINE['wall_s']:.0f} s wall on {HEADLINE['threads']} idle cores, "
             f"{HEADLINE['peak_rss_mib'] / 1024:.1f} GB peak memory") in text
 

@@ -1,8 +1,9 @@
 """Every command and code block of the README and of the docs pages runs as written, in order, on micro data.
 
 The order is the README's, then the pages' in the navigation of `mkdocs.yml`. The blocks share one working directory,
-as a user following the README and then the docs would: outputs of earlier blocks feed later ones, across pages. It holds tiny stand-ins in the real layouts: `google/tipsv2-*` directories (local directories win over hub
-ids), `runs/b14/student`, `photos/`, `models/` captioners and `data/` datasets (ADE20K, VOC, NYUv2, class folders).
+as a user following the README and then the docs would: outputs of earlier blocks feed later ones, across pages. It
+holds tiny stand-ins in the real layouts: `google/tipsv2-*` directories (local directories win over hub ids),
+`runs/b14/student`, `photos/`, `models/` captioners and `data/` datasets (ADE20K, VOC, NYUv2, class folders).
 A block marked `<!-- readme: skip REASON -->` is reported as skipped with its reason (only the network, a GPU, the
 test command itself, or replacing the installed package); `<!-- readme: with ARGS -->` appends ARGS (recipe
 overrides, `--iterations N`) to each `tipsdistill` command of its block, to keep the runs short. `pip install` steps
@@ -21,24 +22,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from PIL import Image
 
 from distill.cli import main
+from test_docs import pages
 
 ROOT = Path(__file__).resolve().parent.parent
 FENCE = re.compile(r"^```(\w*)\s*$")
 DIRECTIVE = re.compile(r"^<!-- readme: (skip|with) (.*?) -->$")
-
-
-def pages() -> list[str]:
-    """README.md, then the docs pages in the order of the site's navigation: the order a reader follows."""
-    def flat(nav) -> list[str]:
-        entries = [entry if isinstance(entry, (str, list)) else next(iter(entry.values())) for entry in nav]
-        return [page for entry in entries for page in (flat(entry) if isinstance(entry, list) else [entry])]
-
-    site = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
-    return ["README.md"] + [f"{site['docs_dir']}/{page}" for page in flat(site["nav"])]
 
 
 def page_blocks(page: str) -> list[tuple[str, int, str, str, tuple[str, str] | None]]:
