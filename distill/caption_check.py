@@ -31,7 +31,7 @@ MOSTLY = 0.5  # share of captions cut at max_length, or of tokens that are <unk>
 # reads hold (~4-5 characters per token); a tenth of the sampled short captions beyond it makes a warning.
 ALT_TEXT_CHARS = 300
 # `build_tokenizer`'s vocabulary for one's own captions: about their distinct words (a few hundred captioned images
-# hold a few thousand), so most words stay whole; the README gives the same figure.
+# hold a few thousand), so most words stay whole; docs/data.md gives the same figure.
 ADVISED_VOCAB_SIZE = 4096
 LONG_ALT_TEXT_SHARE = 0.1
 
@@ -102,6 +102,6 @@ def check_captions(dataset, tokenizer) -> None:
         log.warning("the text tokenizer (%d pieces, %d tokens max) fits the captions of the first %d items poorly: "
                     "%s. Use a tokenizer whose vocabulary covers these captions (a released TIPSv2 teacher's 32k "
                     "SentencePiece, or build_tokenizer(captions, vocab_size=%d) from teachers.tokenizer saved to DIR, "
-                    "with student.tokenizer=DIR loss.contrastive.text_tower=student; README: Training data)",
+                    "with student.tokenizer=DIR loss.contrastive.text_tower=student; docs/data.md)",
                     len(tokenizer), max_length, len(items),
                     " | ".join(problems), ADVISED_VOCAB_SIZE)

@@ -70,12 +70,12 @@ def _prose_captions(items: int) -> list[dict[str, str]]:
             for i in range(items)]
 
 
-def test_the_readme_tokenizer_advice_is_quiet_on_real_captions(tmp_path, caplog):
+def test_the_docs_tokenizer_advice_is_quiet_on_real_captions(tmp_path, caplog):
     from distill.caption_check import ADVISED_VOCAB_SIZE
     from distill.data.scenes import caption_corpus
 
-    [advised] = re.findall(r"build_tokenizer\(captions, vocab_size=(\d+)\)", (ROOT / "README.md").read_text())
-    assert int(advised) == ADVISED_VOCAB_SIZE  # the README and the warning give the same advice
+    [advised] = re.findall(r"build_tokenizer\(captions, vocab_size=(\d+)\)", (ROOT / "docs" / "data.md").read_text())
+    assert int(advised) == ADVISED_VOCAB_SIZE  # the docs (Training data) and the warning give the same advice
     items = _prose_captions(300)
     captions = [text for item in items for text in item.values()]
     assert len({word.lower() for text in captions for word in text.split()}) > 800

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from test_docs import shown, table
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULT = json.loads((ROOT / "bench" / "results" / "main_job.json").read_text())
@@ -32,22 +32,45 @@ def student_tolerance() -> float:
     return 0.05 if machine() == RESULT["machine"] else 2.0
 
 
-def quickstart_table() -> dict[str, tuple[float, float]]:
-    text = (ROOT / "README.md").read_text()
-    table = text[text.index("| metric | teacher | student |"):].split("\n\n")[0]
-    rows = {}
-    for line in table.splitlines()[2:]:
-        cells = [c.strip().strip("*") for c in line.strip("|").split("|")]
-        if re.fullmatch(r"[\d.]+", cells[1]):
-            rows[cells[0]] = (float(cells[1]), float(cells[2]))
-    return rows
+def quickstart_table() -> dict[str, list[str]]:
+    """The Quickstart's rows: metric -> the teacher's and the student's cells, as printed."""
+    return {label: cells for label, *cells in table("README.md", "| metric | teacher | student |")}
+
+
+# The cost rows: each model's `cost` entry, in the unit the row names.
+COST_ROWS = {"vision params (M)": ("vision_params", 1e-6), "GFLOPs/image @64": ("gflops_per_image", 1),
+             "images/s @batch 8": ("images_per_s", 1)}
 
 
 def test_the_readme_quickstart_shows_the_committed_figures():
     rows = quickstart_table()
     for metric in ("miou", "pixel_acc", "things_miou", "things_pixel_acc"):
-        assert rows[metric] == pytest.approx((HEADLINE["models"]["teacher"][metric],
-                                              HEADLINE["models"]["student"][metric]), abs=0.005)
+        for name, cell in zip(("teacher", "student"), rows[metric]):
+            assert shown(cell, HEADLINE["models"][name][metric]), (metric, name, cell)
+    for row, (key, unit) in COST_ROWS.items():
+        for name, cell in zip(("teacher", "student"), rows[row]):
+            assert shown(cell, HEADLINE["cost"][name][key] * unit), (row, name, cell)
+
+
+def test_the_readme_quickstart_intervals_and_baselines_show_the_committed_figures():
+    text = " ".join((ROOT / "README.md").read_text().split())
+    differences, baselines = HEADLINE["bootstrap"]["differences"]["student - teacher"], HEADLINE["baselines"]
+
+    def interval(metric: str) -> str:
+        low, high = differences[metric]["ci95"]
+        return f"{differences[metric]['difference']:+.2f} [{low:+.2f}, {high:+.2f}]"
+
+    assert f"mIoU **{interval('miou')}**, things mIoU {interval('things_miou')}" in text
+    assert (f"majority class ({baselines['majority_class']}) everywhere {baselines['majority_class_miou']:.2f} mIoU, "
+            f"per-image majority oracle {baselines['per_image_majority_miou']:.2f}") in text
+    moved = RESULT["moved_by_threads"]["1 vs 2 threads"]["student"]["miou"]
+    assert f"one thread instead of two moves its mIoU by {moved:.2f}" in text
+    cost = HEADLINE["cost"]
+    teacher, student = cost["teacher"], cost["student"]
+    assert f"{teacher['vision_params'] / student['vision_params']:.1f}x fewer vision parameters" in text
+    assert f"{teacher['gflops_per_image'] / student['gflops_per_image']:.1f}x fewer FLOPs" in text
+    assert (f"{HEADLINE['wall_s']:.0f} s wall on {HEADLINE['threads']} idle cores, "
+            f"{HEADLINE['peak_rss_mib'] / 1024:.1f} GB peak memory") in text
 
 
 @pytest.mark.slow

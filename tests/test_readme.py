@@ -1,8 +1,9 @@
-"""Every command and code block of the README runs as written, in order, on micro data.
+"""Every command and code block of the README and of the docs pages runs as written, in order, on micro data.
 
-The blocks share one working directory, as a user following the README would: outputs of earlier blocks feed later
-ones. It holds tiny stand-ins in the real layouts: `google/tipsv2-*` directories (local directories win over hub
-ids), `runs/b14/student`, `photos/`, `models/` captioners and `data/` datasets (ADE20K, VOC, NYUv2, class folders).
+The order is the README's, then the pages' in the navigation of `mkdocs.yml`. The blocks share one working directory,
+as a user following the README and then the docs would: outputs of earlier blocks feed later ones, across pages. It
+holds tiny stand-ins in the real layouts: `google/tipsv2-*` directories (local directories win over hub ids),
+`runs/b14/student`, `photos/`, `models/` captioners and `data/` datasets (ADE20K, VOC, NYUv2, class folders).
 A block marked `<!-- readme: skip REASON -->` is reported as skipped with its reason (only the network, a GPU, the
 test command itself, or replacing the installed package); `<!-- readme: with ARGS -->` appends ARGS (recipe
 overrides, `--iterations N`) to each `tipsdistill` command of its block, to keep the runs short. `pip install` steps
@@ -24,15 +25,16 @@ import torch
 from PIL import Image
 
 from distill.cli import main
+from test_docs import pages
 
 ROOT = Path(__file__).resolve().parent.parent
 FENCE = re.compile(r"^```(\w*)\s*$")
 DIRECTIVE = re.compile(r"^<!-- readme: (skip|with) (.*?) -->$")
 
 
-def readme_blocks() -> list[tuple[int, str, str, tuple[str, str] | None]]:
-    """(line, language, code, directive) of every ```bash / ```python block, in order."""
-    lines, blocks, i = (ROOT / "README.md").read_text().splitlines(), [], 0
+def page_blocks(page: str) -> list[tuple[str, int, str, str, tuple[str, str] | None]]:
+    """(page, line, language, code, directive) of every ```bash / ```python block of one page, in order."""
+    lines, blocks, i = (ROOT / page).read_text().splitlines(), [], 0
     while i < len(lines):
         fence = FENCE.match(lines[i])
         if not fence:
@@ -46,7 +48,7 @@ def readme_blocks() -> list[tuple[int, str, str, tuple[str, str] | None]]:
             i += 1
         i += 1
         if language in ("bash", "python"):
-            blocks.append((start + 1, language, "\n".join(body), _directive(lines, start)))
+            blocks.append((page, start + 1, language, "\n".join(body), _directive(lines, start)))
     return blocks
 
 
@@ -114,7 +116,7 @@ def _voc(root: Path) -> None:
 
 @pytest.fixture(scope="module")
 def home(tmp_path_factory, tiny_tokenizer):
-    """The README's world, built once: everything its commands name that no earlier block creates."""
+    """The README's and the docs' world, built once: everything their commands name that no block creates."""
     from students import build_student
     from test_caption import build_florence2, build_paligemma
     from test_eval_depth import _labeled_mat
@@ -186,25 +188,25 @@ def run_bash(script: str, extra: list[str]) -> None:
     assert done.returncode == 0, f"{script}\n{done.stderr[-3000:]}"
 
 
-BLOCKS = readme_blocks()
+BLOCKS = [block for page in pages() for block in page_blocks(page)]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("block", BLOCKS, ids=[f"README line {line}" for line, *_ in BLOCKS])
+@pytest.mark.parametrize("block", BLOCKS, ids=[f"{page} line {line}" for page, line, *_ in BLOCKS])
 def test_readme_block_runs_as_written(block, home):
-    line, language, code, directive = block
+    page, line, language, code, directive = block
     if directive and directive[0] == "skip":
         pytest.skip(directive[1])
     extra = shlex.split(directive[1]) if directive and directive[0] == "with" else []
     with cwd(home):
         if language == "python":
-            exec(compile(code, f"<README line {line}>", "exec"), {"__name__": "__main__"})
+            exec(compile(code, f"<{page} line {line}>", "exec"), {"__name__": "__main__"})
         else:
             run_block(code, extra)
 
 
 def test_every_skip_names_a_reason_the_rules_allow():
     allowed = ("GPU", "network", "test command itself", "packaged teacher")
-    for line, _, _, directive in BLOCKS:
+    for page, line, _, _, directive in BLOCKS:
         if directive and directive[0] == "skip":
-            assert any(word in directive[1] for word in allowed), f"README line {line}: {directive[1]}"
+            assert any(word in directive[1] for word in allowed), f"{page} line {line}: {directive[1]}"

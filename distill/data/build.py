@@ -19,7 +19,7 @@ SOURCES = {
 
 def build_dataset(spec: str, **options):
     """A map-style dataset of `Sample`s (or, for `wds:`, an IterableDataset of them), checked to hold
-    at least one usable image. `options` go to the source's constructor (see README); an option set
+    at least one usable image. `options` go to the source's constructor (see docs/data.md); an option set
     to None or {} counts as not given, so a recipe's unset fields fit every source."""
     options = {key: value for key, value in options.items() if value is not None and value != {}}
     kind, argument = parse_spec(str(spec))

@@ -1,0 +1,211 @@
+"""The docs site builds without a dead link or anchor, the README stays a five-minute read, and every table of
+figures in the pages shows what the committed result it quotes holds (`bench/results/`), so a table that drifts from
+its report fails here. The Quickstart's table is checked by tests/test_main_job.py."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
+README_LIMIT = 20_000  # bytes: pitch, install, Quickstart, headline results, links; the reference lives in docs/
+
+
+def pages() -> list[str]:
+    """README.md, then the docs pages in the order of the site's navigation: the order a reader follows."""
+    def flat(nav) -> list[str]:
+        entries = [entry if isinstance(entry, (str, list)) else next(iter(entry.values())) for entry in nav]
+        return [page for entry in entries for page in (flat(entry) if isinstance(entry, list) else [entry])]
+
+    site = yaml.safe_load((ROOT / "mkdocs.yml").read_text())
+    return ["README.md"] + [f"{site['docs_dir']}/{page}" for page in flat(site["nav"])]
+
+
+def test_the_docs_site_builds_strict(tmp_path):
+    # cwd: the snippets that bring the README's pitch and Quickstart into docs/index.md are read from the root
+    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert 'id="quickstart"' in (tmp_path / "site" / "index.html").read_text()  # the README's, brought in
+
+
+def test_the_readme_stays_short():
+    assert len((ROOT / "README.md").read_bytes()) < README_LIMIT
+
+
+# ------------------------------------------------------------------ tables against their results
+
+
+def table(page: str, header: str) -> list[list[str]]:
+    """The body rows (cells, markup kept) of the one table on `page` whose header line is `header`."""
+    text = (ROOT / page).read_text()
+    assert text.count(header + "\n") == 1, f"{page}: no single table {header}"
+    lines = text[text.index(header + "\n"):].split("\n\n")[0].splitlines()[2:]
+    return [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in lines]
+
+
+def shown(text: str, *values: float) -> bool:
+    """`text` shows `values`, in order, each as its own number rounded to the decimals printed."""
+    numbers = NUMBER.findall(text)
+    return len(numbers) == len(values) and all(
+        abs(float(number) - value) <= 0.5 * 10 ** -len((number.split(".") + [""])[1]) + 1e-9
+        for number, value in zip(numbers, values))
+
+
+def result(name: str) -> dict:
+    return json.loads((RESULTS / name).read_text())
+
+
+def test_the_scenes_probe_tables_show_their_reports():
+    seg, depth = result("scenes_probes/linear-seg.json"), result("scenes_probes/depth.json")
+    rows = table("docs/evaluation.md", "| linear-seg | teacher | student | | depth (linear bins) | teacher | student "
+                                       "| train-mean baseline |")
+    assert len(rows) == 4
+    for seg_metric, *seg_cells, _, depth_label, teacher, student, baseline in rows:
+        for model, cell in zip(("teacher", "student"), seg_cells):
+            assert shown(cell, seg["models"][model][seg_metric]), (seg_metric, model, cell)
+        metric = depth_label.split()[0]  # "rmse (m)"
+        for model, cell in (("teacher", teacher), ("student", student)):
+            assert shown(cell, depth["models"][model][metric]), (metric, model, cell)
+        assert shown(baseline, depth["baselines"][f"train_mean_{metric}"]), (metric, baseline)
+
+
+def test_the_teacher_curve_table_shows_its_result():
+    curve = result("teacher_curve.json")
+    rows = table("docs/pretraining.md",
+                 "| teacher steps | validation mIoU [95 % bootstrap] | things mIoU | pixel acc |")
+    points = {point["steps"]: point for point in curve["points"]}
+    assert sorted(int(row[0]) for row in rows) == sorted(points)
+    for steps, miou, things, pixel_acc in rows:
+        point = points[int(steps)]
+        assert shown(miou, point["teacher"]["miou"], *point["teacher_miou_ci95"]), (steps, miou)
+        assert shown(things, point["teacher"]["things_miou"]) and shown(pixel_acc, point["teacher"]["pixel_acc"])
+        assert ("**" in miou) == (point["steps"] == curve["chosen_steps"])  # bold: the step count chosen
+
+
+LAB_OTHER = {"pixel acc": "pixel_acc", "text-to-image R@1": "t2i_r1"}
+
+
+def test_the_lab_table_shows_the_committed_claims():
+    claims = {}
+    for claim in result("ablation.json")["claims"]:
+        claims.setdefault(claim["claim"], {})[claim["metric"]] = claim
+    rows = table("docs/lab.md", "| comparison | mIoU | things mIoU | other | paper's claim | verdict (Holm) |")
+    assert len(rows) == len(claims)
+    for label, miou, things, other, _, verdict in rows:
+        name = re.sub(r"\s*\(.*\)$", "", label.replace("**", ""))  # "iBOT++ vs iBOT (masked tokens)"
+        cells = {"miou": miou, "things_miou": things}
+        if other:
+            other_label, other_cell = re.fullmatch(r"(.*?) (\**[-+].*)", other).groups()
+            cells[LAB_OTHER[other_label]] = other_cell
+        for metric, cell in cells.items():
+            claim = claims[name][metric]
+            assert shown(cell, claim["mean"], *claim["ci95"]), (name, metric, cell)
+        reproduced = any(claim["verdict"].startswith("reproduced") for claim in claims[name].values())
+        assert verdict.startswith("reproduced") == reproduced, (name, verdict)
+
+
+def test_the_cpu_performance_table_shows_its_result():
+    measured = result("throughput.json")
+    bold = [" ".join(re.findall(r"\*\*(.*?)\*\*", row[1]))
+            for row in table("docs/performance.md", "| measurement | result | goal |")]
+    expected = [[100 * measured["step_overhead"]], [measured["cached_step_over_student_step"]],
+                [measured["cache_speedup"]], [measured["loader_images_per_cpu_s"]],
+                [measured["cache"]["memory"]["peak_over_weights_and_state"]],
+                [measured["lightly_train"]["lightly_median_cpu_s_per_batch"],
+                 measured["lightly_train"]["tipsdistill_median_cpu_s_per_batch"]]]
+    assert len(bold) == len(expected)
+    for cell, values in zip(bold, expected):
+        assert shown(cell, *values), (cell, values)
+    overhead, cache = measured["overhead"], measured["cache"]
+    memory = cache["memory"]
+    for pair in (f"{overhead['toolkit_cpu_s_per_step']:.2f} vs {overhead['bare_cpu_s_per_step']:.2f} CPU-s/step",
+                 f"{cache['cached_epoch2_images_per_cpu_s']:.2f} vs {cache['online_epoch2_images_per_cpu_s']:.2f} "
+                 "images/CPU-s",
+                 f"{memory['step_peak_rss_gib']:.2f} vs "
+                 f"{memory['teacher_weights_gib'] + memory['student_train_state_gib']:.2f} GiB"):
+        assert pair in prose("docs/performance.md"), pair
+
+
+def test_the_recipe_compute_table_shows_the_recipes():
+    """The real-scale rows quote each recipe's `compute` section (tests/test_recipes.py checks it against the
+    formula of distill/compute.py)."""
+    fields = ("teacher_gflops_per_image", "student_gflops_per_image", "train_gflops_per_image",
+              "gpu_hours_per_100m_samples")
+    rows = table("docs/training.md",
+                 "| recipe | student | teacher | px | batch x steps | contrastive | teacher GFLOPs/img "
+                 "| student GFLOPs/img | train GFLOPs/img | H100 GPU-h / 100M samples* |")
+    checked = 0
+    for name, *_, teacher, student, train, hours in rows:
+        compute = yaml.safe_load((ROOT / "recipes" / f"{name}.yaml").read_text()).get("compute")
+        if compute:  # the micro recipe runs on a CPU and records none
+            for field, cell in zip(fields, (teacher, student, train, hours)):
+                assert shown(cell, compute[field]), (name, field, cell)
+            checked += 1
+    assert checked == 3
+
+
+# ------------------------------------------------------------------ figures in the text, against their results
+
+
+def prose(page: str) -> str:
+    """A page's text with its line breaks undone, so a figure's sentence reads as one line."""
+    return " ".join((ROOT / page).read_text().split())
+
+
+def test_the_alignment_figures_show_their_result():
+    models, classes = result("alignment.json")["models"], result("alignment.json")["setup"]["classes"]
+    teacher, student, text = models["teacher"], models["student"], prose("docs/default.md")
+    between = [row[j] for i, row in enumerate(teacher["text_text_cosine"]) for j in range(len(row)) if i != j]
+    assert f"are {min(between):.2f}-{max(between):.2f} (mean {sum(between) / len(between):.3f})" in text
+
+    def closer(name: str) -> float:  # how much nearer its patches sit to another class's prompt than to their own
+        i = classes.index(name)
+        row = teacher["patch_text_cosine"][i]
+        return max(value for j, value in enumerate(row) if j != i) - row[i]
+
+    assert (f"sit {closer('red'):.2f} closer to another class's prompt than to \"red\" (yellow {closer('yellow'):.2f},"
+            f" blue {closer('blue'):.2f})") in text
+    accuracy = teacher["patch_accuracy_per_class"]
+    assert (f"(patch accuracy {accuracy['red']:.0%}, blue {accuracy['blue']:.0%}, green {accuracy['green']:.0%})"
+            .replace("%", " %")) in text and accuracy["yellow"] == 0  # "red and yellow ... never labelled right"
+    right = student["patch_accuracy_per_class"]  # "labels red and yellow patches right every time, misses green, blue"
+    assert (right["red"], right["yellow"], right["green"], right["blue"]) == (1, 1, 0, 0)
+    assert student["text_text_cosine"] == teacher["text_text_cosine"]  # "reading the *same* text embeddings"
+
+
+LAB_ARMS = {"teacher": "teacher", "all tokens": "all_tokens", "masked tokens": "masked_tokens", "CLS only": "cls_only",
+            "no contrastive": "no_contrastive", "cosine": "cosine"}
+
+
+def test_the_lab_arm_means_and_ema_cost_show_their_result():
+    lab, text = result("ablation.json"), prose("docs/lab.md")
+    arms = lab["arms"]
+    sentence = text[text.index("Arm means"):].split(". ")[0]
+    for words, arm in LAB_ARMS.items():
+        miou = arms[arm]["miou"]
+        shows = f"{words} {miou['mean']:.1f}" + ("" if arm == "teacher" else f" ± {miou['std']:.1f}")
+        assert shows in sentence, shows
+    heads, full = lab["ema_cost"]["heads"], lab["ema_cost"]["full"]
+    assert (f"keeps {heads['ema_params']:,} EMA parameters against {full['ema_params']:,} for full EMA "
+            f"({1 - heads['ema_params'] / full['ema_params']:.0%} fewer), the same {heads['trainable_params']:,} "
+            f"trainable ones, full EMA steps {lab['ema_cost']['full_over_heads_step_time']:.2f}x slower"
+            ).replace("%", " %") in text
+    [beat] = [claim for claim in lab["claims"]
+              if claim["claim"] == "student vs its teacher" and claim["metric"] == "miou"]
+    assert f"(+{min(beat['differences']):.1f} to +{max(beat['differences']):.1f} mIoU per seed)" in text
+
+
+def test_the_readme_links_every_page():
+    """The README is the way in: every page of the site's navigation is one link away."""
+    readme = (ROOT / "README.md").read_text()
+    for page in pages()[1:]:
+        assert f"]({page})" in readme or page.endswith("index.md"), page
