@@ -31,9 +31,10 @@ import torch
 
 from distill.compute import estimate_compute
 from distill.recipe_loader import load_recipe
-from distill.data import build_dataset, make_dataloader
-from distill.data.captions import CaptionPair
-from distill.run import build_run
+from distill.data import DataStats, build_dataset, make_dataloader
+from distill.data.batch import Batch
+from distill.data.captions import caption_pair
+from distill.run import build_run, caption_tokenizer
 from distill.tasks import TeacherOutput
 from teachers.random import random_tipsv2_teacher
 
@@ -125,20 +126,22 @@ def make_run(name: str, teacher, work: Path, tiny: bool, compile_: bool):
     return recipe, build_run(recipe, work / f"run-{name}-{compile_}", calibrate=False, teacher=teacher)
 
 
-def synthetic_batch(recipe, run, batch: int) -> dict:
+def synthetic_batch(recipe, run, batch: int) -> Batch:
     device, size = run.accelerator.device, recipe.student.image_size
     teacher_size = recipe.teacher.image_size or size
     grid = (size // run.unwrapped.student.patch_size) ** 2
     mask = torch.zeros(batch, grid, dtype=torch.bool, device=device)
     mask[: batch // 2, : int(0.4 * grid)] = True  # half the images masked, as the recipes do
     captions = [f"{CAPTION} {i}" for i in range(batch)]
-    valid = torch.ones(batch, dtype=torch.bool)
-    return {"pixels": torch.rand(batch, 3, size, size, device=device),
-            "teacher_pixels": torch.rand(batch, 3, teacher_size, teacher_size, device=device), "mask": mask,
-            "caption_pair": CaptionPair(captions, valid, captions, valid)}
+    pair = caption_pair([(c, c) for c in captions], caption_tokenizer(run.targets, run.unwrapped))
+    return Batch(pixels=torch.rand(batch, 3, size, size, device=device),
+                 teacher_pixels=torch.rand(batch, 3, teacher_size, teacher_size, device=device),
+                 index=torch.arange(batch, device=device), crop=torch.zeros(batch, 5, device=device),
+                 captions={"short": captions}, stats=DataStats(), mask=mask,
+                 caption_pair=pair.map(lambda t: t.to(device)))
 
 
-def train_step(run, batch: dict, targets: TeacherOutput | None = None) -> None:
+def train_step(run, batch: Batch, targets: TeacherOutput | None = None) -> None:
     """The loop's step without the data and the logging: targets, loss, backward, clip, optimizer."""
     targets = targets if targets is not None else run.targets(batch)
     output = run.task(batch, targets)
@@ -179,7 +182,7 @@ def loader_rate(tiny: bool, workers: int, batches: int) -> dict:
     it = iter(loader)
     next(it)  # workers started
     start = time.perf_counter()
-    count = sum(len(next(it)["index"]) for _ in range(batches))
+    count = sum(len(next(it)) for _ in range(batches))
     return {"workers": workers, "student_px": student, "teacher_px": teacher,
             "images_per_s": count / (time.perf_counter() - start)}
 

@@ -31,7 +31,7 @@ import platform
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -148,9 +148,9 @@ class ToolkitStep:
         self.optimizer = torch.optim.AdamW(self.task.parameters(), lr=1e-4)
         self.student = student
 
-    def __call__(self, batch: dict, targets) -> None:
-        grid = (batch["pixels"].shape[-1] // self.student.patch_size,) * 2
-        batch = {**batch, "mask": torch.zeros(batch["pixels"].shape[0], grid[0] * grid[1], dtype=torch.bool)}
+    def __call__(self, batch, targets) -> None:
+        grid = (batch.pixels.shape[-1] // self.student.patch_size,) * 2
+        batch = replace(batch, mask=torch.zeros(len(batch), grid[0] * grid[1], dtype=torch.bool))
         self.task(batch, targets).loss.backward()
         torch.nn.utils.clip_grad_norm_(self.task.parameters(), 1.0)
         self.optimizer.step()
@@ -199,7 +199,7 @@ def step_overhead(setup: Setup, workdir: Path) -> dict:
         loader.set_epoch(0)
         times, tick = [], clock()
         for batch in loader:
-            bare_step(student, optimizer, batch["pixels"], teacher.encode_image(batch["teacher_pixels"]))
+            bare_step(student, optimizer, batch.pixels, teacher.encode_image(batch.teacher_pixels))
             times.append(clock() - tick)
             tick = clock()
         return times[1:]
@@ -373,7 +373,7 @@ def loader_throughput(workdir: Path, images: int, quick: bool) -> dict:
     for epoch in range(3):  # the first warms the caches
         loader.set_epoch(epoch)
         tick = clock()
-        count = sum(len(batch["index"]) for batch in loader)
+        count = sum(len(batch) for batch in loader)
         rates.append(count / (clock() - tick))
     return {"photo_px": list(size), "student_px": student, "teacher_px": teacher,
             "images_per_cpu_s": median(rates[1:]), "images_per_cpu_s_all": rates}

@@ -5,6 +5,10 @@ from dataclasses import dataclass
 
 import torch
 
+# The parts of `ImageTokens`, in field order: the names of its fields, of the projection heads, of a cache's
+# stored targets and of an ONNX export's outputs.
+TOKEN_PARTS = ("cls", "registers", "patches")
+
 
 @dataclass
 class ImageTokens:
@@ -24,9 +28,14 @@ class ImageTokens:
         return self.patches.shape[1], self.patches.shape[2]
 
     def map(self, fn) -> "ImageTokens":
-        return ImageTokens(fn(self.cls), fn(self.registers), fn(self.patches))
+        return ImageTokens(*(fn(getattr(self, name)) for name in TOKEN_PARTS))
 
     @staticmethod
     def cat(parts: "list[ImageTokens]") -> "ImageTokens":
         """The tokens of several batches as one batch, in order."""
-        return ImageTokens(*(torch.cat([getattr(p, name) for p in parts]) for name in ("cls", "registers", "patches")))
+        return ImageTokens(*(torch.cat([getattr(p, name) for p in parts]) for name in TOKEN_PARTS))
+
+    @staticmethod
+    def stack(rows: "list[ImageTokens]") -> "ImageTokens":
+        """Per-image tokens (no batch dimension) as one batch, in order."""
+        return ImageTokens(*(torch.stack([getattr(r, name) for r in rows]) for name in TOKEN_PARTS))

@@ -16,7 +16,6 @@ from distill.data.captions import CaptionPair
 from distill.losses.contrastive_loss import info_nce_loss
 from distill.losses.global_batch import caption_ids, global_batch
 from distill.losses.sigmoid_loss import sigmoid_loss
-from teachers.tokenizer import tokenize
 from common.types import ImageTokens
 
 DEFAULT_TEMPERATURE = 0.07  # CLIP's initial temperature for a new text tower
@@ -53,9 +52,10 @@ class CaptionContrastive(nn.Module):
         """(CLS1 texts, CLS2 texts), unnormalised, at the student's width."""
         if self.config.text_tower == "teacher":
             return self.text_projection(teacher_text[0]), self.text_projection(teacher_text[1])
-        batch = tokenize(student.tokenizer, captions.cls1 + captions.cls2, student.text.config.max_position_embeddings)
+        # Both lists in one forward: the loader tokenised them to one width (`CaptionTokenizer(joint=True)`).
+        ids, mask = (torch.cat([part[key] for part in captions.tokens]) for key in ("input_ids", "attention_mask"))
         device = student.vision.embeddings.cls_token.device
-        return student.text_features(batch["input_ids"].to(device), batch["attention_mask"].to(device)).chunk(2)
+        return student.text_features(ids.to(device), mask.to(device)).chunk(2)
 
     def forward(self, student, tokens: ImageTokens, captions: CaptionPair,
                 teacher_text: tuple[torch.Tensor, torch.Tensor] | None = None

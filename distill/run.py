@@ -26,6 +26,7 @@ from distill.cache.replay import open_cache, recipe_preprocessing, replay_datalo
 from distill.caption_check import check_captions
 from distill.config import Recipe, flat_recipe
 from distill.data import CAPTION_KEYS, CropConfig, Draws, MaskConfig, build_dataset, make_dataloader
+from distill.data.captions import CaptionTokenizer
 from distill.data.loader import Augment
 from distill.recipe_rules import check_rules
 from distill.targets import CachedTargets, OnlineTargets
@@ -144,6 +145,24 @@ def _contrastive_enabled(recipe: Recipe, dataset) -> bool:
     return True
 
 
+def caption_tokenizer(targets, task: TrainingTask) -> CaptionTokenizer:
+    """How the loader tokenises the caption pairs: for the text tower that reads them, the frozen teacher's
+    (`text_tokenizer`, each caption list alone, as its `encode_text`), else the students' (both lists in one
+    forward)."""
+    if targets is not None and targets.text:
+        return CaptionTokenizer(targets.teacher.text_tokenizer)
+    first, *others = (student.text_tokenizer for student in task.students())
+    if not all(_same_tokenisation(first, other) for other in others):
+        raise UserError("the students' text towers tokenise captions differently (student.init / text_init); "
+                        "the students of one run read one tokenisation of each batch's captions")
+    return CaptionTokenizer(first, joint=True)
+
+
+def _same_tokenisation(a, b) -> bool:
+    return a.max_length == b.max_length and (a.tokenizer is b.tokenizer or a.tokenizer.backend_tokenizer.to_str()
+                                             == b.tokenizer.backend_tokenizer.to_str())
+
+
 def _target_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastive: bool):
     """The online teacher, or the cache standing in for it (which never loads the teacher); None when
     pretraining (the model is its own teacher)."""
@@ -241,10 +260,9 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None,
     desc = task.desc  # read before `prepare` wraps the task
     teacher_info = ({"spec": targets.spec, "fingerprint": targets.fingerprint} if targets is not None
                     else {"spec": None, "fingerprint": None})
+    captions = caption_tokenizer(targets, task) if contrastive else None
     if contrastive and accelerator.is_main_process:
-        # The frozen teacher's text tower reads the captions when the contrastive term uses it, else the student's.
-        check_captions(dataset, targets.teacher.tokenizer if targets is not None and targets.text
-                       else task.students()[0].tokenizer)
+        check_captions(dataset, captions.text.tokenizer)
     patch_size = task.students()[0].patch_size  # one for all: one crop, one mask
     draws = _draws(recipe, patch_size, contrastive)
     task.to(accelerator.device)
@@ -257,11 +275,13 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None,
     if recipe.cache:
         reader = open_cache(recipe.cache, recipe_preprocessing(recipe, dataset))
         loader = replay_dataloader(dataset, reader, augment, batch_size=batch, seed=recipe.seed,
-                                   num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle, pin_memory=pin)
+                                   num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle, pin_memory=pin,
+                                   captions=captions)
     else:
         loader = make_dataloader(dataset, batch_size=batch, student_size=student_size,
                                  teacher_size=teacher_size, seed=recipe.seed, crop=recipe.data.crop, draws=draws,
-                                 num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle, pin_memory=pin)
+                                 num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle, pin_memory=pin,
+                                 captions=captions)
     sizes_setter = loader.set_sizes  # kept apart: Accelerate's prepared loader shares the sampler, not the method
     if calibrate and task.norm is not None:
         _calibrate(task, targets, loader, recipe, accelerator)

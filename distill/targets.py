@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 
 from distill.cache.manifest import TOKENIZER_DIR, CacheManifest, read_manifest
-from distill.cache.replay import TARGET_KEYS
 from distill.cache.store import open_store
+from distill.data.batch import Batch
 from distill.tasks import TeacherOutput
 from teachers.tokenizer import load_tokenizer
 from common.types import ImageTokens
@@ -32,15 +32,15 @@ class OnlineTargets:
         self.fingerprint, self.tokenizer = teacher.fingerprint, teacher.tokenizer
         self.patch_size = teacher.patch_size
 
-    def tokens(self, batch: dict) -> ImageTokens:
-        return self.teacher.encode_image(batch["teacher_pixels"]).map(lambda t: t.float())
+    def tokens(self, batch: Batch) -> ImageTokens:
+        return self.teacher.encode_image(batch.teacher_pixels).map(lambda t: t.float())
 
     @torch.no_grad()
-    def __call__(self, batch: dict) -> TeacherOutput:
+    def __call__(self, batch: Batch) -> TeacherOutput:
         text = None
-        if self.text:
-            pair = batch["caption_pair"]
-            text = (self.teacher.encode_text(pair.cls1).float(), self.teacher.encode_text(pair.cls2).float())
+        if self.text:  # the loader tokenised the captions with `teacher.text_tokenizer`
+            cls1, cls2 = batch.caption_pair.tokens
+            text = (self.teacher.encode_text_tokens(cls1).float(), self.teacher.encode_text_tokens(cls2).float())
         return TeacherOutput(self.tokens(batch), text)
 
 
@@ -59,10 +59,9 @@ class CachedTargets:
                           if store.exists(TOKENIZER_DIR) else None)
         self.teacher, self.text = None, False  # the cache stands in for the teacher: none is loaded
 
-    def tokens(self, batch: dict) -> ImageTokens:
-        t = batch["teacher_targets"]
-        return ImageTokens(*(t[key].float() for key in TARGET_KEYS))
+    def tokens(self, batch: Batch) -> ImageTokens:
+        return batch.teacher_targets.map(lambda t: t.float())
 
-    def __call__(self, batch: dict) -> TeacherOutput:
+    def __call__(self, batch: Batch) -> TeacherOutput:
         return TeacherOutput(self.tokens(batch))
 

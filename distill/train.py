@@ -96,7 +96,7 @@ def train_loop(run: Run, progress: Progress, *, stop_at: int | None = None, show
                 run.optimizer.step()
                 run.optimizer.zero_grad(set_to_none=True)
             progress.batches_in_epoch += 1
-            stats.merge(batch["stats"])
+            stats.merge(batch.stats)
             for key, value in output.parts.items():
                 sums[key] += value / t.grad_accum_steps
             if not accelerator.sync_gradients:

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from common.errors import UserError
-from common.types import ImageTokens
+from common.types import TOKEN_PARTS, ImageTokens
 
 HEAD_KINDS = ("linear", "mlp")
 
@@ -40,9 +40,8 @@ class ProjectionHeads(nn.Module):
         self.kind = kind
         self.width = width
         self.teacher_width = teacher_width
-        self.cls = _head(kind, width, teacher_width)
-        self.registers = _head(kind, width, teacher_width)
-        self.patches = _head(kind, width, teacher_width)
+        for part in TOKEN_PARTS:  # `self.cls`, `self.registers`, `self.patches`
+            setattr(self, part, _head(kind, width, teacher_width))
 
     def forward(self, tokens: ImageTokens) -> ImageTokens:
-        return ImageTokens(self.cls(tokens.cls), self.registers(tokens.registers), self.patches(tokens.patches))
+        return ImageTokens(*(getattr(self, part)(getattr(tokens, part)) for part in TOKEN_PARTS))

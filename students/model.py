@@ -20,7 +20,7 @@ from students.heads import ProjectionHeads
 from teachers.fingerprint import canonical_config, fingerprint
 from teachers.student_checkpoint import FORMAT, MANIFEST, VERSION, WEIGHTS, is_student_dir
 from teachers.tipsv2_tokens import tipsv2_tokens
-from teachers.tokenizer import tokenize
+from teachers.tokenizer import TextTokenizer
 from common.atomic import atomic_directory
 from common.errors import UserError
 from common.types import ImageTokens
@@ -126,6 +126,11 @@ class Student(nn.Module):
             raise UserError(f"student {self.name} has no projection heads; build it with teacher_width=...")
         return self.heads(tokens)
 
+    @property
+    def text_tokenizer(self) -> TextTokenizer:
+        """The text tower's tokenisation (padded to the longest text), as a value data workers can run."""
+        return TextTokenizer(self.tokenizer, self.text.config.max_position_embeddings)
+
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Masked-mean pooled text embedding (B, D), unnormalised, as Tipsv2TextModel's pooler_output."""
         if self.text is None:
@@ -144,7 +149,7 @@ class Student(nn.Module):
         padding under masked pooling); an empty text gives a zero vector."""
         if not self.has_text:
             raise UserError(f"student {self.name} has no text tower (or no tokenizer); encode_text needs one")
-        batch = tokenize(self.tokenizer, texts, self.text.config.max_position_embeddings)
+        batch = self.text_tokenizer(texts)
         device = self.vision.embeddings.cls_token.device
         return F.normalize(self.text_features(batch["input_ids"].to(device), batch["attention_mask"].to(device)),
                            dim=-1)

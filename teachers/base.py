@@ -13,6 +13,7 @@ from torch import nn
 
 from common.errors import UserError
 from common.types import ImageTokens
+from teachers.tokenizer import TextTokenizer
 
 # Bicubic resizing (the official TIPS evaluation resizes that way, unclamped) overshoots [0,1] by up to about
 # 0.15 at sharp edges. The range check is there to catch wrongly scaled input (0-255, mean/std-normalised).
@@ -79,16 +80,30 @@ class Teacher(nn.Module):
             tokens = self._image_tokens(x, value_trick)
         return tokens.map(torch.clone)
 
+    @property
+    def text_tokenizer(self) -> TextTokenizer:
+        """How the text tower's input is made from texts: `encode_text` is `encode_text_tokens` of its output."""
+        raise NotImplementedError
+
     def encode_text(self, texts: list[str]) -> torch.Tensor:
         """L2-normalised text embeddings (B, width), as plain (not inference-mode) tensors."""
+        self._require_text()
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise UserError("encode_text expects a list of strings")
+        return self.encode_text_tokens(self.text_tokenizer(list(texts)))
+
+    def encode_text_tokens(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        """`encode_text` of texts that `text_tokenizer` already tokenised (a training run does it in its data
+        workers)."""
+        self._require_text()
+        with torch.inference_mode():
+            embeddings = F.normalize(self._text_embeddings(tokens), dim=-1)
+        return embeddings.clone()
+
+    def _require_text(self) -> None:
         if not self.has_text:
             raise UserError(f"this teacher ({type(self).__name__}) has no text tower; "
                             f"expected a teacher with text (TIPSv2, CLIP, SigLIP) for encode_text")
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise UserError("encode_text expects a list of strings")
-        with torch.inference_mode():
-            embeddings = F.normalize(self._text_embeddings(list(texts)), dim=-1)
-        return embeddings.clone()
 
     def _check_pixels(self, pixels) -> None:
         if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[1] != 3:
@@ -106,5 +121,5 @@ class Teacher(nn.Module):
     def _image_tokens(self, pixels: torch.Tensor, value_trick: bool) -> ImageTokens:
         raise NotImplementedError
 
-    def _text_embeddings(self, texts: list[str]) -> torch.Tensor:
+    def _text_embeddings(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError

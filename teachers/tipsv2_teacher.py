@@ -7,7 +7,7 @@ from transformers import Tipsv2TextModel, Tipsv2VisionModel
 from teachers.base import Teacher
 from teachers.fingerprint import canonical_config, fingerprint
 from teachers.tipsv2_tokens import tipsv2_hidden_states, tipsv2_tokens
-from teachers.tokenizer import tokenize
+from teachers.tokenizer import TextTokenizer
 from common.types import ImageTokens
 
 
@@ -47,10 +47,13 @@ class Tipsv2Teacher(Teacher):
     def _image_tokens(self, pixels: torch.Tensor, value_trick: bool) -> ImageTokens:
         return tipsv2_tokens(self.vision, pixels, value_trick=value_trick)
 
-    def _text_embeddings(self, texts: list[str]) -> torch.Tensor:
+    @property
+    def text_tokenizer(self) -> TextTokenizer:
         # Padding is masked out of attention and of the mean pooling, so padding to the longest text gives the
         # same embeddings as TIPSv2's 64-token padding at a fraction of the cost (9 prompts x 150 classes on ADE).
-        batch = tokenize(self.tokenizer, texts, self.text.config.max_position_embeddings)
-        out = self.text(input_ids=batch["input_ids"].to(self.device),
-                        attention_mask=batch["attention_mask"].to(self.device))
+        return TextTokenizer(self.tokenizer, self.text.config.max_position_embeddings)
+
+    def _text_embeddings(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.text(input_ids=tokens["input_ids"].to(self.device),
+                        attention_mask=tokens["attention_mask"].to(self.device))
         return out.pooler_output

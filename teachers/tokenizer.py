@@ -17,7 +17,9 @@ from __future__ import annotations
 import json
 import string
 from collections.abc import Iterable
+from dataclasses import dataclass
 
+import torch
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, BatchEncoding, Tipsv2Tokenizer
 
@@ -55,6 +57,23 @@ def tokenize(tokenizer, texts: list[str], max_length: int) -> BatchEncoding:
     if batch["input_ids"].shape[1] == 0:  # only empty texts: a zero-length sequence has no attention to run
         batch = tokenizer(list(texts), padding="max_length", max_length=1, return_tensors="pt")
     return batch
+
+
+@dataclass(frozen=True)
+class TextTokenizer:
+    """A tokenizer with the length and padding rule of the text tower that reads its output: a plain value,
+    so a DataLoader's workers can tokenise captions for a tower that stays in the main process."""
+
+    tokenizer: object
+    max_length: int
+    pad_to_max_length: bool = False  # transformers' CLIP/SigLIP text towers: as their processors pad
+
+    def __call__(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """The tensors the tower reads (`input_ids`, and `attention_mask` when the tokenizer makes one)."""
+        if not self.pad_to_max_length:
+            return dict(tokenize(self.tokenizer, texts, self.max_length))
+        return dict(self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.max_length,
+                                   return_tensors="pt"))
 
 
 def build_tokenizer(corpus: Iterable[str], vocab_size: int = 512, max_length: int = 64) -> Tipsv2Tokenizer:

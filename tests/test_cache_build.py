@@ -12,6 +12,7 @@ from distill.data.augment import CropConfig, apply_crop
 from distill.data.scenes import SceneDataset
 from common.errors import UserError
 from common.lock import OutputLock
+from common.types import TOKEN_PARTS
 from teachers.tipsv2_teacher import Tipsv2Teacher
 
 
@@ -93,9 +94,9 @@ def test_rows_hold_the_teacher_tokens_of_the_stored_crop(tmp_path, teacher, data
         assert params.as_tensor().tolist() == teacher_augment(pre)(dataset[index], k)["crop"].tolist()
         want = teacher.encode_image(apply_crop(image, params, 32)[None])
         got = reader.targets(index, k)
-        assert got["patches"].shape == (4, 4, 32) and got["registers"].shape == (1, 32)
-        for name in ("cls", "registers", "patches"):
-            torch.testing.assert_close(got[name], getattr(want, name)[0], rtol=2 ** -10, atol=1e-3)
+        assert got.patches.shape == (4, 4, 32) and got.registers.shape == (1, 32)
+        for name in TOKEN_PARTS:
+            torch.testing.assert_close(getattr(got, name), getattr(want, name)[0], rtol=2 ** -10, atol=1e-3)
     assert len({reader.crop(1, k) for k in range(3)}) == 3  # K different crops per image
 
 

@@ -50,7 +50,7 @@ def test_cache_command_and_a_sigkilled_build_resumed_to_the_same_bytes(tmp_path,
     manifest = read_manifest(whole)
     assert manifest.complete and manifest.num_shards == 12 and manifest.compression == "int8"
     assert manifest.preprocessing.dataset == f"folder:{image_folder}" and manifest.grid == (4, 4)
-    assert CacheReader(whole).targets(23, 1)["patches"].shape == (4, 4, 32)
+    assert CacheReader(whole).targets(23, 1).patches.shape == (4, 4, 32)
     assert "48 targets" in capsys.readouterr().out
 
     # SIGKILL right after the second shard is recorded (a deterministic crash point, however fast the machine).

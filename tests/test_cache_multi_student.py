@@ -76,5 +76,5 @@ def test_students_decide_the_mask_grid_and_the_view_size_not_the_unused_student_
     run = build_run(recipe, tmp_path / "run", calibrate=False)
     run.loader.set_epoch(0)
     batch = next(iter(run.loader))
-    assert batch["pixels"].shape[-1] == 56 and batch["mask"].shape == (2, 16) and batch["mask"].any()
+    assert batch.pixels.shape[-1] == 56 and batch.mask.shape == (2, 16) and batch.mask.any()
     assert [s.patch_size for s in run.unwrapped.students()] == [14, 14]

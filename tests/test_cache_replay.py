@@ -39,16 +39,16 @@ def test_cached_loss_equals_online_loss_within_bf16(setup):
         online.set_epoch(epoch)
         cached.set_epoch(epoch)
         for a, b in zip(online, cached, strict=True):
-            assert torch.equal(a["index"], b["index"])
+            assert torch.equal(a.index, b.index)
             if epoch < 2:  # epochs below K: the online run's very crops
-                assert torch.equal(a["pixels"], b["pixels"]) and torch.equal(a["crop"], b["crop"])
-            pred = student.project(student.image_tokens(b["pixels"]))
-            for i, index in enumerate(b["index"].tolist()):
-                seen.setdefault((index, epoch % 2), b["pixels"][i])
-                assert torch.equal(seen[(index, epoch % 2)], b["pixels"][i])  # epoch 2 replays crop 0
+                assert torch.equal(a.pixels, b.pixels) and torch.equal(a.crop, b.crop)
+            pred = student.project(student.image_tokens(b.pixels))
+            for i, index in enumerate(b.index.tolist()):
+                seen.setdefault((index, epoch % 2), b.pixels[i])
+                assert torch.equal(seen[(index, epoch % 2)], b.pixels[i])  # epoch 2 replays crop 0
             if epoch == 2:
                 continue
-            want, got = teacher.encode_image(a["teacher_pixels"]), CachedTargets(out)(b).tokens
+            want, got = teacher.encode_image(a.teacher_pixels), CachedTargets(out)(b).tokens
             loss_online, _ = patch_distill_loss(pred, want, None, "cosine", weights)
             loss_cached, _ = patch_distill_loss(pred, got, None, "cosine", weights)
             rounded = want.map(lambda t: t.to(torch.bfloat16).float())

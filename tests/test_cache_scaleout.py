@@ -71,7 +71,7 @@ def test_a_wds_cache_replays_the_online_run(tmp_path, tiny_tipsv2_dir):
     manifest = read_manifest(tmp_path / "cache")
     assert manifest.layout == "data-shards" and manifest.complete and manifest.num_shards == 2
     reader = CacheReader(tmp_path / "cache")
-    assert reader.targets((1 << 32) | 3, 1)["patches"].shape == (4, 4, 32)
+    assert reader.targets((1 << 32) | 3, 1).patches.shape == (4, 4, 32)
     assert reader.crop(2, 0) != reader.crop(2, 1)  # shard 0, position 2: after the skipped position 1
     with pytest.raises(UserError, match="holds no targets for sample 0#1"):
         reader.crop(1, 0)

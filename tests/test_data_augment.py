@@ -8,7 +8,8 @@ import torch.nn.functional as nnf
 from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
-from distill.data import CropConfig, CropParams, apply_crop, build_dataset, crop_generator, make_dataloader, sample_crop
+from distill.data import (CropConfig, CropParams, Draws, MaskConfig, apply_crop, build_dataset, crop_generator,
+                          make_dataloader, sample_crop)
 from common.errors import UserError
 
 
@@ -71,31 +72,31 @@ def test_crop_replay_is_bitwise_and_teacher_student_share_it(image_folder):
     loader = make_dataloader(ds, batch_size=5, student_size=16, teacher_size=32, seed=3)
     loader.set_epoch(2)
     batch = next(iter(loader))
-    assert batch["pixels"].shape == (5, 3, 16, 16) and batch["teacher_pixels"].shape == (5, 3, 32, 32)
-    assert batch["captions"]["short"] == [f"caption {i}" for i in batch["index"].tolist()]
-    assert batch["captions"]["long"] == [None] * 5
-    for row, index in enumerate(batch["index"].tolist()):
-        params = CropParams.from_tensor(batch["crop"][row])
+    assert batch.pixels.shape == (5, 3, 16, 16) and batch.teacher_pixels.shape == (5, 3, 32, 32)
+    assert batch.captions["short"] == [f"caption {i}" for i in batch.index.tolist()]
+    assert batch.captions["long"] == [None] * 5
+    for row, index in enumerate(batch.index.tolist()):
+        params = CropParams.from_tensor(batch.crop[row])
         image = ds[index].image
         assert params == sample_crop((image.height, image.width), crop_generator(3, 2, index))
-        assert torch.equal(apply_crop(image, params, 16), batch["pixels"][row])
-        assert torch.equal(apply_crop(image, params, 32), batch["teacher_pixels"][row])
+        assert torch.equal(apply_crop(image, params, 16), batch.pixels[row])
+        assert torch.equal(apply_crop(image, params, 32), batch.teacher_pixels[row])
     # Same crop at two resolutions: the teacher view downsampled is the student view, up to resampling.
-    down = nnf.interpolate(batch["teacher_pixels"], size=16, mode="bilinear", antialias=True, align_corners=False)
-    same = (down - batch["pixels"]).abs().mean()
-    other = (down - torch.roll(batch["pixels"], 1, dims=0)).abs().mean()  # another image's crop
+    down = nnf.interpolate(batch.teacher_pixels, size=16, mode="bilinear", antialias=True, align_corners=False)
+    same = (down - batch.pixels).abs().mean()
+    other = (down - torch.roll(batch.pixels, 1, dims=0)).abs().mean()  # another image's crop
     assert same < 0.01 and other > 10 * same
 
 
 def test_same_size_gives_one_tensor(tmp_path):
     quadrants().save(tmp_path / "q.png")
     batch = next(iter(make_dataloader(build_dataset(str(tmp_path)), batch_size=1, student_size=24)))
-    assert batch["teacher_pixels"] is batch["pixels"]
+    assert batch.teacher_pixels is batch.pixels
 
 
 def epoch_batches(loader, epoch):
     loader.set_epoch(epoch)
-    return [(b["index"], b["crop"], b["pixels"]) for b in loader]
+    return [(b.index, b.crop, b.pixels) for b in loader]
 
 
 def assert_same(a, b):
@@ -126,3 +127,27 @@ def test_accelerate_process_shards_make_up_the_global_batch(image_folder):
               for rank in range(2)]
     joined = [tuple(torch.cat([a, b]) for a, b in zip(x, y)) for x, y in zip(*shards)]
     assert_same(joined, single)
+
+
+def test_a_batch_travels_to_the_device_as_one_object(tmp_path):
+    """`send_to_device` calls `Batch.to`: every tensor moves, `teacher_pixels` stays the student's tensor when
+    it is one (one copy, not two), and what is no tensor (captions, stats) comes along unchanged."""
+    from accelerate.utils import send_to_device
+
+    quadrants().save(tmp_path / "q.png")
+    loader = make_dataloader(build_dataset(str(tmp_path)), batch_size=1, student_size=24,
+                             draws=Draws(MaskConfig(8, 0.5), {"medium": 1.0}))
+    batch = next(iter(loader))
+    moved = send_to_device(batch, "meta")
+    assert moved.pixels.is_meta and moved.teacher_pixels is moved.pixels and moved.mask.is_meta
+    assert moved.caption_pair.cls1_valid.is_meta and moved.captions is batch.captions and moved.stats is batch.stats
+    assert len(moved) == 1 and not batch.pixels.is_meta
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="pinned memory needs a GPU")
+def test_a_pinning_loader_pins_every_tensor_of_the_batch(tmp_path):
+    quadrants().save(tmp_path / "q.png")
+    loader = make_dataloader(build_dataset(str(tmp_path)), batch_size=1, student_size=24, teacher_size=32,
+                             draws=Draws(MaskConfig(8, 0.5)), pin_memory=True)
+    batch = next(iter(loader))
+    assert batch.pixels.is_pinned() and batch.teacher_pixels.is_pinned() and batch.mask.is_pinned()

@@ -51,10 +51,10 @@ def epoch_stats(dataset, workers: int) -> tuple[DataStats, list[int]]:
     loader = make_dataloader(dataset, batch_size=4, student_size=16, seed=0, num_workers=workers, drop_last=False)
     loader.set_epoch(0)
     for batch in loader:
-        stats.merge(batch["stats"])
-        indices += batch["index"].tolist()
-        assert batch["pixels"].shape[1:] == (3, 16, 16)
-        assert 0 <= batch["pixels"].min() and batch["pixels"].max() <= 1
+        stats.merge(batch.stats)
+        indices += batch.index.tolist()
+        assert batch.pixels.shape[1:] == (3, 16, 16)
+        assert 0 <= batch.pixels.min() and batch.pixels.max() <= 1
     return stats, indices
 
 

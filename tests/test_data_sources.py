@@ -79,7 +79,7 @@ def test_folder_index_and_webdataset_give_one_order(tmp_path):
 
     def batches(dataset, shuffle):
         loader = make_dataloader(dataset, batch_size=5, student_size=8, shuffle=shuffle)
-        return [(b["index"].tolist(), b["pixels"]) for b in loader]
+        return [(b.index.tolist(), b.pixels) for b in loader]
 
     for (i_a, p_a), (i_b, p_b) in zip(batches(folder, True), batches(index, True), strict=True):
         assert i_a == i_b and torch.equal(p_a, p_b)  # data.shuffle permutes indices alike
@@ -250,7 +250,7 @@ def test_webdataset_loader_is_reproducible(tmp_path):
     def epoch(workers):
         loader = make_dataloader(ds, batch_size=3, student_size=8, seed=5, num_workers=workers, drop_last=False)
         loader.set_epoch(1)
-        return [(b["index"], b["pixels"]) for b in loader]
+        return [(b.index, b.pixels) for b in loader]
 
     once = epoch(0)
     assert all(torch.equal(a, b) for x, y in zip(epoch(0), once) for a, b in zip(x, y))

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from transformers import Tipsv2VisionModel
 
 from distill.cli import main
+from teachers.tokenizer import tokenize
 
 TINY_DISTILL = ["student.name=tipsv2-nano", "student.image_size=32", "data.options={size: 32, length: 8}",
                 "train.batch_size=4", "train.log_every=1", "train.checkpoint_every=0", "optim.warmup_steps=0"]
@@ -203,13 +204,36 @@ def test_caption_draws_are_keyed_by_sample_not_by_batch_row(tiny_tipsv2_dir):
     for epoch in range(3):
         full.set_epoch(epoch), half.set_epoch(epoch)
         (a,), (b,) = list(full), list(half)
-        assert b["caption_pair"].cls2 == [a["caption_pair"].cls2[r] for r in (1, 3)]
-        assert torch.equal(b["index"], a["index"][[1, 3]])
+        assert b.caption_pair.cls2 == [a.caption_pair.cls2[r] for r in (1, 3)]
+        assert torch.equal(b.index, a.index[[1, 3]])
     epochs = set()
     for epoch in range(40):
         full.set_epoch(epoch)
-        epochs.add(next(iter(full))["caption_pair"].cls2[0])
+        epochs.add(next(iter(full)).caption_pair.cls2[0])
     assert len(epochs) == 3  # every granularity of image 0 gets drawn across epochs
+
+
+def test_captions_tokenised_in_the_workers_are_what_the_text_towers_read(tiny_tipsv2_dir):
+    """The loader's workers tokenise each batch's caption pair as the tower that reads it would: the frozen
+    teacher each list alone (its `encode_text`), the student both lists to one width (one forward)."""
+    from distill.data import Draws, make_dataloader
+    from distill.data.captions import CaptionTokenizer
+    from teachers import load_teacher
+
+    teacher = load_teacher(str(tiny_tipsv2_dir))
+    draws = Draws(caption_weights={"short": 0.2, "medium": 0.4, "long": 0.4})
+    for captions, workers in ((CaptionTokenizer(teacher.text_tokenizer), 2),
+                              (CaptionTokenizer(teacher.text_tokenizer, joint=True), 0)):
+        loader = make_dataloader(SubsetScenes(), batch_size=4, student_size=32, draws=draws, captions=captions,
+                                 num_workers=workers)
+        pair = next(iter(loader)).caption_pair
+        if captions.joint:
+            both = tokenize(teacher.tokenizer, pair.cls1 + pair.cls2, 64)
+            got = {k: torch.cat([part[k] for part in pair.tokens]) for k in ("input_ids", "attention_mask")}
+            assert all(torch.equal(got[k], both[k]) for k in got)
+        else:
+            for texts, tokens in zip((pair.cls1, pair.cls2), pair.tokens):
+                assert torch.equal(teacher.encode_text_tokens(tokens), teacher.encode_text(texts))
 
 
 class SubsetScenes(torch.utils.data.Dataset):

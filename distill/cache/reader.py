@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -13,6 +12,7 @@ from distill.cache.manifest import DATA_SHARDS, PCA_BASIS, CacheManifest, read_m
 from distill.cache.store import open_store
 from distill.data.augment import CropParams
 from common.errors import UserError
+from common.types import ImageTokens
 
 
 class CacheReader:
@@ -73,13 +73,10 @@ class CacheReader:
         f, row = self._locate(index, k)
         return CropParams.from_tensor(f.get_slice("crop")[row])
 
-    def targets(self, index: int, k: int) -> dict[str, torch.Tensor]:
-        """Float32 `cls` (D,), `registers` (R,D), `patches` (h,w,D) as the teacher produced them,
-        up to the storage precision."""
+    def targets(self, index: int, k: int) -> ImageTokens:
+        """One image's float32 tokens, without a batch dimension: `cls` (D,), `registers` (R,D), `patches`
+        (h,w,D), as the teacher produced them up to the storage precision."""
         f, row = self._locate(index, k)
         encoded = {key: f.get_slice(key)[row : row + 1] for key in self.codec.keys}
-        return {
-            "cls": f.get_slice("cls")[row].float(),
-            "registers": f.get_slice("registers")[row].float(),
-            "patches": self.codec.decode(encoded)[0],
-        }
+        return ImageTokens(f.get_slice("cls")[row].float(), f.get_slice("registers")[row].float(),
+                           self.codec.decode(encoded)[0])

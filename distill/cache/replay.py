@@ -8,19 +8,20 @@ online, keyed by the epoch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch.utils.data import IterableDataset
 
 from distill.cache.manifest import Preprocessing, check_cache_matches, dataset_identity, read_manifest
 from distill.cache.reader import CacheReader
+from distill.data.batch import Batch
+from distill.data.captions import CaptionTokenizer
 from distill.data.loader import Augment, EpochDataLoader, collate, epoch_loader
 from distill.data.sample import Sample
-
-TARGET_KEYS = ("cls", "registers", "patches")
+from common.types import ImageTokens
 
 
 @dataclass(frozen=True)
@@ -43,12 +44,10 @@ class ReplayAugment:
                 "teacher_targets": self.reader.targets(sample.index, k)}
 
 
-def replay_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """`collate`'s batch plus `teacher_targets` {cls (B,D), registers (B,R,D), patches (B,h,w,D)}."""
-    batch = collate(items)
-    batch["teacher_targets"] = {key: torch.stack([item["teacher_targets"][key] for item in items])
-                                for key in TARGET_KEYS}
-    return batch
+def replay_collate(items: list[dict[str, Any]], captions: CaptionTokenizer | None = None) -> Batch:
+    """`collate`'s batch with its `teacher_targets`."""
+    return replace(collate(items, captions), teacher_targets=ImageTokens.stack([item["teacher_targets"]
+                                                                               for item in items]))
 
 
 def recipe_preprocessing(recipe, dataset) -> Preprocessing:
@@ -68,7 +67,9 @@ def open_cache(directory: str | Path, preprocessing: Preprocessing) -> CacheRead
 
 
 def replay_dataloader(dataset, reader: CacheReader, augment: Augment, *, batch_size: int, seed: int = 0,
-                      num_workers: int = 0, shuffle: bool = True, pin_memory: bool = False) -> EpochDataLoader:
+                      num_workers: int = 0, shuffle: bool = True, pin_memory: bool = False,
+                      captions: CaptionTokenizer | None = None) -> EpochDataLoader:
     """`make_dataloader`'s counterpart for a cached run: the same sampler, so the same image order."""
-    return epoch_loader(dataset, ReplayAugment(reader, augment), replay_collate, batch_size=batch_size, seed=seed,
-                        num_workers=num_workers, drop_last=True, shuffle=shuffle, pin_memory=pin_memory)
+    return epoch_loader(dataset, ReplayAugment(reader, augment), partial(replay_collate, captions=captions),
+                        batch_size=batch_size, seed=seed, num_workers=num_workers, drop_last=True, shuffle=shuffle,
+                        pin_memory=pin_memory)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from distill.data.augment import CropConfig, sample_crop
-from distill.data.captions import CaptionPair, caption_pair, draw_captions
+from distill.data.captions import CaptionPair, CaptionTokenizer, caption_pair, draw_captions
 from distill.data.masks import MaskConfig, sample_mask
 from distill.data.rng import keyed_generator
 
@@ -40,14 +40,17 @@ class Draws:
         return item
 
 
-def collate_draws(items: list[dict], batch: dict) -> None:
-    """Adds `mask` (B, h*w) bool, `caption_pair` (`CaptionPair`) and `views` (B, V, 5) to a batch."""
+def collate_draws(items: list[dict], captions: CaptionTokenizer | None = None) -> dict:
+    """The batch's `mask` (B, h*w) bool, `caption_pair` (`CaptionPair`, tokenised by `captions`) and `views`
+    (B, V, 5), those drawn."""
+    batch = {}
     if "mask" in items[0]:
         batch["mask"] = torch.stack([item["mask"] for item in items])
     if "caption" in items[0]:
-        batch["caption_pair"] = caption_pair([item["caption"] for item in items])
+        batch["caption_pair"] = caption_pair([item["caption"] for item in items], captions)
     if "views" in items[0]:
         batch["views"] = torch.stack([item["views"] for item in items])
+    return batch
 
 
-__all__ = ["CaptionPair", "Draws", "MaskConfig", "collate_draws"]
+__all__ = ["CaptionPair", "CaptionTokenizer", "Draws", "MaskConfig", "collate_draws"]

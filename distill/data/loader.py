@@ -1,5 +1,6 @@
-"""Batches for the training loop: one crop per image, shared by teacher and student, the per-sample draws
-(masks, caption choices, extra views) and the data stats.
+"""Batches (`distill.data.batch.Batch`) for the training loop: one crop per image, shared by teacher and student,
+the per-sample draws (masks, caption choices, extra views), the drawn captions tokenised for the text tower that
+reads them, and the data stats.
 
 The epoch reaches the workers inside every key (`EpochKey`) or through `set_epoch` on the stream, so
 crops and draws depend on (seed, epoch, index) only, whatever the worker count, process count or resume point.
@@ -11,6 +12,7 @@ counting completed passes; after a resume set it explicitly).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Iterator, NamedTuple
 
 import torch
@@ -19,6 +21,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 from common.errors import UserError
 
 from distill.data.augment import CropConfig, CropParams, apply_crop, crop_generator, sample_crop
+from distill.data.batch import Batch
+from distill.data.captions import CaptionTokenizer
 from distill.data.draws import Draws, collate_draws
 from distill.data.rng import keyed_generator
 from distill.data.sample import CAPTION_KEYS, DataStats, Sample
@@ -131,41 +135,36 @@ class EpochDataLoader(DataLoader):
         return self.dataset if isinstance(self.dataset, AugmentedStream) else self.sampler
 
 
-def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """`pixels` (B,3,S,S) and `teacher_pixels` (B,3,T,T) in [0,1] (the same tensor when S == T),
-    `captions` {short|medium|long: list[str | None]}, `index` (B,), `crop` (B,5) = CropParams rows,
-    `stats` DataStats of this batch, and the draws (`mask`, `caption_pair`, `views`) asked for."""
+def collate(items: list[dict[str, Any]], captions: CaptionTokenizer | None = None) -> Batch:
+    """The `Batch` of `items`, with the draws they carry; `captions` tokenises the caption pairs."""
     pixels = torch.stack([item["pixels"] for item in items])
     teacher = torch.stack([item["teacher_pixels"] for item in items]) if "teacher_pixels" in items[0] else pixels
     stats = DataStats()
     for item in items:
         stats.add(item["events"], samples=1)
-    batch = {
-        "pixels": pixels,
-        "teacher_pixels": teacher,
-        "captions": {key: [item["captions"].get(key) for item in items] for key in CAPTION_KEYS},
-        "index": torch.tensor([item["index"] for item in items], dtype=torch.int64),
-        "crop": torch.stack([item["crop"] for item in items]),
-        "stats": stats,
-    }
-    collate_draws(items, batch)
-    return batch
+    return Batch(pixels=pixels, teacher_pixels=teacher,
+                 index=torch.tensor([item["index"] for item in items], dtype=torch.int64),
+                 crop=torch.stack([item["crop"] for item in items]),
+                 captions={key: [item["captions"].get(key) for item in items] for key in CAPTION_KEYS},
+                 stats=stats, **collate_draws(items, captions))
 
 
 def make_dataloader(dataset, *, batch_size: int, student_size: int, teacher_size: int | None = None,
                     seed: int = 0, crop: CropConfig = CropConfig(), draws: Draws = Draws(), num_workers: int = 0,
-                    drop_last: bool = True, shuffle: bool = True, pin_memory: bool = False) -> EpochDataLoader:
+                    drop_last: bool = True, shuffle: bool = True, pin_memory: bool = False,
+                    captions: CaptionTokenizer | None = None) -> EpochDataLoader:
     """A loader over any `build_dataset` result (or any map-style dataset of `Sample`s).
     `teacher_size` None means the student's size; `shuffle` applies to map-style datasets (a `wds:`
-    source shuffles shards and a sample buffer itself)."""
+    source shuffles shards and a sample buffer itself); `captions` tokenises the drawn caption pairs in the
+    workers, for the text tower that reads them."""
     if batch_size < 1 or student_size < 1 or (teacher_size is not None and teacher_size < 1):
         raise UserError(f"batch_size={batch_size}, student_size={student_size}, teacher_size={teacher_size}: "
                         "expected positive integers")
     if num_workers < 0:
         raise UserError(f"num_workers={num_workers}: expected 0 or more")
     augment = Augment(student_size, teacher_size or student_size, seed, crop, draws)
-    return epoch_loader(dataset, augment, collate, batch_size=batch_size, seed=seed, num_workers=num_workers,
-                        drop_last=drop_last, shuffle=shuffle, pin_memory=pin_memory)
+    return epoch_loader(dataset, augment, partial(collate, captions=captions), batch_size=batch_size, seed=seed,
+                        num_workers=num_workers, drop_last=drop_last, shuffle=shuffle, pin_memory=pin_memory)
 
 
 def epoch_loader(dataset, augment, collate_fn, *, batch_size: int, seed: int, num_workers: int, drop_last: bool,

@@ -27,9 +27,7 @@ from distill.config import TARGET_NORMS
 from distill.losses.hadamard import hadamard
 from common.atomic import write_atomic
 from common.errors import UserError
-from common.types import ImageTokens
-
-PARTS = ("cls", "registers", "patches")
+from common.types import TOKEN_PARTS, ImageTokens
 
 
 def _rows(x: torch.Tensor) -> torch.Tensor:
@@ -45,7 +43,7 @@ class TargetNorm(nn.Module):
             raise UserError(f"PHI-S needs a Hadamard matrix of order {width} (teacher width), which is not built in; "
                             "use loss.target_norm=channel")
         self.kind, self.width = kind, width
-        for part in PARTS:
+        for part in TOKEN_PARTS:
             self.register_buffer(f"{part}_mean", torch.zeros(width))
             if kind == "channel":
                 self.register_buffer(f"{part}_std", torch.ones(width))
@@ -63,13 +61,13 @@ class TargetNorm(nn.Module):
         full = self.kind == "phi-s"
         stats = {}
         for tokens in batches:
-            for part in PARTS:
+            for part in TOKEN_PARTS:
                 x = _rows(getattr(tokens, part))
                 n, s, m = stats.get(part, (0, 0.0, 0.0))
                 stats[part] = (n + x.shape[0], s + x.sum(0), m + (x.T @ x if full else (x * x).sum(0)))
         if not stats:
             raise UserError("no data for the target-normalisation calibration pass")
-        for part in PARTS:
+        for part in TOKEN_PARTS:
             n, s, m = stats[part]
             n = float(reduce_sum(torch.tensor(float(n), dtype=torch.float64, device=s.device)))
             mean = reduce_sum(s) / n
@@ -102,11 +100,11 @@ class TargetNorm(nn.Module):
         return x @ getattr(self, f"{part}_rotation").float().T / getattr(self, f"{part}_alpha").float()
 
     def normalize(self, tokens: ImageTokens) -> ImageTokens:
-        return ImageTokens(*(self._normalize_part(getattr(tokens, p), p) for p in PARTS))
+        return ImageTokens(*(self._normalize_part(getattr(tokens, p), p) for p in TOKEN_PARTS))
 
     def denormalize(self, tokens: ImageTokens) -> ImageTokens:
         out = []
-        for part in PARTS:
+        for part in TOKEN_PARTS:
             a, mean = self._affine(part)
             out.append(getattr(tokens, part).float() @ a.T + mean)
         return ImageTokens(*out)

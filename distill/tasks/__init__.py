@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from distill.data.batch import Batch
 from common.types import ImageTokens
 
 
@@ -60,7 +61,7 @@ class TrainingTask(nn.Module):
         `reduce_sum`."""
         self.norm.calibrate(tokens, reduce_sum)
 
-    def forward(self, batch: dict, targets: TeacherOutput | None) -> LossOutput:
+    def forward(self, batch: Batch, targets: TeacherOutput | None) -> LossOutput:
         raise NotImplementedError
 
     def after_optimizer_step(self, step: int, max_steps: int) -> None:

@@ -15,11 +15,12 @@ from torch import nn
 
 from distill.config import LossConfig, Recipe, StudentConfig
 from distill.contrastive import CaptionContrastive
+from distill.data.batch import Batch
 from distill.losses.patch_distill_loss import PatchDistillWeights, patch_distill_loss
 from distill.losses.target_norm import TargetNorm
 from distill.tasks import LossOutput, TeacherOutput, TrainingTask
 from distill.tasks.student_setup import make_student, student_tokenizer
-from common.types import ImageTokens
+from common.types import TOKEN_PARTS, ImageTokens
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +63,11 @@ class DistillTask(TrainingTask):
     def students(self) -> list[nn.Module]:
         return [self.student]
 
-    def forward(self, batch: dict, targets: TeacherOutput) -> LossOutput:
-        """batch: `pixels` (B,3,S,S) in [0,1], `mask` (B, h*w) bool (all False when masking is off, so the mask
-        token always takes part in the graph and DDP needs no unused-parameter search), `caption_pair`."""
-        mask = batch["mask"]
-        tokens = self.student(batch["pixels"], mask)
+    def forward(self, batch: Batch, targets: TeacherOutput) -> LossOutput:
+        """Reads `pixels`, `mask` (all False when masking is off, so the mask token always takes part in the graph
+        and DDP needs no unused-parameter search) and `caption_pair`."""
+        mask = batch.mask
+        tokens = self.student(batch.pixels, mask)
         pred = self.student.project(tokens)
         target = targets.tokens if self.norm is None else self.norm.normalize(targets.tokens)
         # Whenever masking is on, log masked/visible parts every step (the same keys on every process).
@@ -83,7 +84,7 @@ class DistillTask(TrainingTask):
                                           self.loss_config.mix, self.loss_config.patch_tokens)
         parts = {f"distill/{k}": v for k, v in parts.items()}
         if self.contrastive is not None:
-            contrastive, contrastive_parts = self.contrastive(self.student, tokens, batch["caption_pair"],
+            contrastive, contrastive_parts = self.contrastive(self.student, tokens, batch.caption_pair,
                                                               targets.text)
             total = total + self.loss_config.contrastive.weight * contrastive
             parts.update(contrastive_parts)
@@ -102,7 +103,7 @@ class DistillTask(TrainingTask):
         if self.norm is None:
             return self.student
         heads = copy.deepcopy(self.student.heads)
-        for part in ("cls", "registers", "patches"):
+        for part in TOKEN_PARTS:
             head = getattr(heads, part)
             if isinstance(head, nn.Linear):
                 setattr(heads, part, self.norm.fold_into(head, part))

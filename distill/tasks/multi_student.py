@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from distill.config import Recipe
+from distill.data.batch import Batch
 from distill.tasks import LossOutput, TeacherOutput, TrainingTask
 from distill.tasks.distill_task import DistillTask
 
@@ -34,7 +35,7 @@ class MultiStudentTask(TrainingTask):
     def students(self) -> list[nn.Module]:
         return [task.student for task in self.tasks.values()]
 
-    def forward(self, batch: dict, targets: TeacherOutput) -> LossOutput:
+    def forward(self, batch: Batch, targets: TeacherOutput) -> LossOutput:
         total, parts = 0.0, {}
         for name, task in self.tasks.items():
             out = task(batch, targets)

@@ -19,6 +19,7 @@ from torchvision.ops import roi_align
 
 from distill.config import LossConfig, PretrainConfig, Recipe
 from distill.contrastive import CaptionContrastive
+from distill.data.batch import Batch
 from distill.ema import ema_copy, ema_momentum, ema_update
 from distill.losses.dino_cls_loss import DinoClsLoss
 from distill.losses.ibot_patch_loss import IbotPatchLoss
@@ -85,15 +86,15 @@ class PretrainTask(TrainingTask):
     def students(self) -> list[nn.Module]:
         return [self.student]
 
-    def forward(self, batch: dict, targets=None) -> LossOutput:
-        """batch: `pixels` (B,3,S,S) in [0,1]; `mask` (B, h*w) bool, True = hidden from the student;
-        `caption_pair` (CLS1 <-> alt-text, CLS2 <-> the drawn caption); `views` (B, 1 + local_crops, 5)."""
-        pixels = batch["pixels"]
+    def forward(self, batch: Batch, targets=None) -> LossOutput:
+        """Reads `pixels`, `mask`, `caption_pair` (CLS1 <-> alt-text, CLS2 <-> the drawn caption) and `views`
+        (B, 1 + local_crops, 5)."""
+        pixels = batch.pixels
         tokens = self.student.image_tokens(pixels)
-        loss, parts = self.contrastive(self.student, tokens, batch["caption_pair"])
+        loss, parts = self.contrastive(self.student, tokens, batch.caption_pair)
         loss = self.loss_config.contrastive.weight * loss
         if self.pretrain.alpha or self.pretrain.beta:
-            sd = self.self_distillation(pixels, tokens, batch["mask"], batch["views"])
+            sd = self.self_distillation(pixels, tokens, batch.mask, batch.views)
             loss = loss + self.pretrain.alpha * sd["dino"] + self.pretrain.beta * sd["ibot"]
             parts.update({f"pretrain/{k}": v.detach() for k, v in sd.items()})
         parts["loss"] = loss.detach()

@@ -21,6 +21,7 @@ from teachers.base import Teacher
 from common.errors import UserError
 from teachers.fingerprint import canonical_config, fingerprint
 from teachers.tipsv2_tokens import split_tokens
+from teachers.tokenizer import TextTokenizer
 from common.types import ImageTokens
 
 _TEXT_FAMILIES = {"clip", "siglip", "siglip2"}
@@ -75,10 +76,12 @@ class HFEncoderTeacher(Teacher):
             sequence = projection(sequence)
         return split_tokens(sequence, 0, grid)
 
-    def _text_embeddings(self, texts: list[str]) -> torch.Tensor:
-        batch = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self._max_length,
-                               return_tensors="pt")
-        batch = {k: v.to(self.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    @property
+    def text_tokenizer(self) -> TextTokenizer:
+        return TextTokenizer(self.tokenizer, self._max_length, pad_to_max_length=True)
+
+    def _text_embeddings(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        batch = {k: v.to(self.device) for k, v in tokens.items() if k in ("input_ids", "attention_mask")}
         return self.model.get_text_features(**batch).pooler_output
 
 

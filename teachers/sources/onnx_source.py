@@ -15,13 +15,13 @@ from pathlib import Path
 import torch
 
 from teachers.base import Teacher
-from teachers.tokenizer import load_tokenizer, tokenize
+from teachers.tokenizer import TextTokenizer, load_tokenizer
 from common.errors import UserError
-from common.types import ImageTokens
+from common.types import TOKEN_PARTS, ImageTokens
 
 VISION, VISION_VALUE, TEXT, CONFIG = "vision.onnx", "vision_value.onnx", "text.onnx", "onnx_config.json"
 FORMAT = "tipsdistill-onnx"
-TOKEN_OUTPUTS = ("cls", "registers", "patches")
+TOKEN_OUTPUTS = TOKEN_PARTS  # the vision graphs' outputs are named after the token parts
 HEAD_OUTPUTS = tuple(f"teacher_{name}" for name in TOKEN_OUTPUTS)
 TEXT_INPUTS, TEXT_OUTPUT = ("input_ids", "attention_mask"), "text_features"
 
@@ -110,9 +110,12 @@ class OnnxTeacher(Teacher):
         outputs = session.run(list(self.outputs), {"pixels": pixels.contiguous().numpy()})
         return ImageTokens(*(torch.from_numpy(array) for array in outputs))
 
-    def _text_embeddings(self, texts: list[str]) -> torch.Tensor:
-        batch = tokenize(self.tokenizer, texts, self.text_max_length)
-        (features,) = self.text.run([TEXT_OUTPUT], {name: batch[name].numpy() for name in TEXT_INPUTS})
+    @property
+    def text_tokenizer(self) -> TextTokenizer:
+        return TextTokenizer(self.tokenizer, self.text_max_length)
+
+    def _text_embeddings(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
+        (features,) = self.text.run([TEXT_OUTPUT], {name: tokens[name].numpy() for name in TEXT_INPUTS})
         return torch.from_numpy(features)
 
 

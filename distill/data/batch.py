@@ -1,0 +1,50 @@
+"""The training batch: what the collate functions build (online and cached runs) and the loop, the targets and
+the tasks read.
+
+A dataclass rather than a dict, so every reader names its fields and a cached batch's targets are
+`ImageTokens`. It travels like a tensor: `to` is what `accelerate.utils.send_to_device` calls on objects that
+have it, and `pin_memory` what a `pin_memory=True` DataLoader calls on custom batch types.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from distill.data.captions import CaptionPair
+from distill.data.sample import DataStats
+from common.types import ImageTokens
+
+
+@dataclass
+class Batch:
+    pixels: torch.Tensor  # (B,3,S,S) in [0,1], the student's view
+    teacher_pixels: torch.Tensor  # (B,3,T,T) in [0,1]; the same tensor as `pixels` when S == T
+    index: torch.Tensor  # (B,) int64 dataset indices
+    crop: torch.Tensor  # (B,5) `CropParams` rows
+    captions: dict[str, list[str | None]]  # {short|medium|long: per image}
+    stats: DataStats  # samples drawn and data problems met in this batch
+    mask: torch.Tensor | None = None  # (B, h*w) bool, True = hidden from the student
+    caption_pair: CaptionPair | None = None  # the captions CLS1 and CLS2 are contrasted with
+    views: torch.Tensor | None = None  # (B, V, 5) extra views (pretraining), as boxes on `pixels`
+    teacher_targets: ImageTokens | None = None  # a cached run's targets, float32, batched
+
+    def map(self, fn) -> "Batch":
+        """Every tensor through `fn`; `teacher_pixels` stays `pixels` when it is (one copy, not two)."""
+        pixels = fn(self.pixels)
+        optional = lambda value: value if value is None else value.map(fn)  # noqa: E731
+        return replace(self, pixels=pixels,
+                       teacher_pixels=pixels if self.teacher_pixels is self.pixels else fn(self.teacher_pixels),
+                       index=fn(self.index), crop=fn(self.crop),
+                       mask=None if self.mask is None else fn(self.mask),
+                       views=None if self.views is None else fn(self.views),
+                       caption_pair=optional(self.caption_pair), teacher_targets=optional(self.teacher_targets))
+
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "Batch":
+        return self.map(torch.Tensor.pin_memory)
+
+    def __len__(self) -> int:
+        return self.pixels.shape[0]
