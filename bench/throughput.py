@@ -1,7 +1,8 @@
 """Throughput of tipsdistill, measured as ratios in ONE run on this machine; prints one JSON object.
 
-  step_overhead   (toolkit distill step time - bare PyTorch step time) / bare step time, same models,
-                  same batches, same math (goal <= 0.05)
+  step_overhead   toolkit distill step time / bare PyTorch step time - 1, same models, same batches, same
+                  math: the steps alternate (ABAB) in one process after warm-up; the median paired ratio per
+                  process, then the median over 5 fresh processes, with their min/max (goal <= 0.02)
   cache_speedup   images/s of epoch 2 from a teacher-target cache / images/s of epoch 2 online, with a
                   g/14-shaped teacher (random weights) and a B/14 student (goal >= 5)
   cached_step_over_student_step
@@ -19,8 +20,9 @@ Times are process CPU seconds (`time.process_time`) with one torch thread by def
 this runs on are shared, and other jobs change wall-clock times several-fold within one run, while the
 CPU time a step needs stays put. On a dedicated machine wall time ~= CPU time / threads.
 
-Usage: python bench/throughput.py [--quick] [--threads N] [--out FILE]
+Usage: python bench/throughput.py [--quick] [--threads N] [--processes N] [--only overhead] [--out FILE]
   --quick: a reduced g/14 (4 of 40 blocks) and S/14 student, for a smoke run in a few minutes.
+  --only overhead: the step overhead alone (5 fresh processes, about 4 CPU-minutes).
 """
 from __future__ import annotations
 
@@ -28,12 +30,14 @@ import argparse
 import json
 import os
 import platform
+import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +48,7 @@ from teachers.random import random_tipsv2_teacher
 # ------------------------------------------------------------------ machine, clock and memory
 
 clock = time.process_time  # CPU seconds of this process, all threads (see the module docstring)
+OVERHEAD_WARMUP = 2  # pairs dropped per process: AdamW allocates its moments on the first step, caches settle
 
 
 def machine() -> dict:
@@ -175,12 +180,35 @@ def median(xs: list[float]) -> float:
 # ------------------------------------------------------------------ the measurements
 
 
-def step_overhead(setup: Setup, workdir: Path) -> dict:
-    """`run_training` (Accelerate loop, data draws, logging, scheduler) vs a bare loop: same
-    teacher, same student architecture, same batches, same loss; fastest step after the first."""
+class Alternating:
+    """The run's loader with a bare step on each batch before the loop gets it: bare and toolkit steps alternate
+    (ABAB) on the same batches in one process, so both meet the same allocator and cache state and whatever
+    else runs on the machine hits both alike. Neither side's time includes loading the batch."""
+
+    def __init__(self, bare):
+        self.loader, self.bare = None, bare
+        self.bare_s: list[float] = []
+        self.toolkit_s: list[float] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.loader.set_epoch(epoch)
+
+    def __iter__(self):
+        for batch in self.loader:
+            tick = clock()
+            self.bare(batch)
+            self.bare_s.append(clock() - tick)
+            handed = clock()
+            yield batch  # the loop's whole step runs until it asks for the next batch
+            # The last step (a checkpoint follows it) never gets here, so it is not timed.
+            self.toolkit_s.append(clock() - handed)
+
+
+def overhead_process(setup: Setup, workdir: Path) -> dict:
+    """One process's toolkit and bare step times, alternating: `run_training` (Accelerate loop, data draws,
+    logging, scheduler) and a bare loop on the same teacher, same student architecture, same batches, same loss."""
     from distill.config import DataConfig, OptimConfig, Recipe, StudentConfig, TeacherConfig, TrainConfig
-    from distill.data import build_dataset, make_dataloader
-    from distill.run import run_training
+    import distill.run as run_module
 
     teacher = random_tipsv2_teacher(setup.overhead_teacher)
     size, steps = setup.resolution, setup.overhead_steps
@@ -192,36 +220,53 @@ def step_overhead(setup: Setup, workdir: Path) -> dict:
         train=TrainConfig(max_steps=steps, batch_size=setup.batch, mixed_precision="no", log_every=1))
     student = build_student(setup, teacher.width)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
-    loader = make_dataloader(build_dataset("scenes", **recipe.data.options), batch_size=setup.batch,
-                             student_size=size, teacher_size=size, seed=setup.seed, crop=recipe.data.crop)
+    alternating = Alternating(lambda batch: bare_step(student, optimizer, batch.pixels,
+                                                      teacher.encode_image(batch.teacher_pixels)))
+    build = run_module.build_run
 
-    def bare_epoch() -> list[float]:
-        loader.set_epoch(0)
-        times, tick = [], clock()
-        for batch in loader:
-            bare_step(student, optimizer, batch.pixels, teacher.encode_image(batch.teacher_pixels))
-            times.append(clock() - tick)
-            tick = clock()
-        return times[1:]
+    def build_alternating(*args, **kwargs):
+        run = build(*args, **kwargs)
+        alternating.loader, run.loader = run.loader, alternating
+        return run
 
-    bare = bare_epoch()
-    # The loop times its steps with `time.perf_counter` (tick to tick, data loading included); give it
-    # the same CPU clock as the bare loop.
-    import distill.train as train_module
-
-    train_module.time = SimpleNamespace(perf_counter=clock)
+    run_module.build_run = build_alternating
     try:
         torch.manual_seed(1)
-        run_training(recipe, workdir / "run", teacher=teacher)
+        run_module.run_training(recipe, workdir / "run", teacher=teacher, show_progress=False)
     finally:
-        train_module.time = time
-    lines = (workdir / "run" / "metrics.jsonl").read_text().splitlines()
-    toolkit = [setup.batch / json.loads(line)["images_per_s"] for line in lines][1:]
-    return {"toolkit_cpu_s_per_step": median(toolkit), "bare_cpu_s_per_step": median(bare),
-            "toolkit_cpu_s_per_step_all": toolkit, "bare_cpu_s_per_step_all": bare,
-            "step_overhead": median(toolkit) / median(bare) - 1,
+        run_module.build_run = build
+    return {"bare_cpu_s": alternating.bare_s[:len(alternating.toolkit_s)], "toolkit_cpu_s": alternating.toolkit_s}
+
+
+def quartiles(xs: list[float]) -> list[float]:
+    q = statistics.quantiles(xs, n=4)
+    return [q[0], q[2]]
+
+
+def step_overhead(setup: Setup, processes: int, threads: int) -> dict:
+    """The toolkit step's overhead over a bare step: per fresh process the median of the paired ratios
+    toolkit / bare - 1 after `OVERHEAD_WARMUP` warm-up pairs, then the median over processes and its spread."""
+    runs = []
+    for _ in range(processes):
+        done = subprocess.run([sys.executable, __file__, "--overhead-process", json.dumps(setup.__dict__),
+                               "--threads", str(threads)], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"overhead process failed: {done.stderr[-3000:]}")
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    ratios = [[t / b - 1 for b, t in zip(r["bare_cpu_s"], r["toolkit_cpu_s"])][OVERHEAD_WARMUP:] for r in runs]
+    medians = [statistics.median(r) for r in ratios]
+    pooled = [x for r in ratios for x in r]
+    return {"step_overhead": statistics.median(medians),
+            "method": f"bare and toolkit steps alternate (ABAB) on the same batches in each of {processes} fresh "
+                      f"processes; per process the median of toolkit / bare - 1 over its pairs after "
+                      f"{OVERHEAD_WARMUP} warm-up pairs; step_overhead is the median of the process medians",
+            "process_medians": medians, "process_medians_min_max": [min(medians), max(medians)],
+            "pairs_interquartile": quartiles(pooled) if len(pooled) > 1 else [pooled[0]] * 2,
+            "pairs_per_process": len(ratios[0]), "processes": processes,
+            "bare_cpu_s_per_step_all": [r["bare_cpu_s"] for r in runs],
+            "toolkit_cpu_s_per_step_all": [r["toolkit_cpu_s"] for r in runs],
             "teacher": f"{setup.overhead_teacher} shapes (random)", "student": setup.student,
-            "resolution": size, "batch": setup.batch, "steps_after_the_first": len(bare)}
+            "resolution": setup.resolution, "batch": setup.batch}
 
 
 def cache_vs_online(setup: Setup, workdir: Path) -> dict:
@@ -311,8 +356,6 @@ def lightly_side_by_side(setup: Setup, workdir: Path) -> dict:
     official key layout, which its DINOv2 `vitg14-tipsv2` uses) on the same scene images at the same
     resolution, B/14 student from scratch, in a child process; epoch-2 images/s from its batch timer."""
     import importlib.util
-    import subprocess
-    import sys
 
     if importlib.util.find_spec("lightly_train") is None:
         return {"skipped": "lightly-train is not installed (pip install '.[bench]')"}
@@ -416,25 +459,36 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced teacher and student (smoke run)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1; see the docstring)")
+    parser.add_argument("--processes", type=int, default=5, help="fresh processes for the step overhead (default 5)")
+    parser.add_argument("--only", choices=["overhead"], help="measure the step overhead alone")
     parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--overhead-process", metavar="SETUP", help=argparse.SUPPRESS)  # one of step_overhead's
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.overhead_process:
+        with tempfile.TemporaryDirectory(prefix="tipsdistill-bench-") as tmp:
+            print(json.dumps(overhead_process(Setup(**json.loads(args.overhead_process)), Path(tmp))))
+        return 0
     if args.quick:
         setup = Setup(images=8, batch=4, resolution=56, teacher_depth=4, student="tipsv2-s14",
-                      overhead_teacher="b14", overhead_steps=4)
+                      overhead_teacher="b14", overhead_steps=5)
     else:
         setup = Setup(images=20, batch=4, resolution=112, teacher_depth=40, student="tipsv2-b14",
-                      overhead_teacher="b14", overhead_steps=6)
+                      overhead_teacher="b14", overhead_steps=8)
     report: dict = {"machine": machine(), "setup": setup.__dict__}
-    with tempfile.TemporaryDirectory(prefix="tipsdistill-bench-") as tmp:
-        speed = cache_vs_online(setup, Path(tmp))  # first: its memory baseline is a fresh process
-        overhead = step_overhead(setup, Path(tmp))
-        loader = loader_throughput(Path(tmp), 32 if args.quick else 128, args.quick)
-        lightly = interleaved_lightly(setup, Path(tmp))
-    report = {"step_overhead": overhead.pop("step_overhead"), "cache_speedup": speed.pop("cache_speedup"),
-              "cached_step_over_student_step": speed.pop("cached_step_over_student_step"),
-              "loader_images_per_cpu_s": loader["images_per_cpu_s"],
-              **report, "overhead": overhead, "cache": speed, "loader": loader, "lightly_train": lightly}
+    if args.only == "overhead":
+        overhead = step_overhead(setup, args.processes, args.threads)
+        report = {"step_overhead": overhead.pop("step_overhead"), **report, "overhead": overhead}
+    else:
+        with tempfile.TemporaryDirectory(prefix="tipsdistill-bench-") as tmp:
+            speed = cache_vs_online(setup, Path(tmp))  # first: its memory baseline is a fresh process
+            overhead = step_overhead(setup, args.processes, args.threads)
+            loader = loader_throughput(Path(tmp), 32 if args.quick else 128, args.quick)
+            lightly = interleaved_lightly(setup, Path(tmp))
+        report = {"step_overhead": overhead.pop("step_overhead"), "cache_speedup": speed.pop("cache_speedup"),
+                  "cached_step_over_student_step": speed.pop("cached_step_over_student_step"),
+                  "loader_images_per_cpu_s": loader["images_per_cpu_s"],
+                  **report, "overhead": overhead, "cache": speed, "loader": loader, "lightly_train": lightly}
     text = json.dumps(report, indent=2)
     print(text)
     if args.out:

@@ -124,3 +124,21 @@ def test_the_gpu_bench_runs_its_tiny_cpu_configuration(tmp_path):
         step = result["steps"]["b14"][kind]
         assert step["batch"] in (4, 8) and step["images_per_s"] > 0 and step["achieved_tflops"] > 0
     assert result["loader"]["images_per_s"] > 0 and [t["resolution"] for t in result["teacher"]] == [28, 56]
+
+
+@pytest.mark.slow
+def test_the_step_overhead_alternates_steps_in_fresh_processes(tmp_path):
+    out = tmp_path / "throughput.json"
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--quick", "--only", "overhead",
+                           "--processes", "2", "--out", str(out)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    overhead = result["overhead"]
+    assert overhead["processes"] == 2 and len(overhead["process_medians"]) == 2
+    low, high = overhead["process_medians_min_max"]
+    assert low <= result["step_overhead"] <= high
+    # 5 steps: the last (a checkpoint follows) is not timed, 2 warm-up pairs are dropped.
+    assert [len(r) for r in overhead["toolkit_cpu_s_per_step_all"]] == [4, 4] and overhead["pairs_per_process"] == 2
+    assert [len(r) for r in overhead["bare_cpu_s_per_step_all"]] == [4, 4]
+    assert overhead["pairs_interquartile"][0] <= overhead["pairs_interquartile"][1]
