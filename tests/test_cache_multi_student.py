@@ -3,6 +3,8 @@ import pytest
 import torch
 
 from distill.config import ContrastiveConfig, LossConfig
+from distill.data import DataStats
+from distill.data.batch import Batch
 from distill.recipe_loader import load_recipe
 from distill.targets import OnlineTargets
 from distill.tasks.distill_task import DistillTask
@@ -33,7 +35,8 @@ def test_one_teacher_forward_trains_both_students_as_separate_runs_would():
                              "micro": task("tipsv2-micro", 1, teacher.width, loss)})
     alone = {"nano": task("tipsv2-nano", 0, teacher.width, loss), "micro": task("tipsv2-micro", 1, teacher.width, loss)}
     pixels = torch.rand(3, 3, 32, 32)
-    batch = {"pixels": pixels, "teacher_pixels": pixels, "mask": torch.zeros(3, 16, dtype=torch.bool)}
+    batch = Batch(pixels, pixels, torch.arange(3), torch.zeros(3, 5), {}, DataStats(),
+                  mask=torch.zeros(3, 16, dtype=torch.bool))
     counting = CountingTeacher(teacher, "tiny")
     out = pair(batch, counting(batch))
     out.loss.backward()
