@@ -130,6 +130,7 @@ def ema_probe(mode: str, quick: bool) -> dict:
     import torch
 
     from distill.data import Draws, MaskConfig, build_dataset, make_dataloader
+    from distill.data.captions import CaptionTokenizer
     from distill.tasks.pretrain_task import PretrainTask
     from students import build_student
     from teachers import load_teacher
@@ -144,7 +145,8 @@ def ema_probe(mode: str, quick: bool) -> dict:
     draws = Draws(MaskConfig(student.patch_size, recipe.loss.mask_ratio, recipe.loss.mask_probability),
                   dict(recipe.loss.contrastive.caption_weights), (p.global_crop, *[p.local_crop] * p.local_crops))
     loader = make_dataloader(build_dataset("scenes", size=size, length=recipe.train.batch_size * 11),
-                             batch_size=recipe.train.batch_size, student_size=size, draws=draws)
+                             batch_size=recipe.train.batch_size, student_size=size, draws=draws,
+                             captions=CaptionTokenizer(student.text_tokenizer, joint=True))
     times = []
     for step, batch in enumerate(loader):
         start = time.perf_counter()
