@@ -1,8 +1,9 @@
 """Throughput of tipsdistill, measured as ratios in ONE run on this machine; prints one JSON object.
 
   step_overhead   toolkit distill step time / bare PyTorch step time - 1, same models, same batches, same
-                  math: the steps alternate (ABAB) in one process after warm-up; the median paired ratio per
-                  process, then the median over 5 fresh processes, with their min/max (goal <= 0.02)
+                  math: the steps alternate in one process (pairs in turn bare-toolkit, toolkit-bare) after
+                  warm-up; the median paired ratio per process, then the median over 5 fresh processes, with
+                  their min/max (goal <= 0.02)
   cache_speedup   images/s of epoch 2 from a teacher-target cache / images/s of epoch 2 online, with a
                   g/14-shaped teacher (random weights) and a B/14 student (goal >= 5)
   cached_step_over_student_step
@@ -181,9 +182,10 @@ def median(xs: list[float]) -> float:
 
 
 class Alternating:
-    """The run's loader with a bare step on each batch before the loop gets it: bare and toolkit steps alternate
-    (ABAB) on the same batches in one process, so both meet the same allocator and cache state and whatever
-    else runs on the machine hits both alike. Neither side's time includes loading the batch."""
+    """The run's loader with a bare step on each batch besides the loop's: bare and toolkit steps alternate on the
+    same batches in one process, so both meet the same allocator and cache state and whatever else runs on the
+    machine hits both alike. Which of a pair goes first alternates too (bare first on even batches), so neither
+    side always follows the data loading or the other. Neither side's time includes loading the batch."""
 
     def __init__(self, bare):
         self.loader, self.bare = None, bare
@@ -194,14 +196,20 @@ class Alternating:
         self.loader.set_epoch(epoch)
 
     def __iter__(self):
-        for batch in self.loader:
-            tick = clock()
-            self.bare(batch)
-            self.bare_s.append(clock() - tick)
+        for i, batch in enumerate(self.loader):
+            if i % 2 == 0:
+                self._bare(batch)
             handed = clock()
             yield batch  # the loop's whole step runs until it asks for the next batch
             # The last step (a checkpoint follows it) never gets here, so it is not timed.
             self.toolkit_s.append(clock() - handed)
+            if i % 2 == 1:
+                self._bare(batch)
+
+    def _bare(self, batch) -> None:
+        tick = clock()
+        self.bare(batch)
+        self.bare_s.append(clock() - tick)
 
 
 def overhead_process(setup: Setup, workdir: Path) -> dict:
@@ -257,8 +265,9 @@ def step_overhead(setup: Setup, processes: int, threads: int) -> dict:
     medians = [statistics.median(r) for r in ratios]
     pooled = [x for r in ratios for x in r]
     return {"step_overhead": statistics.median(medians),
-            "method": f"bare and toolkit steps alternate (ABAB) on the same batches in each of {processes} fresh "
-                      f"processes; per process the median of toolkit / bare - 1 over its pairs after "
+            "method": f"bare and toolkit steps alternate on the same batches (pairs in turn bare-toolkit and "
+                      f"toolkit-bare) in each of {processes} fresh processes; per process the median of "
+                      f"toolkit / bare - 1 over its pairs after "
                       f"{OVERHEAD_WARMUP} warm-up pairs; step_overhead is the median of the process medians",
             "process_medians": medians, "process_medians_min_max": [min(medians), max(medians)],
             "pairs_interquartile": quartiles(pooled) if len(pooled) > 1 else [pooled[0]] * 2,
@@ -474,7 +483,7 @@ def main(argv: list[str] | None = None) -> int:
                       overhead_teacher="b14", overhead_steps=5)
     else:
         setup = Setup(images=20, batch=4, resolution=112, teacher_depth=40, student="tipsv2-b14",
-                      overhead_teacher="b14", overhead_steps=8)
+                      overhead_teacher="b14", overhead_steps=9)
     report: dict = {"machine": machine(), "setup": setup.__dict__}
     if args.only == "overhead":
         overhead = step_overhead(setup, args.processes, args.threads)
