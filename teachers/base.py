@@ -1,7 +1,8 @@
 """The `Teacher` contract: a frozen encoder that takes RGB in [0,1] and returns `ImageTokens`.
 
 Subclasses (one per source in `teachers/sources/`) implement `_image_tokens` on already-normalised
-pixels and, when they have a text tower, `_text_embeddings`. This base class owns what must be the
+pixels and, when they have a text tower, `text_tokenizer` and `_text_embeddings` on its tokens (so a training
+run can tokenise in its data workers). This base class owns what must be the
 same for every source: input validation, the teacher's own normalisation, inference mode, freezing
 and the metadata the caches and reports key on.
 """
