@@ -190,6 +190,8 @@ def test_a_timm_model_without_spatial_features_is_refused(flat_model):
 
 def test_a_timm_student_trains_beside_a_zoo_student_on_one_mask_grid():
     from distill.config import ContrastiveConfig, LossConfig
+    from distill.data import DataStats
+    from distill.data.batch import Batch
     from distill.targets import OnlineTargets
     from distill.tasks.distill_task import DistillTask
     from distill.tasks.multi_student import MultiStudentTask
@@ -203,7 +205,7 @@ def test_a_timm_student_trains_beside_a_zoo_student_on_one_mask_grid():
                              for name, s in students.items()})
     pixels, mask = torch.rand(2, 3, 32, 32), torch.zeros(2, 16, dtype=torch.bool)
     mask[:, :4] = True
-    batch = {"pixels": pixels, "teacher_pixels": pixels, "mask": mask}
+    batch = Batch(pixels, pixels, torch.arange(2), torch.zeros(2, 5), {}, DataStats(), mask=mask)
     out = pair(batch, OnlineTargets(teacher, "tiny")(batch))
     out.loss.backward()
     assert {"nano/loss", "convnet/loss"} <= set(out.parts) and students["convnet"].mask_token.grad.abs().sum() > 0
