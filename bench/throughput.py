@@ -21,9 +21,10 @@ Times are process CPU seconds (`time.process_time`) with one torch thread by def
 this runs on are shared, and other jobs change wall-clock times several-fold within one run, while the
 CPU time a step needs stays put. On a dedicated machine wall time ~= CPU time / threads.
 
-Usage: python bench/throughput.py [--quick] [--threads N] [--processes N] [--only overhead] [--out FILE]
+Usage: python bench/throughput.py [--quick] [--threads N] [--processes N] [--only overhead [--into REPORT]] [--out FILE]
   --quick: a reduced g/14 (4 of 40 blocks) and S/14 student, for a smoke run in a few minutes.
-  --only overhead: the step overhead alone (5 fresh processes, about 4 CPU-minutes).
+  --only overhead: the step overhead alone (5 fresh processes, about 4 CPU-minutes); with --into REPORT it replaces
+  the step overhead of a full report in place.
 """
 from __future__ import annotations
 
@@ -471,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--processes", type=int, default=5, help="fresh processes for the step overhead (default 5)")
     parser.add_argument("--only", choices=["overhead"], help="measure the step overhead alone")
     parser.add_argument("--out", help="also write the JSON here")
+    parser.add_argument("--into", metavar="REPORT", help="with --only overhead: replace the step overhead of this "
+                                                         "full report (its other sections keep their run)")
     parser.add_argument("--overhead-process", metavar="SETUP", help=argparse.SUPPRESS)  # one of step_overhead's
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -488,6 +491,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.only == "overhead":
         overhead = step_overhead(setup, args.processes, args.threads)
         report = {"step_overhead": overhead.pop("step_overhead"), **report, "overhead": overhead}
+        if args.into:
+            # The measurements are independent processes: one can be re-run alone, its machine recorded with it.
+            full = json.loads(Path(args.into).read_text())
+            report = {**full, "step_overhead": report["step_overhead"], "overhead": report["overhead"],
+                      "overhead_machine": report["machine"], "overhead_setup": report["setup"]}
+            args.out = args.out or args.into
     else:
         with tempfile.TemporaryDirectory(prefix="tipsdistill-bench-") as tmp:
             speed = cache_vs_online(setup, Path(tmp))  # first: its memory baseline is a fresh process

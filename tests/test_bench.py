@@ -129,11 +129,13 @@ def test_the_gpu_bench_runs_its_tiny_cpu_configuration(tmp_path):
 @pytest.mark.slow
 def test_the_step_overhead_alternates_steps_in_fresh_processes(tmp_path):
     out = tmp_path / "throughput.json"
+    out.write_text(json.dumps({"step_overhead": 1.0, "loader_images_per_cpu_s": 182.0, "overhead": {}}))
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--quick", "--only", "overhead",
-                           "--processes", "2", "--out", str(out)], capture_output=True, text=True, timeout=900,
+                           "--processes", "2", "--into", str(out)], capture_output=True, text=True, timeout=900,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(out.read_text())
+    assert result["loader_images_per_cpu_s"] == 182.0 and "cpu" in result["overhead_machine"]  # the rest kept
     overhead = result["overhead"]
     assert overhead["processes"] == 2 and len(overhead["process_medians"]) == 2
     low, high = overhead["process_medians_min_max"]
