@@ -1,4 +1,5 @@
-"""What a recipe costs: FLOPs per image from the architecture, and GPU-hours per 100M samples.
+"""What a recipe costs: FLOPs per image from the architecture, GPU-hours per 100M samples, memory per GPU and
+the storage of a teacher-target cache.
 
 Counted as matmul FLOPs (2 per multiply-add): 2 x tokens x (per-layer weight matrices) + the
 attention scores and mixing (4 x tokens^2 x width per layer) + the patch embedding. Training one
@@ -7,16 +8,22 @@ projection heads, and the text towers for the two captions (CLS1 and CLS2) at 64
 the student's own tower is trained, 1x through the frozen teacher tower. GPU-hours assume a peak
 throughput and a model-FLOPs utilisation (MFU), both recorded in the recipe's `compute:` section.
 
-`python -m distill.compute RECIPE [key=value ...]` prints the estimate.
+Memory per GPU counts model state only (weights, gradients, optimizer state; no activations), from parameter counts
+of the recipe's models built on the meta device (no memory, under a second even for g/14). Cache storage counts the
+tensors `distill.cache.writer` stores per image.
+
+`python -m distill.compute RECIPE [key=value ...] [--gpus N]` prints the estimate, the memory per GPU over N GPUs
+and the cache storage per image, as JSON.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass
 
-from transformers import Tipsv2TextConfig, Tipsv2VisionConfig
+import torch
+from transformers import Tipsv2TextConfig, Tipsv2TextModel, Tipsv2VisionConfig, Tipsv2VisionModel
 
 from distill.config import ComputeConfig, Recipe
 from distill.recipe_loader import load_recipe
@@ -34,6 +41,8 @@ class ComputeEstimate:
     student_gflops_per_image: float  # forward, vision tower + heads
     train_gflops_per_image: float  # teacher forward + student forward/backward + text towers
     gpu_hours_per_100m_samples: float
+    teacher_gpu_hours_per_1m_images: float  # the teacher forward alone: a cache build, per crop stored
+    cached_gpu_hours_per_100m_samples: float  # training from a cache: all of the above but the teacher forward
 
 
 def _mlp_hidden(config: Tipsv2VisionConfig) -> int:
@@ -85,10 +94,146 @@ def estimate_compute(recipe: Recipe) -> ComputeEstimate:
         for i, flops in enumerate(_phase_flops(recipe, teacher, student, s_size, t_size)):
             total[i] += weight * flops
     teacher_f, student_f, train_f = total
-    seconds = 1e8 * train_f / (assumed.gpu_peak_tflops * 1e12 * assumed.mfu)
+
+    def hours(samples: float, flops: float) -> float:
+        return samples * flops / (assumed.gpu_peak_tflops * 1e12 * assumed.mfu) / 3600
+
     return ComputeEstimate(assumed, teacher_gflops_per_image=teacher_f / 1e9, student_gflops_per_image=student_f / 1e9,
-                           train_gflops_per_image=train_f / 1e9, gpu_hours_per_100m_samples=seconds / 3600)
+                           train_gflops_per_image=train_f / 1e9, gpu_hours_per_100m_samples=hours(1e8, train_f),
+                           teacher_gpu_hours_per_1m_images=hours(1e6, teacher_f),
+                           cached_gpu_hours_per_100m_samples=hours(1e8, train_f - teacher_f))
+
+
+# ---------------------------------------------------------------- memory per GPU
+
+GIB = 2**30
+FP32 = 4
+TEACHER_BYTES = {"bf16": 2, "fp16": 2}  # the frozen teacher runs in the training precision on a GPU, else fp32
+
+
+@dataclass
+class MemoryEstimate:
+    """Model state per GPU, in GiB, for a run over `processes` GPUs; activations are not counted."""
+
+    processes: int
+    teacher_params: int  # frozen: vision + text towers, as loaded (the text tower too); 0 with cache=DIR
+    student_params: int  # trained: every student's towers and projection heads, and the contrastive term's own
+    teacher_gib: float  # in the training precision, on every GPU
+    student_weights_gib: float  # fp32 (mixed precision autocasts the matmuls, the weights stay fp32)
+    student_grads_gib: float  # fp32
+    ddp_buckets_gib: float  # DDP's all-reduce buckets: a second fp32 copy of the gradients
+    adamw_gib: float  # AdamW's two fp32 moments
+    ddp_gib: float  # per GPU under DDP (what the toolkit runs): everything replicated
+    sharded_gib: float  # FSDP full shard / ZeRO-3: the student's weights, gradients and AdamW state split over the
+    #                     GPUs, the frozen teacher replicated
+    sharded_teacher_too_gib: float  # the same with the teacher's weights sharded too
+
+
+def _params(module: torch.nn.Module, trained: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trained)
+
+
+def tower_params(arch: str) -> tuple[int, int]:
+    """(vision, text) parameters of a released TIPSv2 size, counted on the meta device (vision at 448 px)."""
+    config = tipsv2_config(arch)
+    with torch.device("meta"):
+        return _params(Tipsv2VisionModel(config.vision_config)), _params(Tipsv2TextModel(config.text_config))
+
+
+def trained_params(recipe: Recipe) -> int:
+    """What the optimizer updates: each student of the recipe as its distillation task builds it (towers at its
+    image size, heads to the teacher's width, the text tower when it reads the captions, 32k vocabulary) plus the
+    contrastive term's parameters (the projection of the teacher's text, the temperature and bias)."""
+    from distill.tasks.distill_task import DistillTask
+    from students import build_student
+
+    teacher = tipsv2_config((recipe.compute or ComputeConfig()).teacher_arch)
+    c = recipe.loss.contrastive
+    contrastive = c.kind != "none"
+    total = 0
+    with torch.device("meta"):
+        for entry in recipe.run_students:
+            student = build_student(entry.name, teacher_width=teacher.vision_config.hidden_size,
+                                    text=contrastive and c.text_tower == "student", image_size=entry.image_size,
+                                    head=entry.head, timm_kwargs=entry.timm_kwargs, feature_stride=entry.feature_stride)
+            task = DistillTask(student, recipe.loss, teacher_width=teacher.vision_config.hidden_size,
+                               contrastive=contrastive, teacher_text_width=teacher.text_config.hidden_size)
+            total += _params(task, trained=True)
+    return total
+
+
+def memory_per_gpu(recipe: Recipe, processes: int) -> MemoryEstimate:
+    """Weights, gradients and AdamW state per GPU of the recipe's run over `processes` GPUs (`compute.teacher_arch`
+    as the teacher): replicated under DDP, and what sharding the student's state (FSDP, ZeRO-3) would leave."""
+    teacher = 0 if recipe.cache else sum(tower_params((recipe.compute or ComputeConfig()).teacher_arch))
+    student = trained_params(recipe)
+    teacher_gib = teacher * TEACHER_BYTES.get(recipe.train.mixed_precision, FP32) / GIB
+    weights = grads = buckets = student * FP32 / GIB
+    adamw = 2 * student * FP32 / GIB
+    state = weights + grads + adamw
+    return MemoryEstimate(processes, teacher, student, teacher_gib, weights, grads, buckets, adamw,
+                          ddp_gib=teacher_gib + state + buckets, sharded_gib=teacher_gib + state / processes,
+                          sharded_teacher_too_gib=(teacher_gib + state) / processes)
+
+
+# ---------------------------------------------------------------- cache storage
+
+INDEX_BYTES = 8 + 5 * 8  # per stored crop: the row's image index and its crop box + flip, int64 (distill.cache.writer)
+
+
+def cache_bytes_per_image(teacher, image_size: int, dtype: str = "bf16", compression: str = "none",
+                          augmentations: int = 1) -> int:
+    """Bytes a cache stores per image with `augmentations` crops of `teacher` (a released TIPSv2 size such as
+    "g14", or a loaded teacher) at `image_size` px: per crop its index and crop row, CLS1 and the registers in
+    `dtype`, and the patch grid as `compression` stores it (`none`: `dtype`; `int8`: one byte per value and an
+    fp32 scale per token; `pca:N`: N codes per token in `dtype`). Shard headers and the manifest are not counted;
+    the PCA basis is `cache_basis_bytes`."""
+    from distill.cache.compression import Compression, storage_dtype
+
+    if isinstance(teacher, str):
+        vision = tipsv2_config(teacher).vision_config
+        width, patch, registers = vision.hidden_size, vision.patch_size, vision.num_register_tokens
+    else:
+        width, patch, registers = teacher.width, teacher.patch_size, teacher.num_registers
+    size, patches = storage_dtype(dtype).itemsize, (image_size // patch) ** 2
+    kind = Compression.parse(compression)
+    patch_bytes = {"none": patches * width * size, "int8": patches * (width + FP32),
+                   "pca": patches * kind.components * size}[kind.kind]
+    return augmentations * (INDEX_BYTES + (1 + registers) * width * size + patch_bytes)
+
+
+def cache_basis_bytes(teacher, compression: str) -> int:
+    """The one PCA basis of a `pca:N` cache (mean and N components, fp32); 0 otherwise."""
+    from distill.cache.compression import Compression
+
+    kind = Compression.parse(compression)
+    width = tipsv2_config(teacher).vision_config.hidden_size if isinstance(teacher, str) else teacher.width
+    return (kind.components + 1) * width * FP32 if kind.kind == "pca" else 0
+
+
+# The storage forms the docs compare: (--dtype, --compress)
+CACHE_FORMS = {"bf16": ("bf16", "none"), "int8": ("bf16", "int8"), "pca:256": ("bf16", "pca:256")}
+
+
+def _cache_storage(recipe: Recipe) -> dict:
+    """MB per image per crop at each teacher size the recipe uses, for each storage form."""
+    teacher = (recipe.compute or ComputeConfig()).teacher_arch
+    return {str(size): {form: cache_bytes_per_image(teacher, size, dtype, compression) / 1e6
+                        for form, (dtype, compression) in CACHE_FORMS.items()}
+            for size in sorted({t_size for *_, t_size in recipe.phases()})}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m distill.compute", description=__doc__.splitlines()[0])
+    parser.add_argument("recipe")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE")
+    parser.add_argument("--gpus", type=int, default=8, help="GPUs the memory per GPU is for (default 8)")
+    args = parser.parse_args(argv)
+    recipe = load_recipe(args.recipe, args.overrides)
+    print(json.dumps({**dataclasses.asdict(estimate_compute(recipe)),
+                      "memory_per_gpu": dataclasses.asdict(memory_per_gpu(recipe, args.gpus)),
+                      "cache_mb_per_image_per_crop": _cache_storage(recipe)}, indent=1))
 
 
 if __name__ == "__main__":
-    print(json.dumps(dataclasses.asdict(estimate_compute(load_recipe(sys.argv[1], sys.argv[2:]))), indent=1))
+    main()

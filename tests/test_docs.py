@@ -156,6 +156,73 @@ def test_the_recipe_compute_table_shows_the_estimate():
     assert checked == 3
 
 
+SCALE_OUT = "docs/scale-out.md"
+
+
+def at_size(size: int):
+    """The b14 recipe at one resolution, both views at `size`: the scale-out page's compute rows."""
+    from distill.recipe_loader import load_recipe
+
+    return load_recipe("b14", ["train.resolution_phases=[]", f"student.image_size={size}",
+                               f"teacher.image_size={size}"])
+
+
+def test_the_scale_out_storage_table_shows_the_cache_bytes():
+    from distill.compute import cache_basis_bytes, cache_bytes_per_image
+
+    rows = table(SCALE_OUT, "| teacher px | `--compress` | MB / image / crop | TB / 1M images, K=1 "
+                            "| TB / 1M images, K=4 |")
+    assert len(rows) == 6
+    for px, compress, mb, tb1, tb4 in rows:
+        per_crop = cache_bytes_per_image("g14", int(px), "bf16", compress.strip("`"))
+        assert shown(mb, per_crop / 1e6) and shown(tb1, per_crop * 1e6 / 1e12) and shown(tb4, 4 * per_crop * 1e6 / 1e12)
+    assert f"adds one {cache_basis_bytes('g14', 'pca:256') / 1e6:.2f} MB basis" in prose(SCALE_OUT)
+
+
+def test_the_scale_out_compute_table_and_example_show_the_estimate():
+    from distill.compute import cache_bytes_per_image, estimate_compute
+
+    rows = table(SCALE_OUT, "| px (teacher and student) | g/14 forward GFLOPs/img | cache build: H100 GPU-h / 1M "
+                            "images / crop | B/14 from the cache: H100 GPU-h / 1M samples | B/14 online: H100 GPU-h / "
+                            "1M samples |")
+    assert len(rows) == 2
+    for px, gflops, build, cached, online in rows:
+        estimate = estimate_compute(at_size(int(px)))
+        assert shown(gflops, estimate.teacher_gflops_per_image)
+        assert shown(build, estimate.teacher_gpu_hours_per_1m_images)
+        assert shown(cached, estimate.cached_gpu_hours_per_100m_samples / 100)
+        assert shown(online, estimate.gpu_hours_per_100m_samples / 100)
+    recipe, images, k = at_size(224), 100e6, 4  # the worked example
+    estimate, samples = estimate_compute(recipe), recipe.train.max_steps * recipe.train.batch_size
+    build = k * images / 1e6 * estimate.teacher_gpu_hours_per_1m_images
+    cached = samples / 1e8 * estimate.cached_gpu_hours_per_100m_samples
+    assert (f"({samples / 1e6:.1f}M samples) on {images / 1e6:.0f}M images is {samples / images:.1f} epochs. Online it "
+            f"costs {samples / 1e8 * estimate.gpu_hours_per_100m_samples:.0f} H100 GPU-hours. With an int8 cache of "
+            f"K={k} crops the build costs {build:.0f} GPU-hours and "
+            f"{k * images * cache_bytes_per_image('g14', 224, compression='int8') / 1e12:.0f} TB, and each student "
+            f"trained from it {cached:.0f} GPU-hours: {build + cached:.0f} for the first student") in prose(SCALE_OUT)
+
+
+def test_the_memory_table_shows_the_model_state_per_gpu():
+    from distill.compute import memory_per_gpu, tower_params
+    from distill.recipe_loader import load_recipe
+
+    rows = table(SCALE_OUT, "| recipe | trained params | teacher, bf16 | student weights + grads + AdamW, fp32 "
+                            "| DDP buckets | per GPU, DDP | per GPU, student sharded | per GPU, teacher sharded too |")
+    assert [row[0] for row in rows] == ["b14", "l14", "so400m14"]
+    for name, params, teacher, state, buckets, ddp, sharded, all_sharded in rows:
+        m = memory_per_gpu(load_recipe(name), 8)
+        assert params.endswith("M") and shown(params, m.student_params / 1e6), (name, params)
+        student_state = m.student_weights_gib + m.student_grads_gib + m.adamw_gib
+        for cell, value in ((teacher, m.teacher_gib), (state, student_state),
+                            (buckets, m.ddp_buckets_gib), (ddp, m.ddp_gib), (sharded, m.sharded_gib),
+                            (all_sharded, m.sharded_teacher_too_gib)):
+            assert shown(cell, value), (name, cell, value)
+    vision, text = tower_params("g14")
+    assert f"({vision / 1e6:.1f}M vision and {text / 1e6:.1f}M text parameters" in prose(SCALE_OUT)
+    assert "over 8 GPUs:" in prose(SCALE_OUT)
+
+
 # ------------------------------------------------------------------ figures in the text, against their results
 
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from distill.compute import estimate_compute
+from distill.compute import (
+    cache_basis_bytes, cache_bytes_per_image, estimate_compute, memory_per_gpu, tower_params, trained_params,
+)
 from distill.recipe_loader import RECIPES_DIR, apply_overrides, load_recipe
 from common.errors import UserError
 
@@ -44,8 +46,77 @@ def test_the_compute_command_prints_the_estimate():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "distill.compute", "b14"], capture_output=True, text=True, check=True)
-    assert json.loads(out.stdout)["gpu_hours_per_100m_samples"] == pytest.approx(74.27, rel=1e-3)
+    out = subprocess.run([sys.executable, "-m", "distill.compute", "b14", "--gpus", "16"], capture_output=True,
+                         text=True, check=True)
+    printed = json.loads(out.stdout)
+    assert printed["gpu_hours_per_100m_samples"] == pytest.approx(74.27, rel=1e-3)
+    assert printed["memory_per_gpu"]["processes"] == 16
+    assert printed["cache_mb_per_image_per_crop"]["448"]["int8"] == pytest.approx(1.583152)  # the 448 px phase
+
+
+def test_the_cache_and_cached_runs_cost_what_their_parts_do():
+    one = estimate_compute(load_recipe("b14", ["train.resolution_phases=[]"]))
+    per_hour = 989e12 * 0.4 * 3600  # FLOPs an H100 does in an hour at the recipes' assumed peak and MFU
+    assert one.teacher_gpu_hours_per_1m_images == pytest.approx(1e6 * one.teacher_gflops_per_image * 1e9 / per_hour)
+    assert one.cached_gpu_hours_per_100m_samples == pytest.approx(
+        1e8 * (one.train_gflops_per_image - one.teacher_gflops_per_image) * 1e9 / per_hour)
+
+
+def test_model_state_per_gpu_adds_up():
+    """docs/training.md's memory table: the frozen g/14 in bf16, the student's fp32 weights, gradients, DDP buckets
+    and AdamW moments, replicated under DDP; sharding splits the student's state only."""
+    import torch
+
+    from students import build_student
+
+    assert tuple(round(n / 1e6, 1) for n in tower_params("g14")) == (1136.0, 389.1)  # tests/test_teachers_sizes.py
+    with torch.device("meta"):
+        b14 = build_student("tipsv2-b14", teacher_width=1536, image_size=224)
+    assert trained_params(load_recipe("b14")) == sum(p.numel() for p in b14.parameters())  # InfoNCE: no extra
+    assert trained_params(load_recipe("so400m14")) - 1 == sum(  # sigmoid: + the logit bias
+        p.numel() for p in build_student("tipsv2-so400m14", teacher_width=1536, image_size=224).to("meta").parameters())
+    memory = memory_per_gpu(load_recipe("l14"), 8)
+    gib = 2**30
+    assert memory.teacher_gib == pytest.approx(sum(tower_params("g14")) * 2 / gib)
+    state = memory.student_params * 16 / gib  # weights + gradients + 2 moments, fp32
+    assert memory.ddp_gib == pytest.approx(memory.teacher_gib + state + memory.student_params * 4 / gib)
+    assert memory.sharded_gib == pytest.approx(memory.teacher_gib + state / 8)
+    assert memory.sharded_teacher_too_gib == pytest.approx((memory.teacher_gib + state) / 8)
+    cached = memory_per_gpu(load_recipe("l14", ["cache=/some/cache", "train.resolution_phases=[]"]), 8)
+    assert cached.teacher_params == 0 and cached.student_params == memory.student_params
+
+
+def test_cache_storage_counts_what_the_writer_stores():
+    tokens, width = 2 + 32 * 32, 1536  # g/14 at 448 px: CLS1, the register, 32x32 patches
+    assert cache_bytes_per_image("g14", 448) == 48 + tokens * width * 2
+    assert cache_bytes_per_image("g14", 448, compression="int8") == 48 + 2 * width * 2 + 1024 * (width + 4)
+    assert cache_bytes_per_image("g14", 448, compression="pca:256", augmentations=4) == 4 * (
+        48 + 2 * width * 2 + 1024 * 256 * 2)
+    assert cache_bytes_per_image("g14", 224, "fp16") == 48 + (2 + 16 * 16) * width * 2
+    assert cache_basis_bytes("g14", "pca:256") == 257 * width * 4 and cache_basis_bytes("g14", "int8") == 0
+
+
+def test_cache_storage_matches_a_written_shard(tmp_path):
+    """The count against the bytes of real shards of the micro teacher: the shards' tensors, headers aside."""
+    from safetensors import safe_open
+
+    from distill.cli import main
+    from teachers import load_teacher
+
+    teacher = load_teacher("micro")
+    for compression in ("none", "int8", "pca:8"):
+        out = tmp_path / compression.replace(":", "")
+        assert main(["cache", "--teacher", "micro", "--data", "scenes", "--data-option", "length=4", "--out", str(out),
+                     "--augmentations", "2", "--image-size", "64", "--compress", compression]) == 0
+        stored = 0
+        for shard in out.glob("*.safetensors"):
+            if shard.name.startswith("shard-"):
+                with safe_open(shard, "pt") as f:
+                    stored += sum(f.get_tensor(key).nbytes for key in f.keys())
+        assert stored == 4 * cache_bytes_per_image(teacher, 64, compression=compression, augmentations=2), compression
+        if compression == "pca:8":
+            with safe_open(out / "pca_basis.safetensors", "pt") as f:
+                assert sum(f.get_tensor(key).nbytes for key in f.keys()) == cache_basis_bytes(teacher, compression)
 
 
 def test_g14_forward_flops_match_known_count():
