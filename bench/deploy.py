@@ -31,7 +31,7 @@ RECIPES = {"vit": "micro", "convnet": "micro-convnet"}
 TRAIN_THREADS, EVAL_THREADS = 2, 1
 QUICK_TRAIN = ("train.max_steps=2", "train.batch_size=8")
 QUICK_DATASET = "scenes:length=8"
-COST = ("vision_params", "text_params", "gflops_per_image", "images_per_s")
+COST = ("vision_params", "text_params", "resolution", "gflops_per_image", "images_per_s")
 
 
 def _cli(args: list[str], threads: int) -> None:
