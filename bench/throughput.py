@@ -512,8 +512,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.into:
             # The measurements are independent: one can be re-run alone, its machine recorded with it.
             full = json.loads(Path(args.into).read_text())
-            report = {**full, **{key: report[key] for key in SECTIONS[args.only]},
-                      f"{args.only}_machine": report["machine"], f"{args.only}_setup": report["setup"]}
+            own = {f"{args.only}_machine": report["machine"]}
+            if args.only == "overhead":  # the loader's own parameters are in its section
+                own["overhead_setup"] = report["setup"]
+            report = {**full, **{key: report[key] for key in SECTIONS[args.only]}, **own}
             args.out = args.out or args.into
     else:
         with tempfile.TemporaryDirectory(prefix="tipsdistill-bench-") as tmp:
