@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from common.errors import UserError
 
-from distill.data.augment import CropConfig, CropParams, crop_generator, crop_view, sample_crop, source_pixels, stack_float
+from distill.data.augment import (CropConfig, CropParams, crop_generator, crop_view, sample_crop, source_pixels,
+                                  stack_float)
 from distill.data.batch import Batch
 from distill.data.captions import CaptionTokenizer
 from distill.data.draws import Draws, collate_draws
