@@ -21,10 +21,11 @@ Times are process CPU seconds (`time.process_time`) with one torch thread by def
 this runs on are shared, and other jobs change wall-clock times several-fold within one run, while the
 CPU time a step needs stays put. On a dedicated machine wall time ~= CPU time / threads.
 
-Usage: python bench/throughput.py [--quick] [--threads N] [--processes N] [--only overhead [--into REPORT]] [--out FILE]
+Usage: python bench/throughput.py [--quick] [--threads N] [--processes N] [--only overhead|loader [--into REPORT]]
+                                  [--out FILE]
   --quick: a reduced g/14 (4 of 40 blocks) and S/14 student, for a smoke run in a few minutes.
-  --only overhead: the step overhead alone (5 fresh processes, about 4 CPU-minutes); with --into REPORT it replaces
-  the step overhead of a full report in place.
+  --only overhead: the step overhead alone (5 fresh processes, about 4 CPU-minutes); --only loader: the loader alone
+  (about a minute). With --into REPORT either replaces its own section of a full report in place.
 """
 from __future__ import annotations
 
@@ -465,14 +466,32 @@ def online_loop_batches(setup: Setup, workdir: Path) -> list[float]:
     return times[1:]
 
 
+# The keys of a full report each `--only` measurement re-measures.
+SECTIONS = {"overhead": ("step_overhead", "overhead"), "loader": ("loader_images_per_cpu_s", "loader")}
+
+
+def loader_images(quick: bool) -> int:
+    return 32 if quick else 128
+
+
+def only(args, setup: Setup) -> dict:
+    """One measurement alone, under its full report's keys (`SECTIONS`)."""
+    if args.only == "overhead":
+        overhead = step_overhead(setup, args.processes, args.threads)
+        return {"step_overhead": overhead.pop("step_overhead"), "overhead": overhead}
+    with tempfile.TemporaryDirectory(prefix="tipsdistill-bench-") as tmp:
+        loader = loader_throughput(Path(tmp), loader_images(args.quick), args.quick)
+    return {"loader_images_per_cpu_s": loader["images_per_cpu_s"], "loader": loader}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="reduced teacher and student (smoke run)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1; see the docstring)")
     parser.add_argument("--processes", type=int, default=5, help="fresh processes for the step overhead (default 5)")
-    parser.add_argument("--only", choices=["overhead"], help="measure the step overhead alone")
+    parser.add_argument("--only", choices=sorted(SECTIONS), help="measure the step overhead or the loader alone")
     parser.add_argument("--out", help="also write the JSON here")
-    parser.add_argument("--into", metavar="REPORT", help="with --only overhead: replace the step overhead of this "
+    parser.add_argument("--into", metavar="REPORT", help="with --only: replace that measurement's section of this "
                                                          "full report (its other sections keep their run)")
     parser.add_argument("--overhead-process", metavar="SETUP", help=argparse.SUPPRESS)  # one of step_overhead's
     args = parser.parse_args(argv)
@@ -488,20 +507,21 @@ def main(argv: list[str] | None = None) -> int:
         setup = Setup(images=20, batch=4, resolution=112, teacher_depth=40, student="tipsv2-b14",
                       overhead_teacher="b14", overhead_steps=9)
     report: dict = {"machine": machine(), "setup": setup.__dict__}
-    if args.only == "overhead":
-        overhead = step_overhead(setup, args.processes, args.threads)
-        report = {"step_overhead": overhead.pop("step_overhead"), **report, "overhead": overhead}
+    if args.only:
+        report = {**only(args, setup), **report}
         if args.into:
-            # The measurements are independent processes: one can be re-run alone, its machine recorded with it.
+            # The measurements are independent: one can be re-run alone, its machine recorded with it.
             full = json.loads(Path(args.into).read_text())
-            report = {**full, "step_overhead": report["step_overhead"], "overhead": report["overhead"],
-                      "overhead_machine": report["machine"], "overhead_setup": report["setup"]}
+            own = {f"{args.only}_machine": report["machine"]}
+            if args.only == "overhead":  # the loader's own parameters are in its section
+                own["overhead_setup"] = report["setup"]
+            report = {**full, **{key: report[key] for key in SECTIONS[args.only]}, **own}
             args.out = args.out or args.into
     else:
         with tempfile.TemporaryDirectory(prefix="tipsdistill-bench-") as tmp:
             speed = cache_vs_online(setup, Path(tmp))  # first: its memory baseline is a fresh process
             overhead = step_overhead(setup, args.processes, args.threads)
-            loader = loader_throughput(Path(tmp), 32 if args.quick else 128, args.quick)
+            loader = loader_throughput(Path(tmp), loader_images(args.quick), args.quick)
             lightly = interleaved_lightly(setup, Path(tmp))
         report = {"step_overhead": overhead.pop("step_overhead"), "cache_speedup": speed.pop("cache_speedup"),
                   "cached_step_over_student_step": speed.pop("cached_step_over_student_step"),

@@ -144,3 +144,17 @@ def test_the_step_overhead_alternates_steps_in_fresh_processes(tmp_path):
     assert [len(r) for r in overhead["toolkit_cpu_s_per_step_all"]] == [4, 4] and overhead["pairs_per_process"] == 2
     assert [len(r) for r in overhead["bare_cpu_s_per_step_all"]] == [4, 4]
     assert overhead["pairs_interquartile"][0] <= overhead["pairs_interquartile"][1]
+
+
+@pytest.mark.slow
+def test_the_loader_alone_replaces_its_section_of_a_report(tmp_path):
+    out = tmp_path / "throughput.json"
+    out.write_text(json.dumps({"step_overhead": 0.04, "loader_images_per_cpu_s": 1.0, "loader": {}}))
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--quick", "--only", "loader",
+                           "--into", str(out)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["step_overhead"] == 0.04 and "cpu" in result["loader_machine"]  # the rest kept
+    assert result["loader_images_per_cpu_s"] == result["loader"]["images_per_cpu_s"] > 1.0
+    assert result["loader"]["teacher_px"] == 224 and len(result["loader"]["images_per_cpu_s_all"]) == 3

@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as nnf
+import torchvision.transforms.v2.functional as F
 from PIL import Image
 from torchvision.transforms import RandomResizedCrop
 
 from distill.data import (CropConfig, CropParams, Draws, MaskConfig, apply_crop, build_dataset, crop_generator,
                           make_dataloader, sample_crop)
+from distill.data.loader import Augment, collate
 from common.errors import UserError
 
 
@@ -86,6 +88,23 @@ def test_crop_replay_is_bitwise_and_teacher_student_share_it(image_folder):
     same = (down - batch.pixels).abs().mean()
     other = (down - torch.roll(batch.pixels, 1, dims=0)).abs().mean()  # another image's crop
     assert same < 0.01 and other > 10 * same
+
+
+def test_views_stay_uint8_until_the_batch_and_keep_the_bits_of_a_float_per_view(image_folder):
+    """The items carry uint8 views and the collate converts each batch once; the pixels are bit for bit those of
+    torchvision's per-view conversion (the loader's earlier path), so older caches and resumed runs still agree."""
+    ds = build_dataset(f"folder:{image_folder}")
+    augment = Augment(16, 32, seed=3)
+    items = [augment(ds[i], 2) for i in range(3)]
+    assert {items[0]["pixels"].dtype, items[0]["teacher_pixels"].dtype} == {torch.uint8}
+    batch = collate(items)
+    for row, item in enumerate(items):
+        params = CropParams.from_tensor(item["crop"])
+        for size, pixels in ((16, batch.pixels[row]), (32, batch.teacher_pixels[row])):
+            view = F.resized_crop(F.to_image(ds[row].image), params.top, params.left, params.height, params.width,
+                                  [size, size], antialias=True)
+            view = F.hflip(view) if params.flip else view
+            assert torch.equal(pixels, F.to_dtype(view, torch.float32, scale=True).as_subclass(torch.Tensor))
 
 
 def test_same_size_gives_one_tensor(tmp_path):

@@ -71,10 +71,15 @@ def sample_crop(image_size: tuple[int, int], rng: torch.Generator, crop: CropCon
     return CropParams(*box, flip=flip)
 
 
-def apply_crop(image: Image.Image | torch.Tensor, params: CropParams, size: int) -> torch.Tensor:
-    """(3, size, size) float32 in [0, 1]: crop, antialiased bilinear resize, the flip, then to float.
-    `image` is an RGB PIL image or a (3, H, W) uint8/float tensor."""
-    pixels = F.to_image(image) if isinstance(image, Image.Image) else image
+def source_pixels(image: Image.Image | torch.Tensor) -> torch.Tensor:
+    """A (3, H, W) tensor view of an RGB PIL image (uint8, one copy); a tensor as it is. Made once per sample:
+    both views are cut from it."""
+    return F.to_image(image).as_subclass(torch.Tensor) if isinstance(image, Image.Image) else image
+
+
+def crop_view(pixels: torch.Tensor, params: CropParams, size: int) -> torch.Tensor:
+    """(3, size, size) in the dtype of `pixels` (a `source_pixels` tensor): crop, antialiased bilinear resize,
+    then the flip."""
     height, width = pixels.shape[-2:]
     if not (0 <= params.top and 0 <= params.left and 0 < params.height and 0 < params.width
             and params.top + params.height <= height and params.left + params.width <= width):
@@ -83,7 +88,28 @@ def apply_crop(image: Image.Image | torch.Tensor, params: CropParams, size: int)
     # On uint8 (the source's own precision) torchvision's antialiased resize is ~5x cheaper than on float.
     pixels = F.resized_crop(pixels, params.top, params.left, params.height, params.width, [size, size],
                             antialias=True)
-    if params.flip:
-        pixels = F.hflip(pixels)
-    pixels = F.to_dtype(pixels, torch.float32, scale=True)
-    return pixels.as_subclass(torch.Tensor).clamp_(0, 1)
+    return F.hflip(pixels) if params.flip else pixels
+
+
+def to_float(pixels: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """float32 in [0, 1] (into `out` when given). uint8 exactly as torchvision's `to_dtype(..., scale=True)`:
+    x * (1/255) in float32, elementwise, so a view gets the same bits alone or in a batch; a float input is
+    clamped, since an antialiased resize overshoots [0, 1] near edges."""
+    if pixels.dtype == torch.uint8:
+        return torch.mul(pixels, 1 / 255, out=out)
+    return torch.clamp(pixels.to(torch.float32), 0, 1, out=out)
+
+
+def stack_float(views: list[torch.Tensor]) -> torch.Tensor:
+    """(B, 3, S, S) float32 of `crop_view`s, each converted straight into its row: one pass over the batch,
+    and no uint8 or per-view float copy is allocated on the way."""
+    batch = torch.empty((len(views), *views[0].shape), dtype=torch.float32)
+    for view, row in zip(views, batch):
+        to_float(view, out=row)
+    return batch
+
+
+def apply_crop(image: Image.Image | torch.Tensor, params: CropParams, size: int) -> torch.Tensor:
+    """(3, size, size) float32 in [0, 1]: `crop_view`, then `to_float`. `image` is an RGB PIL image or a
+    (3, H, W) uint8/float tensor."""
+    return to_float(crop_view(source_pixels(image), params, size))

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from common.errors import UserError
 
-from distill.data.augment import CropConfig, CropParams, apply_crop, crop_generator, sample_crop
+from distill.data.augment import (CropConfig, CropParams, crop_generator, crop_view, sample_crop, source_pixels,
+                                  stack_float)
 from distill.data.batch import Batch
 from distill.data.captions import CaptionTokenizer
 from distill.data.draws import Draws, collate_draws
@@ -46,16 +47,21 @@ class Augment:
         sizes = sizes or Sizes(self.student_size, self.teacher_size)
         params = sample_crop((sample.image.height, sample.image.width), crop_generator(self.seed, epoch, sample.index),
                              self.crop)
-        item = self.item(sample, params, epoch, sizes.student)
+        pixels = source_pixels(sample.image)
+        item = self.item(sample, params, epoch, sizes.student, pixels)
         if sizes.teacher != sizes.student:
             # From the source image, not from the student pixels: each side gets its full resolution.
-            item["teacher_pixels"] = apply_crop(sample.image, params, sizes.teacher)
+            item["teacher_pixels"] = crop_view(pixels, params, sizes.teacher)
         return item
 
-    def item(self, sample: Sample, params: CropParams, epoch: int, size: int | None = None) -> dict[str, Any]:
-        """The student's view of `sample` under the crop `params` at `size`, with this epoch's draws."""
+    def item(self, sample: Sample, params: CropParams, epoch: int, size: int | None = None,
+             pixels: torch.Tensor | None = None) -> dict[str, Any]:
+        """The student's view of `sample` under the crop `params` at `size`, with this epoch's draws; `pixels`: the
+        sample's `source_pixels` when already made. Views stay uint8 (`crop_view`): `collate` makes the batch
+        float in one pass, where a float view per image costs a conversion, a clamp and a copy more."""
         size = size or self.student_size
-        return {"pixels": apply_crop(sample.image, params, size), "captions": sample.captions,
+        pixels = source_pixels(sample.image) if pixels is None else pixels
+        return {"pixels": crop_view(pixels, params, size), "captions": sample.captions,
                 "index": sample.index, "crop": params.as_tensor(), "events": sample.events,
                 **self.draws(sample.captions, size, self.seed, epoch, sample.index)}
 
@@ -137,8 +143,8 @@ class EpochDataLoader(DataLoader):
 
 def collate(items: list[dict[str, Any]], captions: CaptionTokenizer | None = None) -> Batch:
     """The `Batch` of `items`, with the draws they carry; `captions` tokenises the caption pairs."""
-    pixels = torch.stack([item["pixels"] for item in items])
-    teacher = torch.stack([item["teacher_pixels"] for item in items]) if "teacher_pixels" in items[0] else pixels
+    pixels = stack_float([item["pixels"] for item in items])
+    teacher = stack_float([item["teacher_pixels"] for item in items]) if "teacher_pixels" in items[0] else pixels
     stats = DataStats()
     for item in items:
         stats.add(item["events"], samples=1)
