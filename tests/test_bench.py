@@ -86,17 +86,17 @@ def test_the_main_job_bench_runs_the_job_in_fresh_processes(tmp_path):
 
 @pytest.mark.slow
 def test_the_deploy_bench_measures_each_student_in_pytorch_and_onnx(tmp_path):
-    result = bench("deploy", tmp_path)
-    assert set(result["rows"]) == {"teacher", *(f"{kind}{form}" for kind in ("vit", "convnet")
-                                                for form in ("", "-onnx-fp32", "-onnx-int8"))}
-    assert result["eval_threads"] == 1 and result["reference"] == "vit"
+    # The convnet alone keeps the suite short: the ViT student's export and teacher space are tested elsewhere.
+    result = bench("deploy", tmp_path, "--students", "convnet")
+    assert set(result["rows"]) == {"teacher", "convnet", "convnet-onnx-fp32", "convnet-onnx-int8"}
+    assert result["eval_threads"] == 1 and result["reference"] == "convnet"
     rows = result["rows"]
-    assert rows["vit"]["gflops_per_image"] > 0 and rows["vit-onnx-int8"]["gflops_per_image"] is None
-    assert rows["vit-onnx-fp32"]["vision_params"] == rows["vit"]["vision_params"]
+    assert rows["convnet"]["gflops_per_image"] > 0 and rows["convnet-onnx-int8"]["gflops_per_image"] is None
+    assert rows["convnet-onnx-fp32"]["vision_params"] == rows["convnet"]["vision_params"]
     assert all(row["images_per_s"] > 0 and 0 <= row["miou"] <= 100 for row in rows.values())
     summary = result["summary"]["convnet"]
     assert summary["int8_minus_fp32_miou"] == rows["convnet-onnx-int8"]["miou"] - rows["convnet-onnx-fp32"]["miou"]
-    assert "minus_reference_miou" in rows["convnet"] and "minus_reference_miou" not in rows["vit"]
+    assert "minus_reference_miou" in rows["teacher"] and "minus_reference_miou" not in rows["convnet"]
 
 
 def test_the_alignment_bench_reports_each_class(tmp_path):
