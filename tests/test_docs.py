@@ -155,6 +155,15 @@ def test_the_deploy_table_shows_its_result():
                                                                        *difference["ci95"]), (name, versus)
 
 
+def test_the_readme_deploy_line_shows_its_result():
+    rows, summary = result("deploy.json")["rows"], result("deploy.json")["summary"]["vit"]
+    line = prose("README.md")
+    line = line[line.index("**Deploy**"):line.index("any timm model")]
+    for figure in (f"{rows['vit-onnx-fp32']['miou']:.2f} fp32", f"{rows['vit-onnx-int8']['miou']:.2f} int8",
+                   f"{summary['teacher_speedup']:.1f}x the teacher", f"{summary['int8_speedup_over_onnx_fp32']:.2f}x ONNX"):
+        assert figure in line, figure
+
+
 def test_the_recipe_compute_table_shows_the_estimate():
     """The real-scale rows quote `distill.compute.estimate_compute` of each recipe (`python -m distill.compute NAME`
     prints it); the recipes keep only its inputs."""
