@@ -16,8 +16,7 @@ from pathlib import Path
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import (GradientAccumulationPlugin, ProjectConfiguration, broadcast_object_list, send_to_device,
-                               set_seed)
+from accelerate.utils import GradientAccumulationPlugin, ProjectConfiguration, send_to_device, set_seed
 from torch.utils.data import IterableDataset
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
@@ -28,6 +27,7 @@ from distill.config import Recipe, flat_recipe
 from distill.data import CAPTION_KEYS, CropConfig, Draws, MaskConfig, build_dataset, make_dataloader
 from distill.data.captions import CaptionTokenizer
 from distill.data.loader import Augment
+from distill.processes import Processes, cpu_launch
 from distill.recipe_rules import check_rules
 from distill.targets import CachedTargets, OnlineTargets
 from distill.tasks import TrainingTask
@@ -52,11 +52,8 @@ NO_DECAY = ("cls_token", "register_tokens", "mask_token", "position_embeddings",
 
 def make_accelerator(recipe: Recipe, out: Path) -> Accelerator:
     t = recipe.train
-    # Without a GPU, Accelerate joins a multi-process launch (torchrun, `accelerate launch --multi_gpu`) only when
-    # told to run on CPU; otherwise every process would train alone on the whole batch.
-    cpu_processes = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(
-        cpu=cpu_processes,
+        cpu=cpu_launch(),
         mixed_precision=None if t.mixed_precision == "auto" else t.mixed_precision,
         # Steps are counted in micro-batches only: an epoch end must not force an early optimizer step.
         gradient_accumulation_plugin=GradientAccumulationPlugin(num_steps=t.grad_accum_steps,
@@ -226,22 +223,6 @@ def _calibrate(task: TrainingTask, targets, loader, recipe: Recipe, accelerator:
     log.info("target normalisation (%s) calibrated on %d batches", task.norm.kind, wanted)
 
 
-def _on_main_process(accelerator: Accelerator, prepare):
-    """`prepare()` on the main process alone, its result or its UserError handed to every process: the others
-    write nothing before it is done, and none waits for a process that gave up."""
-    result, error = None, None
-    if accelerator.is_main_process:
-        try:
-            result = prepare()
-        except UserError as exc:
-            error = str(exc)
-    if accelerator.num_processes > 1:
-        result, error = broadcast_object_list([result, error])
-    if error is not None:
-        raise UserError(error)
-    return result
-
-
 # ---------------------------------------------------------------- building and running
 
 
@@ -316,7 +297,9 @@ def run_training(recipe: Recipe, out_dir: str | os.PathLike, *, resume: bool = F
     accelerator = make_accelerator(recipe, out)
     lock = OutputLock(out)  # taken once, by the main process, before any process writes
     try:
-        checkpoint = _on_main_process(accelerator, lambda: open_run_dir(lock, recipe, out, resume))
+        # The main process alone opens the run directory; the others write nothing before it is done.
+        processes = Processes(accelerator.process_index, accelerator.num_processes)
+        checkpoint = processes.main_first(lambda: open_run_dir(lock, recipe, out, resume))
         return _train(recipe, out, accelerator, checkpoint, stop_at=stop_at, teacher=teacher,
                       show_progress=show_progress)
     finally:

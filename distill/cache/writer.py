@@ -21,7 +21,7 @@ from distill.cache.manifest import (
     DATA_SHARDS, IMAGES, MANIFEST, PCA_BASIS, TOKENIZER_DIR, CacheManifest, Preprocessing, read_manifest,
     write_manifest,
 )
-from distill.cache.processes import Processes
+from distill.processes import Processes
 from distill.cache.store import open_store
 from distill.data import DataStats
 from distill.data.augment import stack_float

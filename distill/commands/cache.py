@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from distill.cache.writer import CacheSettings
     from distill.config import DataConfig, Recipe
     from distill.recipe_loader import load_recipe
-    from distill.cache.processes import launched
+    from distill.processes import launched
     from distill.cache.store import is_remote
     from common.errors import UserError
     from common.lock import OutputLock

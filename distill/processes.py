@@ -1,8 +1,8 @@
-"""The processes of a cache build: this one alone, or those started by `accelerate launch` / torchrun (on one
-node or several, over a file system they all see).
+"""The processes of a launch: this one alone, or those started by `accelerate launch` / torchrun (on one node or
+several, over a file system they all see).
 
-Each process computes its share of the shards; only the main one writes the manifest, so the manifest has one
-writer however many processes build.
+A cache build gives each process its share of the shards and lets the main one alone write the manifest; a
+training run lets the main one alone open its run directory (`main_first`).
 """
 from __future__ import annotations
 
@@ -61,10 +61,15 @@ class Processes:
         return result
 
 
+def cpu_launch() -> bool:
+    """Without a GPU, Accelerate joins a multi-process launch (torchrun, `accelerate launch`) only when told to run
+    on CPU (gloo); otherwise every process would work alone on everything."""
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def launched(cpu: bool) -> tuple[Processes, torch.device]:
-    """The processes of this launch and this process's device. Without a GPU, Accelerate joins a multi-process
-    launch only when told to run on CPU (gloo); otherwise every process would build the whole cache alone."""
+    """The processes of this launch and this process's device."""
     from accelerate import PartialState
 
-    state = PartialState(cpu=cpu or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1))
+    state = PartialState(cpu=cpu or cpu_launch())
     return Processes(state.process_index, state.num_processes), state.device
