@@ -58,7 +58,7 @@ def _student(work: Path, kind: str, quick: bool) -> dict[str, str]:
 
 
 def _row(name: str, report: dict) -> dict:
-    runtime, _, precision = name.partition("-onnx-")
+    _, _, precision = name.partition("-onnx-")
     row = {"runtime": "onnxruntime" if precision else "pytorch", "precision": precision or "fp32",
            "miou": report["models"][name]["miou"], **{k: report["cost"][name].get(k) for k in COST}}
     bootstrap = report.get("bootstrap") or {}

@@ -51,12 +51,12 @@ class OnnxTeacher(Teacher):
 
     runtime = "onnxruntime"  # the cost columns count no torch FLOPs or allocations for it
 
-    def __init__(self, directory: Path, config: dict, vision, vision_value, text, tokenizer,
+    def __init__(self, directory: Path, config: dict, vision, vision_value, text, tokenizer, fingerprint: str,
                  outputs: tuple[str, ...] = TOKEN_OUTPUTS):
         super().__init__(
             width=config["width"] if outputs == TOKEN_OUTPUTS else config["teacher_width"],
             patch_size=config["patch_size"], image_size=config["image_size"],
-            num_registers=config["num_registers"], fingerprint=_fingerprint(directory),
+            num_registers=config["num_registers"], fingerprint=fingerprint,
             temperature=config.get("temperature"), tokenizer=tokenizer if text is not None else None,
         )
         self.directory, self.config, self.outputs = directory, config, outputs
@@ -82,7 +82,8 @@ class OnnxTeacher(Teacher):
         if self.teacher_width is None:
             raise UserError(f"onnx:{self.directory} was exported without --with-heads; expected an export with the "
                             "projection heads to read it in its teacher's space")
-        return OnnxTeacher(self.directory, self.config, self.vision, self.vision_value, None, None,
+        # The same files, so the same fingerprint: no second pass over the graphs.
+        return OnnxTeacher(self.directory, self.config, self.vision, self.vision_value, None, None, self.fingerprint,
                            outputs=HEAD_OUTPUTS)
 
     def graph_parameters(self) -> int | None:
@@ -152,4 +153,5 @@ def load(directory: Path) -> OnnxTeacher:
     return OnnxTeacher(
         directory, config, open_session(directory / VISION), open_session(value) if value.is_file() else None,
         open_session(text) if text.is_file() else None, load_tokenizer(directory) if has_tokenizer else None,
+        _fingerprint(directory),
     )
