@@ -47,13 +47,14 @@ def _students(recipe: Recipe) -> None:
     if not recipe.students:
         return
     first = recipe.students[0]
+    shared = patch_size(first)  # a timm student's stride is read from a model built for it: once, not per entry
     for i, s in enumerate(recipe.students[1:], 1):
         require(s.name not in [t.name for t in recipe.students[:i]], f"students[{i}].name",
                 "a student not listed before it (each is trained and saved under its name)", s.name)
         require(s.image_size == first.image_size, f"students[{i}].image_size",
                 f"students[0].image_size ({first.image_size}): the students share one crop", s.image_size)
-        require(patch_size(s) == patch_size(first), f"students[{i}].name",
-                f"a student with {first.name}'s patch size {patch_size(first)}: the students share one mask",
+        require(patch_size(s) == shared, f"students[{i}].name",
+                f"a student with {first.name}'s patch size {shared}: the students share one mask",
                 s.name)
         require(s.tokenizer == first.tokenizer, f"students[{i}].tokenizer",
                 f"students[0].tokenizer ({first.tokenizer}): one tokenizer reads the captions", s.tokenizer)
