@@ -150,7 +150,7 @@ def ema_probe(mode: str, quick: bool) -> dict:
     times = []
     for step, batch in enumerate(loader):
         start = time.perf_counter()
-        task(batch).loss.backward()
+        task(batch.to("cpu")).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         task.after_optimizer_step(step + 1, 100)

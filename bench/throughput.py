@@ -170,6 +170,7 @@ def run_epoch(loader, epoch: int, targets, step) -> list[float]:
     loader.set_epoch(epoch)
     times, tick = [], clock()
     for batch in loader:
+        batch = batch.to("cpu")  # as the loop's send_to_device: float views
         step(batch, targets(batch))
         times.append(clock() - tick)
         tick = clock()
@@ -230,8 +231,12 @@ def overhead_process(setup: Setup, workdir: Path) -> dict:
         train=TrainConfig(max_steps=steps, batch_size=setup.batch, mixed_precision="no", log_every=1))
     student = build_student(setup, teacher.width)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-4)
-    alternating = Alternating(lambda batch: bare_step(student, optimizer, batch.pixels,
-                                                      teacher.encode_image(batch.teacher_pixels)))
+
+    def bare(batch):
+        batch = batch.to("cpu")  # the float views the loop's send_to_device makes on the toolkit side
+        bare_step(student, optimizer, batch.pixels, teacher.encode_image(batch.teacher_pixels))
+
+    alternating = Alternating(bare)
     build = run_module.build_run
 
     def build_alternating(*args, **kwargs):
@@ -300,7 +305,7 @@ def cache_vs_online(setup: Setup, workdir: Path) -> dict:
 
     # Memory: the second online step (AdamW allocates its moments on the first).
     online.set_epoch(0)
-    first = next(iter(online))
+    first = next(iter(online)).to("cpu")
     step(first, online_targets(first))
     with PeakRss() as peak:
         step(first, online_targets(first))
@@ -325,7 +330,7 @@ def cache_vs_online(setup: Setup, workdir: Path) -> dict:
     cached_times = run_epoch(cached, 1, cached_targets, step)
     # The same steps on batches and targets already in memory: what a cached step cannot go below.
     cached.set_epoch(1)
-    held = [(batch, cached_targets(batch)) for batch in cached]
+    held = [(batch.to("cpu"), cached_targets(batch)) for batch in cached]
     student_times = []
     for batch, targets in held:
         tick = clock()
@@ -405,7 +410,9 @@ def lightly_side_by_side(setup: Setup, workdir: Path) -> dict:
 
 def loader_throughput(workdir: Path, images: int, quick: bool) -> dict:
     """Images per CPU-second of the loader alone in this process (no workers): JPEG decoding, the shared crop,
-    a 448 px teacher view and a 224 px student view, masks and caption draws, as a b14 run asks."""
+    a 448 px teacher view and a 224 px student view, masks and caption draws, as a b14 run asks. Its batches hold
+    uint8 views, made float32 on the device; `..._with_cpu_float` also counts making them float32 on the CPU
+    (`Batch.to("cpu")`, a CPU-only run)."""
     import numpy as np
     from PIL import Image
 
@@ -423,14 +430,22 @@ def loader_throughput(workdir: Path, images: int, quick: bool) -> dict:
     draws = Draws(MaskConfig(14, 0.4, 0.5), {"short": 1.0})
     loader = make_dataloader(build_dataset(f"folder:{folder}"), batch_size=16, student_size=student,
                              teacher_size=teacher, draws=draws)
-    rates = []
+    rates, with_float = [], []
     for epoch in range(3):  # the first warms the caches
         loader.set_epoch(epoch)
-        tick = clock()
-        count = sum(len(batch) for batch in loader)
-        rates.append(count / (clock() - tick))
+        count, converting, tick = 0, 0.0, clock()
+        for batch in loader:
+            count += len(batch)
+            handed = clock()
+            batch.to("cpu")
+            converting += clock() - handed
+        total = clock() - tick
+        rates.append(count / (total - converting))
+        with_float.append(count / total)
     return {"photo_px": list(size), "student_px": student, "teacher_px": teacher,
-            "images_per_cpu_s": median(rates[1:]), "images_per_cpu_s_all": rates}
+            "images_per_cpu_s": median(rates[1:]), "images_per_cpu_s_all": rates,
+            "images_per_cpu_s_with_cpu_float": median(with_float[1:]),
+            "images_per_cpu_s_with_cpu_float_all": with_float}
 
 
 def interleaved_lightly(setup: Setup, workdir: Path) -> dict:

@@ -73,7 +73,7 @@ def test_crop_replay_is_bitwise_and_teacher_student_share_it(image_folder):
     ds = build_dataset(f"folder:{image_folder}")
     loader = make_dataloader(ds, batch_size=5, student_size=16, teacher_size=32, seed=3)
     loader.set_epoch(2)
-    batch = next(iter(loader))
+    batch = next(iter(loader)).to("cpu")
     assert batch.pixels.shape == (5, 3, 16, 16) and batch.teacher_pixels.shape == (5, 3, 32, 32)
     assert batch.captions["short"] == [f"caption {i}" for i in batch.index.tolist()]
     assert batch.captions["long"] == [None] * 5
@@ -90,14 +90,17 @@ def test_crop_replay_is_bitwise_and_teacher_student_share_it(image_folder):
     assert same < 0.01 and other > 10 * same
 
 
-def test_views_stay_uint8_until_the_batch_and_keep_the_bits_of_a_float_per_view(image_folder):
-    """The items carry uint8 views and the collate converts each batch once; the pixels are bit for bit those of
-    torchvision's per-view conversion (the loader's earlier path), so older caches and resumed runs still agree."""
+def test_views_stay_uint8_until_the_device_and_keep_the_bits_of_a_float_per_view(image_folder):
+    """The items and the collated batch carry uint8 views, which `Batch.to` makes float where they arrive; the pixels
+    are bit for bit those of torchvision's per-view conversion (the loader's earlier path), so older caches and
+    resumed runs still agree."""
     ds = build_dataset(f"folder:{image_folder}")
     augment = Augment(16, 32, seed=3)
     items = [augment(ds[i], 2) for i in range(3)]
     assert {items[0]["pixels"].dtype, items[0]["teacher_pixels"].dtype} == {torch.uint8}
-    batch = collate(items)
+    collated = collate(items)
+    assert {collated.pixels.dtype, collated.teacher_pixels.dtype} == {torch.uint8}
+    batch = collated.to("cpu")
     for row, item in enumerate(items):
         params = CropParams.from_tensor(item["crop"])
         for size, pixels in ((16, batch.pixels[row]), (32, batch.teacher_pixels[row])):
@@ -149,8 +152,9 @@ def test_accelerate_process_shards_make_up_the_global_batch(image_folder):
 
 
 def test_a_batch_travels_to_the_device_as_one_object(tmp_path):
-    """`send_to_device` calls `Batch.to`: every tensor moves, `teacher_pixels` stays the student's tensor when
-    it is one (one copy, not two), and what is no tensor (captions, stats) comes along unchanged."""
+    """`send_to_device` calls `Batch.to`: every tensor moves, the views become float32 there, `teacher_pixels` stays
+    the student's tensor when it is one (one copy, not two), and what is no tensor (captions, stats) comes along
+    unchanged."""
     from accelerate.utils import send_to_device
 
     quadrants().save(tmp_path / "q.png")
@@ -159,6 +163,7 @@ def test_a_batch_travels_to_the_device_as_one_object(tmp_path):
     batch = next(iter(loader))
     moved = send_to_device(batch, "meta")
     assert moved.pixels.is_meta and moved.teacher_pixels is moved.pixels and moved.mask.is_meta
+    assert moved.pixels.dtype == torch.float32 and batch.pixels.dtype == torch.uint8
     assert moved.caption_pair.cls1_valid.is_meta and moved.captions is batch.captions and moved.stats is batch.stats
     assert len(moved) == 1 and not batch.pixels.is_meta
 

@@ -53,8 +53,9 @@ def epoch_stats(dataset, workers: int) -> tuple[DataStats, list[int]]:
     for batch in loader:
         stats.merge(batch.stats)
         indices += batch.index.tolist()
-        assert batch.pixels.shape[1:] == (3, 16, 16)
-        assert 0 <= batch.pixels.min() and batch.pixels.max() <= 1
+        pixels = batch.to("cpu").pixels
+        assert pixels.shape[1:] == (3, 16, 16)
+        assert 0 <= pixels.min() and pixels.max() <= 1
     return stats, indices
 
 

@@ -255,7 +255,7 @@ def test_target_calibration_spans_calibration_batches(tiny_tipsv2_dir, tmp_path)
     run.loader.set_epoch(0)
     batches = []
     for batch in run.loader:
-        batches.append(run.targets.tokens(batch).patches.reshape(-1, run.targets.width).double())
+        batches.append(run.targets.tokens(batch.to("cpu")).patches.reshape(-1, run.targets.width).double())
         if len(batches) == 2:
             break
     norm = run.unwrapped.norm

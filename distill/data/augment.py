@@ -91,22 +91,13 @@ def crop_view(pixels: torch.Tensor, params: CropParams, size: int) -> torch.Tens
     return F.hflip(pixels) if params.flip else pixels
 
 
-def to_float(pixels: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """float32 in [0, 1] (into `out` when given). uint8 exactly as torchvision's `to_dtype(..., scale=True)`:
-    x * (1/255) in float32, elementwise, so a view gets the same bits alone or in a batch; a float input is
-    clamped, since an antialiased resize overshoots [0, 1] near edges."""
+def to_float(pixels: torch.Tensor) -> torch.Tensor:
+    """float32 in [0, 1]. uint8 exactly as torchvision's `to_dtype(..., scale=True)`: x * (1/255) in float32,
+    elementwise (one rounding, no accumulation), so a view gets the same bits alone or in a batch and on any
+    device; a float input is clamped, since an antialiased resize overshoots [0, 1] near edges."""
     if pixels.dtype == torch.uint8:
-        return torch.mul(pixels, 1 / 255, out=out)
-    return torch.clamp(pixels.to(torch.float32), 0, 1, out=out)
-
-
-def stack_float(views: list[torch.Tensor]) -> torch.Tensor:
-    """(B, 3, S, S) float32 of `crop_view`s, each converted straight into its row: one pass over the batch,
-    and no uint8 or per-view float copy is allocated on the way."""
-    batch = torch.empty((len(views), *views[0].shape), dtype=torch.float32)
-    for view, row in zip(views, batch):
-        to_float(view, out=row)
-    return batch
+        return torch.mul(pixels, 1 / 255)
+    return torch.clamp(pixels.to(torch.float32), 0, 1)
 
 
 def apply_crop(image: Image.Image | torch.Tensor, params: CropParams, size: int) -> torch.Tensor:

@@ -16,12 +16,11 @@ from functools import partial
 from typing import Any, Iterator, NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate
 
 from common.errors import UserError
 
-from distill.data.augment import (CropConfig, CropParams, crop_generator, crop_view, sample_crop, source_pixels,
-                                  stack_float)
+from distill.data.augment import CropConfig, CropParams, crop_generator, crop_view, sample_crop, source_pixels
 from distill.data.batch import Batch
 from distill.data.captions import CaptionTokenizer
 from distill.data.draws import Draws, collate_draws
@@ -57,8 +56,8 @@ class Augment:
     def item(self, sample: Sample, params: CropParams, epoch: int, size: int | None = None,
              pixels: torch.Tensor | None = None) -> dict[str, Any]:
         """The student's view of `sample` under the crop `params` at `size`, with this epoch's draws; `pixels`: the
-        sample's `source_pixels` when already made. Views stay uint8 (`crop_view`): `collate` makes the batch
-        float in one pass, where a float view per image costs a conversion, a clamp and a copy more."""
+        sample's `source_pixels` when already made. Views stay uint8 (`crop_view`) through the collate: the batch
+        becomes float where it is moved to (`Batch.to`)."""
         size = size or self.student_size
         pixels = source_pixels(sample.image) if pixels is None else pixels
         return {"pixels": crop_view(pixels, params, size), "captions": sample.captions,
@@ -142,9 +141,10 @@ class EpochDataLoader(DataLoader):
 
 
 def collate(items: list[dict[str, Any]], captions: CaptionTokenizer | None = None) -> Batch:
-    """The `Batch` of `items`, with the draws they carry; `captions` tokenises the caption pairs."""
-    pixels = stack_float([item["pixels"] for item in items])
-    teacher = stack_float([item["teacher_pixels"] for item in items]) if "teacher_pixels" in items[0] else pixels
+    """The `Batch` of `items` (uint8 views), with the draws they carry; `captions` tokenises the caption pairs."""
+    # default_collate stacks straight into shared memory in a worker: no copy when the batch is sent.
+    pixels = default_collate([item["pixels"] for item in items])
+    teacher = default_collate([item["teacher_pixels"] for item in items]) if "teacher_pixels" in items[0] else pixels
     stats = DataStats()
     for item in items:
         stats.add(item["events"], samples=1)
