@@ -1,11 +1,13 @@
 """Replay: a cached run sees the online run's crops and its loss equals the online loss up to storage precision."""
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from distill.cache.manifest import Preprocessing
 from distill.cache.replay import open_cache, replay_dataloader
 from distill.cache.writer import CacheSettings, build_cache
-from distill.data import CropConfig, make_dataloader
+from distill.data import CropConfig, build_dataset, make_dataloader
 from distill.data.loader import Augment
 from distill.data.scenes import SceneDataset
 from distill.losses.patch_distill_loss import PatchDistillWeights, patch_distill_loss
@@ -66,3 +68,30 @@ def test_replay_refuses_a_stale_cache(setup, tmp_path):
         open_cache(out, other)
     with pytest.raises(UserError, match="no manifest.json"):
         open_cache(tmp_path, pre)
+
+
+def test_a_jpeg_folder_replays_the_online_views_bit_for_bit(tmp_path):
+    """JPEGs decode to arrays (`plain_jpeg`) or, rotated, through Pillow, in the cache build, its replay and the
+    online loader alike: a cached run's student views are the online run's, and its targets are the teacher's on
+    the online run's teacher views, up to the bf16 storage."""
+    rng = np.random.default_rng(0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    for i in range(6):
+        coarse = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
+        coarse.resize((48 + 8 * i, 40), Image.Resampling.BICUBIC).save(
+            tmp_path / f"{i}.jpg", exif=exif.tobytes() if i == 2 else b"")
+    dataset, teacher = build_dataset(f"folder:{tmp_path}"), tiny_teacher()
+    pre = Preprocessing(dataset="folder:test", data_options={}, dataset_length=6, teacher_image_size=32,
+                        crop=CropConfig(), seed=SEED)
+    build_cache(teacher, dataset, tmp_path / "cache", pre, CacheSettings(augmentations=2, dtype="bf16", shard_size=4))
+    online = make_dataloader(dataset, batch_size=3, student_size=16, teacher_size=32, seed=SEED)
+    cached = replay_dataloader(dataset, open_cache(tmp_path / "cache", pre), Augment(16, 32, SEED), batch_size=3,
+                               seed=SEED)
+    for epoch in (0, 1):
+        online.set_epoch(epoch)
+        cached.set_epoch(epoch)
+        for a, b in zip(online, cached, strict=True):
+            assert torch.equal(a.index, b.index) and torch.equal(a.crop, b.crop) and torch.equal(a.pixels, b.pixels)
+            want = teacher.encode_image(a.to("cpu").teacher_pixels).patches.to(torch.bfloat16).float()
+            torch.testing.assert_close(CachedTargets(tmp_path / "cache")(b).tokens.patches, want, rtol=0, atol=2e-2)

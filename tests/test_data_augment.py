@@ -30,9 +30,10 @@ def image_folder(tmp_path):
     rng = np.random.default_rng(0)
     for i in range(10):
         size = (48 + 8 * (i % 3), 32 + 8 * (i % 4))
-        # Smooth random blobs: resampling barely changes them, a different crop changes them a lot.
+        # Smooth random blobs: resampling barely changes them, a different crop changes them a lot. Half are JPEGs,
+        # which decode to arrays (`plain_jpeg`), half PNGs, which decode to PIL images.
         coarse = Image.fromarray(rng.integers(0, 256, (4, 4, 3), dtype=np.uint8))
-        coarse.resize(size, Image.Resampling.BICUBIC).save(tmp_path / f"{i}.png")
+        coarse.resize(size, Image.Resampling.BICUBIC).save(tmp_path / f"{i}.{'jpg' if i % 2 else 'png'}")
         (tmp_path / f"{i}.txt").write_text(f"caption {i}")
     return tmp_path
 

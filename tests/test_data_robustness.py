@@ -102,6 +102,30 @@ def test_conversions_keep_the_picture(messy_folder):
     assert half.getpixel((0, 0)) == (128, 128, 128)  # 16-bit values are rescaled, not clipped
 
 
+def test_plain_jpegs_decode_to_arrays_with_pillows_pixels(tmp_path):
+    """A colour JPEG that no EXIF orientation turns is decoded straight into an (H, W, 3) array (simplejpeg), pixel
+    for pixel what Pillow decodes, from a file or from bytes; a rotated, grey or corrupt one takes Pillow's path as
+    before (a corrupt one Pillow still decodes, with the grey it fills in)."""
+    rng = np.random.default_rng(0)
+    smooth = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((97, 71), Image.Resampling.BICUBIC)
+    for name, options in {"420.jpg": dict(quality=90), "444.jpg": dict(quality=95, subsampling=0),
+                          "progressive.jpg": dict(progressive=True)}.items():
+        smooth.save(tmp_path / name, **options)
+        pillow = np.asarray(Image.open(tmp_path / name).convert("RGB"))
+        for source in (tmp_path / name, (tmp_path / name).read_bytes()):
+            decoded, events = decode_image(source)
+            assert isinstance(decoded, np.ndarray) and events == () and np.array_equal(decoded, pillow)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    smooth.save(tmp_path / "rotated.jpg", exif=exif.tobytes())
+    smooth.convert("L").save(tmp_path / "gray.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "420.jpg").read_bytes()[:1500] + b"\xff\xd9")  # EOI mid-scan
+    for name, size, events in (("rotated.jpg", (71, 97), ()), ("gray.jpg", (97, 71), ("converted/L",)),
+                               ("cut.jpg", (97, 71), ())):
+        decoded, got = decode_image(tmp_path / name)
+        assert isinstance(decoded, Image.Image) and decoded.size == size and got == events
+
+
 def _png16(value: int) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(np.full((4, 4), value, np.uint16)).save(buffer, format="PNG")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as F
 from PIL import Image
@@ -71,9 +72,11 @@ def sample_crop(image_size: tuple[int, int], rng: torch.Generator, crop: CropCon
     return CropParams(*box, flip=flip)
 
 
-def source_pixels(image: Image.Image | torch.Tensor) -> torch.Tensor:
-    """A (3, H, W) tensor view of an RGB PIL image (uint8, one copy); a tensor as it is. Made once per sample:
-    both views are cut from it."""
+def source_pixels(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A (3, H, W) uint8 tensor of an RGB image: a view of its (H, W, 3) pixels (of a decoded JPEG's array without
+    a copy, of a PIL image after one); a tensor as it is. Made once per sample: both views are cut from it."""
+    if isinstance(image, np.ndarray):
+        return torch.from_numpy(image).permute(2, 0, 1)
     return F.to_image(image).as_subclass(torch.Tensor) if isinstance(image, Image.Image) else image
 
 
@@ -100,7 +103,7 @@ def to_float(pixels: torch.Tensor) -> torch.Tensor:
     return torch.clamp(pixels.to(torch.float32), 0, 1)
 
 
-def apply_crop(image: Image.Image | torch.Tensor, params: CropParams, size: int) -> torch.Tensor:
-    """(3, size, size) float32 in [0, 1]: `crop_view`, then `to_float`. `image` is an RGB PIL image or a
-    (3, H, W) uint8/float tensor."""
+def apply_crop(image: Image.Image | np.ndarray | torch.Tensor, params: CropParams, size: int) -> torch.Tensor:
+    """(3, size, size) float32 in [0, 1]: `crop_view`, then `to_float`. `image` is an RGB PIL image, an (H, W, 3)
+    uint8 array (`Sample.decoded`) or a (3, H, W) uint8/float tensor."""
     return to_float(crop_view(source_pixels(image), params, size))

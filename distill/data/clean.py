@@ -11,7 +11,8 @@ import warnings
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+import simplejpeg
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from distill.data.sample import CAPTION_KEYS
 from common.errors import UserError
@@ -33,8 +34,9 @@ def check_max_image_pixels(value: int | None) -> None:
 
 
 def decode_image(source: bytes | str | os.PathLike, max_pixels: int | None = None
-                 ) -> tuple[Image.Image, tuple[str, ...]]:
-    """Decode fully (so truncation shows here, not later in a worker) and convert to RGB.
+                 ) -> tuple[Image.Image | np.ndarray, tuple[str, ...]]:
+    """Decode fully (so truncation shows here, not later in a worker) and convert to RGB: a PIL image, or for a JPEG
+    that needs neither (`plain_jpeg`) an (H, W, 3) uint8 array.
 
     An image of more than `max_pixels` (None: PIL's `Image.MAX_IMAGE_PIXELS` at call time) is refused from its
     header, before a pixel is decoded: PIL by itself only warns below twice its limit, and refuses above it
@@ -58,6 +60,9 @@ def decode_image(source: bytes | str | os.PathLike, max_pixels: int | None = Non
         with opened:
             if budget is not None and opened.width * opened.height > budget:
                 raise BadSample("decompression_bomb")
+            pixels = plain_jpeg(opened)
+            if pixels is not None:
+                return pixels, ()
             opened.load()
             image = ImageOps.exif_transpose(opened)
             mode = image.mode
@@ -75,6 +80,23 @@ def decode_image(source: bytes | str | os.PathLike, max_pixels: int | None = Non
     if rgb.width < 1 or rgb.height < 1:
         raise BadSample("unreadable")
     return rgb, (() if mode == "RGB" else (f"converted/{mode}",))
+
+
+def plain_jpeg(opened: Image.Image) -> np.ndarray | None:
+    """The pixels of an opened JPEG stored as colour (YCbCr or RGB) that no EXIF orientation turns, decoded by
+    simplejpeg: libjpeg-turbo, as in Pillow, with Pillow's settings (accurate integer DCT, smooth chroma
+    upsampling), so the same pixels, written straight into an array instead of Pillow's 4-byte pixels and the
+    copies out of them (a 640x480 photo costs half). None for any other image, and for a JPEG libjpeg-turbo warns
+    about (corrupt or truncated data): Pillow decodes those, or says why not, as for every other image."""
+    if (opened.format != "JPEG" or opened.mode != "RGB"
+            or opened.getexif().get(ExifTags.Base.Orientation, 1) in range(2, 9)):  # what exif_transpose turns
+        return None
+    opened.fp.seek(0)
+    try:
+        return simplejpeg.decode_jpeg(opened.fp.read(), colorspace="RGB", fastdct=False, fastupsample=False,
+                                      strict=True)
+    except ValueError:
+        return None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -44,9 +44,8 @@ class Augment:
     def __call__(self, sample: Sample, epoch: int, sizes: Sizes | None = None) -> dict[str, Any]:
         """`sizes`: this phase's view sizes (default: the augment's own)."""
         sizes = sizes or Sizes(self.student_size, self.teacher_size)
-        params = sample_crop((sample.image.height, sample.image.width), crop_generator(self.seed, epoch, sample.index),
-                             self.crop)
-        pixels = source_pixels(sample.image)
+        pixels = source_pixels(sample.decoded)
+        params = sample_crop(tuple(pixels.shape[-2:]), crop_generator(self.seed, epoch, sample.index), self.crop)
         item = self.item(sample, params, epoch, sizes.student, pixels)
         if sizes.teacher != sizes.student:
             # From the source image, not from the student pixels: each side gets its full resolution.
@@ -59,7 +58,7 @@ class Augment:
         sample's `source_pixels` when already made. Views stay uint8 (`crop_view`) through the collate: the batch
         becomes float where it is moved to (`Batch.to`)."""
         size = size or self.student_size
-        pixels = source_pixels(sample.image) if pixels is None else pixels
+        pixels = source_pixels(sample.decoded) if pixels is None else pixels
         return {"pixels": crop_view(pixels, params, size), "captions": sample.captions,
                 "index": sample.index, "crop": params.as_tensor(), "events": sample.events,
                 **self.draws(sample.captions, size, self.seed, epoch, sample.index)}

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
 from PIL import Image
 
 from distill.config import CAPTION_KEYS  # noqa: F401 - the caption granularities, re-exported
@@ -18,12 +19,19 @@ REPAIRED = "; longer than max_caption_chars, cut at a word boundary"
 
 @dataclass
 class Sample:
-    image: Image.Image  # always mode RGB
+    # RGB: a PIL image, or the (H, W, 3) uint8 array a plain JPEG decodes to (`decode_image`), which the training
+    # pipeline reads without a PIL image in between.
+    decoded: Image.Image | np.ndarray
     captions: dict[str, str]  # keys among CAPTION_KEYS; absent = no caption of that granularity
     index: int  # stable source index: the crop RNG and the teacher-target cache are keyed by it
     # Data-quality events met while producing this sample (("skipped/truncated", "a/cat.jpg"), ...).
     # They travel with the sample because workers run in other processes; the collate gathers them.
     events: tuple[Event, ...] = ()
+
+    @property
+    def image(self) -> Image.Image:
+        """The RGB PIL image (made from a decoded JPEG's array each time it is asked for)."""
+        return self.decoded if isinstance(self.decoded, Image.Image) else Image.fromarray(self.decoded)
 
 
 @dataclass

@@ -273,7 +273,7 @@ class SceneDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Sample:
         scene = self.scene(index)
-        return Sample(image=scene.image, captions=dict(scene.captions), index=index)
+        return Sample(scene.image, captions=dict(scene.captions), index=index)
 
     def caption_counts(self) -> dict[str, int]:
         return dict.fromkeys(CAPTION_KEYS, self.length)  # every scene has all three granularities
