@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -17,7 +18,8 @@ def _uniform(g: torch.Generator, low: float, high: float) -> float:
 
 
 def _block_mask(g: torch.Generator, h: int, w: int, count: int) -> torch.Tensor:
-    mask = torch.zeros(h, w, dtype=torch.bool)
+    # The bookkeeping is numpy's: on a 16x16 grid each torch op costs more than the draws themselves.
+    mask = np.zeros((h, w), dtype=bool)
     masked = 0
     for _ in range(10 * count):
         remaining = count - masked
@@ -30,15 +32,16 @@ def _block_mask(g: torch.Generator, h: int, w: int, count: int) -> torch.Tensor:
             continue
         top = int(torch.randint(h - bh + 1, (), generator=g))
         left = int(torch.randint(w - bw + 1, (), generator=g))
-        new = int((~mask[top:top + bh, left:left + bw]).sum())
+        block = mask[top:top + bh, left:left + bw]
+        new = block.size - int(np.count_nonzero(block))
         if 0 < new <= remaining:
-            mask[top:top + bh, left:left + bw] = True
+            block[...] = True
             masked += new
-    flat = mask.flatten()
+    flat = mask.reshape(-1)
     if masked < count:  # rectangles rarely tile the exact count: top up with single patches
-        free = (~flat).nonzero().squeeze(1)
-        flat[free[torch.randperm(len(free), generator=g)[: count - masked]]] = True
-    return flat
+        free = np.flatnonzero(~flat)
+        flat[free[torch.randperm(len(free), generator=g)[: count - masked].numpy()]] = True
+    return torch.from_numpy(flat)
 
 
 @dataclass(frozen=True)
