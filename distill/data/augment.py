@@ -83,15 +83,24 @@ def source_pixels(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tenso
 def crop_view(pixels: torch.Tensor, params: CropParams, size: int) -> torch.Tensor:
     """(3, size, size) in the dtype of `pixels` (a `source_pixels` tensor): crop, antialiased bilinear resize,
     then the flip."""
+    return crop_views(pixels, params, (size,))[0]
+
+
+def crop_views(pixels: torch.Tensor, params: CropParams, sizes: tuple[int, ...]) -> list[torch.Tensor]:
+    """`crop_view` at each of `sizes`, from one copy of the crop box."""
     height, width = pixels.shape[-2:]
     if not (0 <= params.top and 0 <= params.left and 0 < params.height and 0 < params.width
             and params.top + params.height <= height and params.left + params.width <= width):
         # Usually (width, height) passed where sample_crop wants (height, width).
         raise ValueError(f"{params} lies outside the {height}x{width} (HxW) image")
-    # On uint8 (the source's own precision) torchvision's antialiased resize is ~5x cheaper than on float.
-    pixels = F.resized_crop(pixels, params.top, params.left, params.height, params.width, [size, size],
-                            antialias=True)
-    return F.hflip(pixels) if params.flip else pixels
+    box = F.crop(pixels, params.top, params.left, params.height, params.width)
+    if box.dtype == torch.uint8:
+        # On uint8 (the source's own precision) torchvision's antialiased resize is ~5x cheaper than on float. Its
+        # kernel copies a strided box to channels-last first and writes channels-last output without repacking it:
+        # one copy here serves every size, with the same bits.
+        box = box.unsqueeze(0).contiguous(memory_format=torch.channels_last)[0]
+    views = [F.resize(box, [size, size], antialias=True) for size in sizes]
+    return [F.hflip(view) for view in views] if params.flip else views
 
 
 def to_float(pixels: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, defa
 
 from common.errors import UserError
 
-from distill.data.augment import CropConfig, CropParams, crop_generator, crop_view, sample_crop, source_pixels
+from distill.data.augment import (CropConfig, CropParams, crop_generator, crop_view, crop_views, sample_crop,
+                                  source_pixels)
 from distill.data.batch import Batch
 from distill.data.captions import CaptionTokenizer
 from distill.data.draws import Draws, collate_draws
@@ -46,20 +47,20 @@ class Augment:
         sizes = sizes or Sizes(self.student_size, self.teacher_size)
         pixels = source_pixels(sample.decoded)
         params = sample_crop(tuple(pixels.shape[-2:]), crop_generator(self.seed, epoch, sample.index), self.crop)
-        item = self.item(sample, params, epoch, sizes.student, pixels)
-        if sizes.teacher != sizes.student:
-            # From the source image, not from the student pixels: each side gets its full resolution.
-            item["teacher_pixels"] = crop_view(pixels, params, sizes.teacher)
-        return item
+        if sizes.teacher == sizes.student:
+            return self.item(sample, params, epoch, sizes.student, crop_view(pixels, params, sizes.student))
+        # Both from the source image, not one from the other: each side gets its full resolution.
+        student, teacher = crop_views(pixels, params, sizes)
+        return {**self.item(sample, params, epoch, sizes.student, student), "teacher_pixels": teacher}
 
     def item(self, sample: Sample, params: CropParams, epoch: int, size: int | None = None,
-             pixels: torch.Tensor | None = None) -> dict[str, Any]:
-        """The student's view of `sample` under the crop `params` at `size`, with this epoch's draws; `pixels`: the
-        sample's `source_pixels` when already made. Views stay uint8 (`crop_view`) through the collate: the batch
-        becomes float where it is moved to (`Batch.to`)."""
+             view: torch.Tensor | None = None) -> dict[str, Any]:
+        """The student's view of `sample` under the crop `params` at `size`, with this epoch's draws; `view`: that
+        view when already cut. Views stay uint8 (`crop_view`) through the collate: the batch becomes float where it
+        is moved to (`Batch.to`)."""
         size = size or self.student_size
-        pixels = source_pixels(sample.decoded) if pixels is None else pixels
-        return {"pixels": crop_view(pixels, params, size), "captions": sample.captions,
+        view = crop_view(source_pixels(sample.decoded), params, size) if view is None else view
+        return {"pixels": view, "captions": sample.captions,
                 "index": sample.index, "crop": params.as_tensor(), "events": sample.events,
                 **self.draws(sample.captions, size, self.seed, epoch, sample.index)}
 
