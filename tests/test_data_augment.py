@@ -165,6 +165,7 @@ def test_a_batch_travels_to_the_device_as_one_object(tmp_path):
     moved = send_to_device(batch, "meta")
     assert moved.pixels.is_meta and moved.teacher_pixels is moved.pixels and moved.mask.is_meta
     assert moved.pixels.dtype == torch.float32 and batch.pixels.dtype == torch.uint8
+    assert moved.pixels.is_contiguous()  # the collate's channels-last uint8 reaches the model as it always did
     assert moved.caption_pair.cls1_valid.is_meta and moved.captions is batch.captions and moved.stats is batch.stats
     assert len(moved) == 1 and not batch.pixels.is_meta
 

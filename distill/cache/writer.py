@@ -24,7 +24,7 @@ from distill.cache.manifest import (
 from distill.processes import Processes
 from distill.cache.store import open_store
 from distill.data import DataStats
-from distill.data.augment import to_float
+from distill.data.augment import stack_views, to_float
 from distill.data.loader import Augment
 from distill.data.sample import Sample
 from common.errors import UserError
@@ -70,7 +70,7 @@ def _run_teacher(teacher, samples: Iterable[tuple[int, Sample]], pre: Preprocess
         if pixels:
             # The conversion a loader's batch gets on its way to the device (`Batch.to`): the teacher sees the bits
             # an online run feeds it.
-            outs.append(teacher.encode_image(to_float(torch.stack(pixels).to(device))).map(lambda t: t.float().cpu()))
+            outs.append(teacher.encode_image(to_float(stack_views(pixels).to(device))).map(lambda t: t.float().cpu()))
             pixels.clear()
 
     for index, sample in samples:

@@ -16,12 +16,12 @@ from functools import partial
 from typing import Any, Iterator, NamedTuple
 
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from common.errors import UserError
 
 from distill.data.augment import (CropConfig, CropParams, crop_generator, crop_view, crop_views, sample_crop,
-                                  source_pixels)
+                                  source_pixels, stack_views)
 from distill.data.batch import Batch
 from distill.data.captions import CaptionTokenizer
 from distill.data.draws import Draws, collate_draws
@@ -142,9 +142,8 @@ class EpochDataLoader(DataLoader):
 
 def collate(items: list[dict[str, Any]], captions: CaptionTokenizer | None = None) -> Batch:
     """The `Batch` of `items` (uint8 views), with the draws they carry; `captions` tokenises the caption pairs."""
-    # default_collate stacks straight into shared memory in a worker: no copy when the batch is sent.
-    pixels = default_collate([item["pixels"] for item in items])
-    teacher = default_collate([item["teacher_pixels"] for item in items]) if "teacher_pixels" in items[0] else pixels
+    pixels = stack_views([item["pixels"] for item in items])
+    teacher = stack_views([item["teacher_pixels"] for item in items]) if "teacher_pixels" in items[0] else pixels
     stats = DataStats()
     for item in items:
         stats.add(item["events"], samples=1)
