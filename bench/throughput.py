@@ -12,7 +12,8 @@
                   (goal <= 1.05)
   memory          peak resident memory of an online step vs teacher weights + student training state
   loader          the data pipeline's images per CPU-second (one core) on JPEG photos with a 448 px
-                  teacher view and a 224 px student view (goal >= 500)
+                  teacher view and a 224 px student view, batches of uint8 views as they reach the device
+                  (goal >= 500); `images_per_cpu_s_with_cpu_float` also makes them float32 on the CPU
   lightly_train   lightly-train 0.18 distillation on the same teacher weights, images and resolution,
                   alternated with tipsdistill's online loop (2 rounds x 4 timed batches per tool), medians and
                   spread (only when `lightly-train` is importable: pip install ".[bench]")

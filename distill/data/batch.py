@@ -5,9 +5,10 @@ A dataclass rather than a dict, so every reader names its fields and a cached ba
 `ImageTokens`. It travels like a tensor: `to` is what `accelerate.utils.send_to_device` calls on objects that
 have it, and `pin_memory` what a `pin_memory=True` DataLoader calls on custom batch types.
 
-The collate leaves the views uint8 and `to` makes them float32 where they arrive: a quarter of the bytes
-through the workers' shared memory, pinning and the host-to-device copy, and on a GPU no float32 batch is
-ever written by the CPU (on the CPU, writing it into fresh pages cost more than decoding the images).
+The collate leaves the views uint8, channels-last as the resize writes them, and `to` makes them contiguous
+float32 where they arrive: a quarter of the bytes through the workers' shared memory, pinning and the
+host-to-device copy, and on a GPU no float32 batch is ever written by the CPU (on the CPU, writing it into fresh
+pages cost more than decoding the images).
 """
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ from common.types import ImageTokens
 
 @dataclass
 class Batch:
-    pixels: torch.Tensor  # (B,3,S,S) the student's view: uint8 as collated, float32 in [0,1] after `to`
+    # (B,3,S,S) the student's view: uint8 channels-last as collated, contiguous float32 in [0,1] after `to`
+    pixels: torch.Tensor
     teacher_pixels: torch.Tensor  # (B,3,T,T) likewise; the same tensor as `pixels` when S == T
     index: torch.Tensor  # (B,) int64 dataset indices
     crop: torch.Tensor  # (B,5) `CropParams` rows
