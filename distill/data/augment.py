@@ -116,9 +116,16 @@ def to_float(pixels: torch.Tensor) -> torch.Tensor:
     the same bits alone or in a batch and on any device; a float input is clamped, since an antialiased resize
     overshoots [0, 1] near edges."""
     out = torch.empty(pixels.shape, dtype=torch.float32, device=pixels.device)
-    if pixels.dtype == torch.uint8:
-        return torch.mul(pixels, 1 / 255, out=out)
-    return torch.clamp(pixels.to(torch.float32), 0, 1, out=out)
+    # On the CPU image by image, ~1.8x faster than one pass over a batch (each image's fresh pages are first touched
+    # while its pixels are in the cache); elsewhere in one op, not a kernel launch per image.
+    pairs = (zip(pixels.reshape(-1, *pixels.shape[-3:]), out.view(-1, *out.shape[-3:]))
+             if pixels.device.type == "cpu" else [(pixels, out)])
+    for images, rows in pairs:
+        if images.dtype == torch.uint8:
+            torch.mul(images, 1 / 255, out=rows)
+        else:
+            torch.clamp(images.to(torch.float32), 0, 1, out=rows)
+    return out
 
 
 def apply_crop(image: Image.Image | np.ndarray | torch.Tensor, params: CropParams, size: int) -> torch.Tensor:
