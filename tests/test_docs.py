@@ -125,6 +125,10 @@ def test_the_cpu_performance_table_shows_its_result():
     assert len(bold) == len(expected)
     for cell, values in zip(bold, expected):
         assert shown(cell, *values), (cell, values)
+    with_float = measured["loader"]["images_per_cpu_s_with_cpu_float"]
+    loader_cell = table("docs/performance.md", "| measurement | result | goal |")[3][1]
+    assert f"({with_float:.0f} with the float32 batch made on the CPU)" in loader_cell, loader_cell
+    assert f"{with_float:.0f} images per CPU-second with it" in prose("docs/performance.md")
     overhead, cache = measured["overhead"], measured["cache"]
     step_cell = table("docs/performance.md", "| measurement | result | goal |")[0][1]
     assert shown(step_cell, *(100 * v for v in (measured["step_overhead"],)), overhead["processes"],
