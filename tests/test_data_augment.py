@@ -177,3 +177,12 @@ def test_a_pinning_loader_pins_every_tensor_of_the_batch(tmp_path):
                              draws=Draws(MaskConfig(8, 0.5)), pin_memory=True)
     batch = next(iter(loader))
     assert batch.pixels.is_pinned() and batch.teacher_pixels.is_pinned() and batch.mask.is_pinned()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_views_made_float_on_the_gpu_have_the_bits_of_the_cpu(image_folder):
+    batch = next(iter(make_dataloader(build_dataset(str(image_folder)), batch_size=5, student_size=16,
+                                      teacher_size=32)))
+    on_gpu, on_cpu = batch.to("cuda", non_blocking=True), batch.to("cpu")
+    assert on_gpu.pixels.is_contiguous() and torch.equal(on_gpu.pixels.cpu(), on_cpu.pixels)
+    assert torch.equal(on_gpu.teacher_pixels.cpu(), on_cpu.teacher_pixels)
