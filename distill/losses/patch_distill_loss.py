@@ -33,11 +33,16 @@ def patch_distill_loss(pred: ImageTokens, target: ImageTokens, mask: torch.Tenso
     """
     if tokens not in PATCH_TOKENS:
         raise ValueError(f"patch tokens {tokens!r}; expected one of {PATCH_TOKENS}")
+    parts: dict[str, torch.Tensor] = {}
+    # A part weighted 0 (a teacher that does not supervise it) is not compared, so the teacher's tokens of that kind
+    # need not match the student's (a teacher without registers); it stays in the graph, multiplied by 0, so every
+    # head keeps a gradient and DDP finds no unused parameter.
+    cls = _part_or_zero(pred.cls, target.cls, weights.cls, distance, mix, parts, "cls")
+    register = _part_or_zero(pred.registers, target.registers, weights.register, distance, mix, parts, "register")
+    if weights.patch == 0:
+        return weights.cls * cls + weights.register * register + 0 * pred.patches.sum(), parts
     b = pred.cls.shape[0]
-    cls = token_distance(pred.cls, target.cls, distance, mix).mean()
-    register = token_distance(pred.registers, target.registers, distance, mix).mean()
     per_patch = token_distance(pred.patches, target.patches, distance, mix).reshape(b, -1)  # (B, N)
-    parts = {"cls": cls.detach(), "register": register.detach()}
     if mask is not None:
         hidden = mask.to(per_patch.dtype)
         parts["patch_masked"] = ((per_patch * hidden).sum() / hidden.sum().clamp(min=1)).detach()
@@ -56,3 +61,12 @@ def patch_distill_loss(pred: ImageTokens, target: ImageTokens, mask: torch.Tenso
     parts["patch"] = patch.detach()
     total = weights.cls * cls + weights.register * register + weights.patch * patch
     return total, parts
+
+
+def _part_or_zero(pred: torch.Tensor, target: torch.Tensor, weight: float, distance: str, mix, parts: dict,
+                  name: str) -> torch.Tensor:
+    if weight == 0:
+        return 0 * pred.sum()
+    value = token_distance(pred, target, distance, mix).mean()
+    parts[name] = value.detach()
+    return value

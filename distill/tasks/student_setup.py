@@ -1,7 +1,10 @@
 """The students a task trains, built from the recipe's `student:` / `students:` entries."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from distill.config import Recipe, StudentConfig
+from distill.losses.patch_distill_loss import PatchDistillWeights
 from distill.data.scenes import SceneDataset, caption_corpus
 from students import build_student
 from common.errors import UserError
@@ -34,3 +37,33 @@ def make_student(recipe: Recipe, s: StudentConfig, *, teacher_width: int | None,
         raise UserError("the student's text tower needs a tokenizer: set student.tokenizer=DIR, student.init / "
                         "student.text_init, or use a teacher (or cache) with a tokenizer")
     return student
+
+
+@dataclass(frozen=True)
+class TeacherTerm:
+    """One teacher's part of a student's distillation loss."""
+
+    name: str
+    width: int
+    weights: PatchDistillWeights  # loss.*_weight x the teacher's weight, 0 for the token kinds it does not supervise
+    target_norm: str  # none, channel or phi-s
+
+
+def teacher_terms(recipe: Recipe, targets, student) -> list[TeacherTerm]:
+    """The recipe's teachers (the primary first) as loss terms for `student`. A teacher whose register tokens
+    cannot be matched to the student's is refused before any step runs."""
+    sources, loss = targets.teachers(), recipe.loss
+    terms = []
+    for i, t in enumerate(recipe.run_teachers):
+        source = sources[t.name]
+        key = f"teachers[{i}]" if recipe.teachers else "teacher"
+        if "registers" in t.tokens and source.num_registers != student.num_registers:
+            raise UserError(f"{key} {t.name!r} has {source.num_registers} register tokens, student {student.name} has "
+                            f"{student.num_registers}; expected equal counts or {key}.tokens without registers "
+                            "(e.g. [cls, patches])")
+        w = t.weight
+        weights = PatchDistillWeights(loss.cls_weight * w * ("cls" in t.tokens),
+                                      loss.register_weight * w * ("registers" in t.tokens),
+                                      loss.patch_weight * w * ("patches" in t.tokens))
+        terms.append(TeacherTerm(t.name, source.width, weights, recipe.target_norm(t)))
+    return terms
