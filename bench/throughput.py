@@ -150,8 +150,10 @@ class ToolkitStep:
 
     def __init__(self, student):
         from distill.tasks.distill_task import DistillTask
+        from distill.tasks.student_setup import teacher_term
 
-        self.task = DistillTask(student, image_only_loss(), teacher_width=student.heads.teacher_width,
+        loss = image_only_loss()
+        self.task = DistillTask(student, loss, teachers=[teacher_term(loss, student.heads.teacher_width)],
                                 contrastive=False)
         self.optimizer = torch.optim.AdamW(self.task.parameters(), lr=1e-4)
         self.student = student

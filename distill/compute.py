@@ -145,6 +145,7 @@ def trained_params(recipe: Recipe) -> int:
     image size, heads to the teacher's width, the text tower when it reads the captions, 32k vocabulary) plus the
     contrastive term's parameters (the projection of the teacher's text, the temperature and bias)."""
     from distill.tasks.distill_task import DistillTask
+    from distill.tasks.student_setup import teacher_term
     from students import build_student
 
     teacher = tipsv2_config((recipe.compute or ComputeConfig()).teacher_arch)
@@ -156,7 +157,7 @@ def trained_params(recipe: Recipe) -> int:
             student = build_student(entry.name, teacher_width=teacher.vision_config.hidden_size,
                                     text=contrastive and c.text_tower == "student", image_size=entry.image_size,
                                     head=entry.head, timm_kwargs=entry.timm_kwargs, feature_stride=entry.feature_stride)
-            task = DistillTask(student, recipe.loss, teacher_width=teacher.vision_config.hidden_size,
+            task = DistillTask(student, recipe.loss, teachers=[teacher_term(recipe.loss, teacher.vision_config.hidden_size)],
                                contrastive=contrastive, teacher_text_width=teacher.text_config.hidden_size)
             total += _params(task, trained=True)
     return total

@@ -124,7 +124,7 @@ class DistillTask(TrainingTask):
                 loss_mask = resize_mask(loss_mask, pred.grid, target.grid)
             pred = resize_grid(pred, target.grid)
         return patch_distill_loss(pred, target, loss_mask, self.loss_config.distance, term.weights,
-                                  self.loss_config.mix, self.loss_config.patch_tokens)
+                                  self.loss_config.mix, self.loss_config.patch_tokens, term.kinds)
 
     def exports(self) -> dict:
         return {"": self.student_for_export()}

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from distill.config import Recipe, StudentConfig
+from common.types import TOKEN_PARTS
+from distill.config import LossConfig, Recipe, StudentConfig
 from distill.losses.patch_distill_loss import PatchDistillWeights
 from distill.data.scenes import SceneDataset, caption_corpus
 from students import build_student
@@ -45,7 +46,8 @@ class TeacherTerm:
 
     name: str
     width: int
-    weights: PatchDistillWeights  # loss.*_weight x the teacher's weight, 0 for the token kinds it does not supervise
+    weights: PatchDistillWeights  # loss.*_weight x the teacher's weight
+    kinds: tuple[str, ...]  # the token kinds it supervises
     target_norm: str  # none, channel or phi-s
 
 
@@ -61,9 +63,12 @@ def teacher_terms(recipe: Recipe, targets, student) -> list[TeacherTerm]:
             raise UserError(f"{key} {t.name!r} has {source.num_registers} register tokens, student {student.name} has "
                             f"{student.num_registers}; expected equal counts or {key}.tokens without registers "
                             "(e.g. [cls, patches])")
-        w = t.weight
-        weights = PatchDistillWeights(loss.cls_weight * w * ("cls" in t.tokens),
-                                      loss.register_weight * w * ("registers" in t.tokens),
-                                      loss.patch_weight * w * ("patches" in t.tokens))
-        terms.append(TeacherTerm(t.name, source.width, weights, recipe.target_norm(t)))
+        terms.append(teacher_term(loss, source.width, t.name, t.weight, tuple(t.tokens), recipe.target_norm(t)))
     return terms
+
+
+def teacher_term(loss: LossConfig, width: int, name: str = "teacher", weight: float = 1.0,
+                 kinds: tuple[str, ...] = TOKEN_PARTS, target_norm: str | None = None) -> TeacherTerm:
+    """A teacher's term from the loss section (default: the one teacher of a `teacher:` recipe)."""
+    weights = PatchDistillWeights(loss.cls_weight * weight, loss.register_weight * weight, loss.patch_weight * weight)
+    return TeacherTerm(name, width, weights, kinds, target_norm or loss.target_norm)
