@@ -66,6 +66,8 @@ class TeacherConfig:
     weight: float = 1.0  # this teacher's share of the distillation loss (scales its cls/register/patch weights)
     tokens: list[str] = field(default_factory=lambda: list(TOKEN_PARTS))  # the token kinds it supervises
     target_norm: Literal[(*TARGET_NORMS, "none")] | None = None  # None: loss.target_norm (PHI-S per teacher: RADIOv2.5)
+    # The teacher's dtype on a GPU: auto = the run's mixed precision; no = float32 (CPU teachers always run in float32).
+    precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
 
 
 @dataclass

@@ -75,6 +75,9 @@ def _students(recipe: Recipe) -> None:
 def _teachers(recipe: Recipe) -> None:
     """`teachers:` is self-contained (`teacher:` is then unused, as `student:` beside `students:`); each entry is
     addressed by its name (heads, loss parts, cache, `student@NAME`)."""
+    if recipe.teacher is not None and not recipe.teachers:
+        require(recipe.teacher.name in ("", "teacher"), "teacher.name", "empty: the one teacher of a teacher: section "
+                "is 'teacher' (names are for teachers: entries)", recipe.teacher.name)
     if not recipe.teachers:
         return
     names = []

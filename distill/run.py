@@ -23,7 +23,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from distill.cache.replay import open_cache, recipe_preprocessing, replay_dataloader
 from distill.caption_check import check_captions
-from distill.config import Recipe, flat_recipe
+from distill.config import Recipe, TeacherConfig, flat_recipe
 from distill.data import CAPTION_KEYS, CropConfig, Draws, MaskConfig, build_dataset, make_dataloader
 from distill.data.captions import CaptionTokenizer
 from distill.data.loader import Augment
@@ -178,10 +178,10 @@ def _target_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastiv
                         "npz:..., timm:NAME) or cache=DIR")
     c = recipe.loss.contrastive
     text_tower = contrastive and c.text_tower == "teacher"
-    dtype = teacher_dtype(accelerator.device, accelerator.mixed_precision)
     sources = []
     for i, entry in enumerate(recipe.run_teachers):
         key = f"teachers[{i}]" if recipe.teachers else "teacher"
+        dtype = teacher_precision(entry, accelerator.device, accelerator.mixed_precision)
         if teacher is not None and i == 0:
             loaded = teacher.to(device=accelerator.device, dtype=dtype)
         else:
@@ -199,6 +199,10 @@ def _target_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastiv
         sources.append(OnlineTargets(loaded, entry.spec or type(loaded).__name__, text=text_tower and i == 0,
                                      name=entry.name, image_size=own_size))
     return sources[0] if len(sources) == 1 else TeacherSet(sources)
+
+
+def teacher_precision(entry: TeacherConfig, device, mixed_precision: str | None) -> torch.dtype:
+    return teacher_dtype(device, mixed_precision if entry.precision == "auto" else entry.precision)
 
 
 def _draws(recipe: Recipe, patch_size: int, contrastive: bool) -> Draws:

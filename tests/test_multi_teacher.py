@@ -103,6 +103,7 @@ def test_one_teacher_in_the_list_form_matches_the_teacher_section(tiny_tipsv2_di
 
 @pytest.mark.parametrize("overrides, expected", [
     (["teachers=[{name: a, spec: micro}, {name: a, spec: micro}]"], "'teachers[1].name'"),
+    (["teacher.name=tips"], "'teacher.name'"),
     (["teachers=[{name: teacher, spec: micro}]"], "'teachers[0].name'"),
     (["teachers=[{name: 'a b', spec: micro}]"], "'teachers[0].name'"),
     (["teachers=[{name: a, spec: ''}]"], "'teachers[0].spec'"),
@@ -129,3 +130,13 @@ def test_unmatched_registers_are_refused_before_any_step(tiny_tipsv2_dir, tiny_t
     # Without registers in its tokens the same teacher trains.
     fixed = teachers(tiny_tipsv2_dir, three, tokens="[cls, patches]")
     assert main(["distill", "--recipe", "micro", fixed, *TINY, "max_steps=1", "--out", str(tmp_path / "ok")]) == 0
+
+
+def test_each_teacher_runs_in_its_own_precision_on_a_gpu():
+    from distill.config import TeacherConfig
+    from distill.run import teacher_precision
+
+    assert teacher_precision(TeacherConfig(), "cuda", "bf16") == torch.bfloat16
+    assert teacher_precision(TeacherConfig(precision="no"), "cuda", "bf16") == torch.float32
+    assert teacher_precision(TeacherConfig(precision="fp16"), "cuda", "no") == torch.float16
+    assert teacher_precision(TeacherConfig(precision="bf16"), "cpu", "bf16") == torch.float32  # no fast CPU bf16
