@@ -266,7 +266,7 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None,
     pin = accelerator.device.type == "cuda"
     if recipe.cache:
         reader = open_cache(recipe.cache, recipe_preprocessing(recipe, dataset))
-        loader = replay_dataloader(dataset, reader, augment, batch_size=batch, seed=recipe.seed,
+        loader = replay_dataloader(dataset, {"teacher": reader}, augment, batch_size=batch, seed=recipe.seed,
                                    num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle, pin_memory=pin,
                                    captions=captions)
     else:

@@ -57,9 +57,10 @@ class OnlineTargets:
 
 
 class CachedTargets:
-    """Targets stored by `tipsdistill cache`, carried by the replay loader's batches (`teacher_targets`)."""
+    """Targets stored by `tipsdistill cache`, carried by the replay loader's batches (`teacher_targets[name]`);
+    for a teacher of a set, `directory` is its own cache in the set's."""
 
-    def __init__(self, directory: str | Path, manifest: CacheManifest | None = None):
+    def __init__(self, directory: str | Path, manifest: CacheManifest | None = None, name: str = "teacher"):
         self.directory = directory  # a local path or a URL
         self.manifest = manifest or read_manifest(directory)
         m = self.manifest
@@ -70,13 +71,13 @@ class CachedTargets:
         self.tokenizer = (load_tokenizer(store.local(TOKENIZER_DIR, m.content_key()))
                           if store.exists(TOKENIZER_DIR) else None)
         self.teacher, self.text = None, False  # the cache stands in for the teacher: none is loaded
-        self.name = "teacher"
+        self.name = name
 
     def teachers(self) -> dict:
         return {self.name: self}
 
     def tokens(self, batch: Batch) -> ImageTokens:
-        return batch.teacher_targets.map(lambda t: t.float())
+        return batch.teacher_targets[self.name].map(lambda t: t.float())
 
     def __call__(self, batch: Batch) -> TeacherOutput:
         return TeacherOutput(self.tokens(batch))

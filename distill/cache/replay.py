@@ -8,6 +8,7 @@ online, keyed by the epoch.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -27,9 +28,9 @@ from common.types import ImageTokens
 @dataclass(frozen=True)
 class ReplayAugment:
     """Stands in for `distill.data.loader.Augment`: the stored crop instead of a drawn one, plus
-    `teacher_targets`."""
+    `teacher_targets`, by teacher."""
 
-    reader: CacheReader
+    readers: Mapping[str, CacheReader]  # by teacher name, the primary first; built on the same crops
     augment: Augment  # the student side: size, seed and draws
 
     @property
@@ -39,15 +40,17 @@ class ReplayAugment:
 
     def __call__(self, sample: Sample, epoch: int, sizes=None) -> dict[str, Any]:
         """`sizes`: the student's may change between phases; the teacher's is the cache's."""
-        k = epoch % self.reader.manifest.augmentations
-        return {**self.augment.item(sample, self.reader.crop(sample.index, k), epoch, sizes and sizes.student),
-                "teacher_targets": self.reader.targets(sample.index, k)}
+        primary = next(iter(self.readers.values()))
+        k = epoch % primary.manifest.augmentations
+        return {**self.augment.item(sample, primary.crop(sample.index, k), epoch, sizes and sizes.student),
+                "teacher_targets": {name: reader.targets(sample.index, k) for name, reader in self.readers.items()}}
 
 
 def replay_collate(items: list[dict[str, Any]], captions: CaptionTokenizer | None = None) -> Batch:
     """`collate`'s batch with its `teacher_targets`."""
-    return replace(collate(items, captions), teacher_targets=ImageTokens.stack([item["teacher_targets"]
-                                                                               for item in items]))
+    names = items[0]["teacher_targets"]
+    return replace(collate(items, captions), teacher_targets={
+        name: ImageTokens.stack([item["teacher_targets"][name] for item in items]) for name in names})
 
 
 def recipe_preprocessing(recipe, dataset) -> Preprocessing:
@@ -66,10 +69,10 @@ def open_cache(directory: str | Path, preprocessing: Preprocessing) -> CacheRead
     return CacheReader(directory)
 
 
-def replay_dataloader(dataset, reader: CacheReader, augment: Augment, *, batch_size: int, seed: int = 0,
-                      num_workers: int = 0, shuffle: bool = True, pin_memory: bool = False,
+def replay_dataloader(dataset, readers: Mapping[str, CacheReader], augment: Augment, *, batch_size: int,
+                      seed: int = 0, num_workers: int = 0, shuffle: bool = True, pin_memory: bool = False,
                       captions: CaptionTokenizer | None = None) -> EpochDataLoader:
     """`make_dataloader`'s counterpart for a cached run: the same sampler, so the same image order."""
-    return epoch_loader(dataset, ReplayAugment(reader, augment), partial(replay_collate, captions=captions),
+    return epoch_loader(dataset, ReplayAugment(readers, augment), partial(replay_collate, captions=captions),
                         batch_size=batch_size, seed=seed, num_workers=num_workers, drop_last=True, shuffle=shuffle,
                         pin_memory=pin_memory)
