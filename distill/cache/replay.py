@@ -18,10 +18,12 @@ from torch.utils.data import IterableDataset
 
 from distill.cache.manifest import Preprocessing, check_cache_matches, dataset_identity, read_manifest
 from distill.cache.reader import CacheReader
+from distill.cache.teacher_set import cache_members, member_preprocessing
 from distill.data.batch import Batch
 from distill.data.captions import CaptionTokenizer
 from distill.data.loader import Augment, EpochDataLoader, collate, epoch_loader
 from distill.data.sample import Sample
+from common.errors import UserError
 from common.types import ImageTokens
 
 
@@ -57,7 +59,7 @@ def recipe_preprocessing(recipe, dataset) -> Preprocessing:
     """What a distill recipe feeds its teacher, in the terms the cache records."""
     d = recipe.data
     # Without a teacher section the cache alone says at which resolution its teacher ran.
-    teacher_size = recipe.view_sizes(0)[1] if recipe.teacher is not None else None
+    teacher_size = recipe.view_sizes(0)[1] if recipe.teacher is not None or recipe.teachers else None
     length = None if isinstance(dataset, IterableDataset) else len(dataset)
     return Preprocessing(dataset=dataset_identity(d.source), data_options=dict(d.options), dataset_length=length,
                          teacher_image_size=teacher_size, crop=d.crop, seed=recipe.seed)
@@ -67,6 +69,23 @@ def open_cache(directory: str | Path, preprocessing: Preprocessing) -> CacheRead
     """A reader for a complete cache built with this preprocessing, else a one-line UserError."""
     check_cache_matches(directory, read_manifest(directory), preprocessing)
     return CacheReader(directory)
+
+
+def open_replay(recipe, dataset) -> dict[str, CacheReader]:
+    """Readers of the recipe's cache by teacher name (the primary first), each checked against what this run feeds
+    that teacher; a one-line UserError for a cache of other teachers, crops or data."""
+    members = cache_members(recipe.cache, recipe)
+    pre = recipe_preprocessing(recipe, dataset)
+    pres = member_preprocessing(recipe.teachers, pre) if recipe.teachers else {name: pre for name in members}
+    readers = {name: open_cache(location, pres[name]) for name, location in members.items()}
+    (_, first), *others = readers.items()
+    for _, reader in others:
+        # The run's check leaves the seed to the cache: the teachers' targets must all be of the primary's crops.
+        crops = lambda m: (m.preprocessing.seed, m.augmentations)  # noqa: E731
+        if crops(reader.manifest) != crops(first.manifest):
+            raise UserError(f"cache {reader.directory} holds other crops than {first.directory} (seed, augmentations "
+                            f"{crops(reader.manifest)}, not {crops(first.manifest)}); rebuild the teacher set")
+    return readers
 
 
 def replay_dataloader(dataset, readers: Mapping[str, CacheReader], augment: Augment, *, batch_size: int,
