@@ -107,12 +107,12 @@ def cache_members(directory: str | Path, recipe) -> dict[str, str]:
     if not recipe.teachers:
         if found is not None:
             raise UserError(f"cache {directory} holds the targets of several teachers ({describe(found)}); a recipe "
-                            "with those teachers: replays it")
+                            "listing them in teachers: replays it")
         return {recipe.run_teachers[0].name: directory}
     wanted = recorded(recipe.teachers)
     if found is None:
-        raise UserError(f"cache {directory} holds no teacher set ({TEACHERS}); the recipe's teachers "
-                        f"({describe(wanted)}) need a cache built from it: tipsdistill cache --recipe ...")
+        raise UserError(f"cache {directory} holds one teacher's targets (no {TEACHERS}); the recipe's teachers: "
+                        f"({describe(wanted)}) need a cache built from that recipe (tipsdistill cache --recipe ...)")
     if found != wanted:
         raise UserError(f"cache {directory} holds the targets of other teachers ({describe(found)}); the recipe "
                         f"names {describe(wanted)}")
