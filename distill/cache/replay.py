@@ -78,14 +78,17 @@ def open_replay(recipe, dataset) -> dict[str, CacheReader]:
     pre = recipe_preprocessing(recipe, dataset)
     pres = member_preprocessing(recipe.teachers, pre) if recipe.teachers else {name: pre for name in members}
     readers = {name: open_cache(location, pres[name]) for name, location in members.items()}
-    (_, first), *others = readers.items()
-    for _, reader in others:
-        # The run's check leaves the seed to the cache: the teachers' targets must all be of the primary's crops.
-        crops = lambda m: (m.preprocessing.seed, m.augmentations)  # noqa: E731
-        if crops(reader.manifest) != crops(first.manifest):
+    first, *others = readers.values()
+    for reader in others:
+        # The run's check leaves the seed to the cache: every teacher's targets must be of the primary's crops.
+        if _crops(reader.manifest) != _crops(first.manifest):
             raise UserError(f"cache {reader.directory} holds other crops than {first.directory} (seed, augmentations "
-                            f"{crops(reader.manifest)}, not {crops(first.manifest)}); rebuild the teacher set")
+                            f"{_crops(reader.manifest)}, not {_crops(first.manifest)}); rebuild the teacher set")
     return readers
+
+
+def _crops(manifest) -> tuple[int, int]:
+    return manifest.preprocessing.seed, manifest.augmentations
 
 
 def replay_dataloader(dataset, readers: Mapping[str, CacheReader], augment: Augment, *, batch_size: int,

@@ -4,7 +4,8 @@ Under `accelerate launch` or torchrun (one node or several, sharing --out) every
 of the shards; the result is the one-process build's, byte for byte.
 
 With `--recipe RECIPE [key=value ...]` the teacher, data, crop options, seed and teacher resolution come
-from the distill recipe (the flags still win), so the cache matches that run by construction.
+from the distill recipe (the flags still win), so the cache matches that run by construction. A recipe with
+`teachers:` gets every teacher's targets, each in its own cache in OUT/NAME/ (`distill.cache.teacher_set`).
 """
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "(with the crop parameters), so `tipsdistill distill cache=DIR` trains without the teacher. "
                     "Rerunning the same command finishes an interrupted build. Under `accelerate launch` "
                     "the processes share the shards.")
-    parser.add_argument("--recipe", help="take teacher, data, crops, seed and resolution from this distill recipe")
+    parser.add_argument("--recipe", help="take teacher (or teachers:), data, crops, seed and resolution from this "
+                                         "distill recipe")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides (with --recipe)")
-    parser.add_argument("--teacher", help="teacher spec (as for distill: dir, hub id, npz:, timm:)")
+    parser.add_argument("--teacher", help="teacher spec (as for distill: dir, hub id, npz:, timm:); not with a "
+                                          "recipe's teachers:, which are all cached")
     parser.add_argument("--data", help="data spec (folder:PATH, hf:PATH, wds:PATTERN, scenes[:split], DIR)")
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a data source option, as the recipe's data.options (repeatable), e.g. length=512")
@@ -116,11 +119,12 @@ def _build(args: argparse.Namespace, recipe, teacher_spec: str, data: str, setti
                              dataset_length=None if stream else len(dataset), teacher_image_size=size, crop=crop,
                              seed=recipe.seed if args.seed is None else args.seed)
 
-    stats, start = DataStats(), time.perf_counter()
+    stats = DataStats()
     build = dict(device=device, stats=stats, processes=processes, show_progress=True)
     recipe_size = recipe.view_sizes(0)[1] if args.recipe else None
-    if recipe.teachers:  # every teacher's targets, on the crops of one view (the primary's)
+    if recipe.teachers:  # every teacher's targets, on the crops of one view (the primary's); each loads in its turn
         pre = preprocessing(args.image_size or recipe_size)
+        start = time.perf_counter()
         manifests = build_teacher_set(recipe.teachers, load, dataset, args.out, pre, settings, **build)
     else:
         teacher = load(teacher_spec)
@@ -128,6 +132,7 @@ def _build(args: argparse.Namespace, recipe, teacher_spec: str, data: str, setti
         if size % teacher.patch_size:
             raise UserError(f"--image-size {size} is not a multiple of the teacher's patch size {teacher.patch_size}")
         pre = preprocessing(size)
+        start = time.perf_counter()
         manifests = {"teacher": build_cache(teacher, dataset, args.out, pre, settings, teacher_spec=teacher_spec,
                                             **build)}
     for other in processes.gather(stats)[1:]:
