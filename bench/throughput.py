@@ -319,8 +319,8 @@ def cache_vs_online(setup: Setup, workdir: Path) -> dict:
                 CacheSettings(augmentations=setup.augmentations, dtype="bf16", shard_size=setup.images,
                               batch_size=setup.batch))
     build_s = clock() - start
-    cached = replay_dataloader(dataset, open_cache(workdir / "cache", pre), Augment(size, size, setup.seed),
-                               batch_size=setup.batch, seed=setup.seed)
+    cached = replay_dataloader(dataset, {"teacher": open_cache(workdir / "cache", pre)},
+                               Augment(size, size, setup.seed), batch_size=setup.batch, seed=setup.seed)
     cached_targets = CachedTargets(workdir / "cache")
     cached_epoch1 = run_epoch(cached, 0, cached_targets, step)
     online_times = run_epoch(online, 1, online_targets, step)  # epoch 2 (index 1)

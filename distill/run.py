@@ -21,7 +21,8 @@ from torch.utils.data import IterableDataset
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from distill.cache.replay import open_cache, recipe_preprocessing, replay_dataloader
+from distill.cache.replay import open_replay, replay_dataloader
+from distill.cache.teacher_set import cache_members
 from distill.caption_check import check_captions
 from distill.config import Recipe, TeacherConfig, flat_recipe
 from distill.data import CAPTION_KEYS, CropConfig, Draws, MaskConfig, build_dataset, make_dataloader
@@ -168,11 +169,7 @@ def _target_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastiv
     if recipe.is_pretraining:
         return None
     if recipe.cache:
-        targets = CachedTargets(recipe.cache)
-        if recipe.teacher is not None and recipe.teacher.spec and recipe.teacher.spec != targets.spec:
-            log.warning("teacher.spec %s differs from the cache's teacher %s; the cache's targets are used",
-                        recipe.teacher.spec, targets.spec or targets.fingerprint[:12])
-        return targets
+        return _cached_targets(recipe)
     if not recipe.teachers and (recipe.teacher is None or not (recipe.teacher.spec or teacher is not None)):
         raise UserError("recipe key 'teacher.spec' is empty; expected a teacher (micro, a hub id, a directory, "
                         "npz:..., timm:NAME) or cache=DIR")
@@ -203,6 +200,20 @@ def _target_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastiv
 
 def teacher_precision(entry: TeacherConfig, device, mixed_precision: str | None) -> torch.dtype:
     return teacher_dtype(device, mixed_precision if entry.precision == "auto" else entry.precision)
+
+
+def _cached_targets(recipe: Recipe):
+    """The cache standing in for the recipe's teacher(s); a `teachers:` cache was checked to be of those very teachers
+    (`cache_members`), a one-teacher one may come from another spec than `teacher.spec` (a warning)."""
+    sources = [CachedTargets(location, name=name) for name, location in cache_members(recipe.cache, recipe).items()]
+    if len(sources) > 1:
+        return TeacherSet(sources)
+    targets = sources[0]
+    spec = None if recipe.teachers or recipe.teacher is None else recipe.teacher.spec
+    if spec and spec != targets.spec:
+        log.warning("teacher.spec %s differs from the cache's teacher %s; the cache's targets are used", spec,
+                    targets.spec or targets.fingerprint[:12])
+    return targets
 
 
 def _draws(recipe: Recipe, patch_size: int, contrastive: bool) -> Draws:
@@ -269,8 +280,7 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None,
     augment = Augment(student_size, teacher_size, recipe.seed, recipe.data.crop, draws)
     pin = accelerator.device.type == "cuda"
     if recipe.cache:
-        reader = open_cache(recipe.cache, recipe_preprocessing(recipe, dataset))
-        loader = replay_dataloader(dataset, reader, augment, batch_size=batch, seed=recipe.seed,
+        loader = replay_dataloader(dataset, open_replay(recipe, dataset), augment, batch_size=batch, seed=recipe.seed,
                                    num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle, pin_memory=pin,
                                    captions=captions)
     else:

@@ -12,10 +12,10 @@ import logging
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from distill.cache.manifest import TOKENIZER_DIR, CacheManifest, read_manifest
 from distill.cache.store import open_store
+from distill.data.augment import resize_views
 from distill.data.batch import Batch
 from distill.tasks import TeacherOutput
 from teachers.tokenizer import load_tokenizer
@@ -42,14 +42,10 @@ class OnlineTargets:
         return self.teacher.encode_image(self.pixels(batch)).map(lambda t: t.float())
 
     def pixels(self, batch: Batch) -> torch.Tensor:
-        """The run's teacher view, resized (antialiased bilinear, as the loader's own resize) for a teacher that
-        takes another input size: one crop for every teacher, each at its own resolution."""
+        """The run's teacher view, resized for a teacher that takes another input size: one crop for every
+        teacher, each at its own resolution."""
         pixels = batch.teacher_pixels
-        if self.image_size is None or pixels.shape[-1] == self.image_size:
-            return pixels
-        resized = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear",
-                                align_corners=False, antialias=True)
-        return resized.clamp(0, 1)
+        return pixels if self.image_size is None else resize_views(pixels, self.image_size)
 
     @torch.no_grad()
     def __call__(self, batch: Batch) -> TeacherOutput:
@@ -61,9 +57,10 @@ class OnlineTargets:
 
 
 class CachedTargets:
-    """Targets stored by `tipsdistill cache`, carried by the replay loader's batches (`teacher_targets`)."""
+    """Targets stored by `tipsdistill cache`, carried by the replay loader's batches (`teacher_targets[name]`);
+    for a teacher of a set, `directory` is its own cache in the set's."""
 
-    def __init__(self, directory: str | Path, manifest: CacheManifest | None = None):
+    def __init__(self, directory: str | Path, manifest: CacheManifest | None = None, name: str = "teacher"):
         self.directory = directory  # a local path or a URL
         self.manifest = manifest or read_manifest(directory)
         m = self.manifest
@@ -74,17 +71,16 @@ class CachedTargets:
         self.tokenizer = (load_tokenizer(store.local(TOKENIZER_DIR, m.content_key()))
                           if store.exists(TOKENIZER_DIR) else None)
         self.teacher, self.text = None, False  # the cache stands in for the teacher: none is loaded
-        self.name = "teacher"
+        self.name = name
 
     def teachers(self) -> dict:
         return {self.name: self}
 
     def tokens(self, batch: Batch) -> ImageTokens:
-        return batch.teacher_targets.map(lambda t: t.float())
+        return batch.teacher_targets[self.name].map(lambda t: t.float())
 
     def __call__(self, batch: Batch) -> TeacherOutput:
         return TeacherOutput(self.tokens(batch))
-
 
 
 class TeacherSet:

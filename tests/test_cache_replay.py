@@ -31,7 +31,7 @@ def test_cached_loss_equals_online_loss_within_bf16(setup):
     teacher, dataset, pre, out = setup
     reader = open_cache(out, pre)
     online = make_dataloader(dataset, batch_size=4, student_size=32, teacher_size=32, seed=SEED)
-    cached = replay_dataloader(dataset, reader, Augment(32, 32, SEED), batch_size=4, seed=SEED)
+    cached = replay_dataloader(dataset, {"teacher": reader}, Augment(32, 32, SEED), batch_size=4, seed=SEED)
     torch.manual_seed(0)
     student = build_student("tipsv2-nano", teacher_width=teacher.width, text=False)
     weights, seen = PatchDistillWeights(), {}
