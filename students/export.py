@@ -29,11 +29,11 @@ from students.model_card import model_card
 from students.onnx_export import QUANTIZATIONS, export_onnx
 from students.timm_student import FORMATS as TIMM_STUDENT_FORMATS, TimmStudent
 from students.zoo import get_arch
-from teachers.student_checkpoint import recorded_teachers
 from common.errors import UserError
 from teachers.sources.timm_source import EXPORT_MANIFEST as TIMM_MANIFEST, EXPORT_WEIGHTS as TIMM_WEIGHTS
 from teachers.timm_vision import EXPORT_TOKENS as TIMM_TOKENS
 from teachers.official_npz import HEADS_FILE, official_from_tipsv2, write_npz
+from teachers.student_checkpoint import recorded_teachers
 
 FORMATS = ("hf", "timm", "npz", "onnx")
 HEADS_WEIGHTS = "teacher_space_heads.safetensors"

@@ -238,7 +238,7 @@ class TeacherSpace(nn.Module):
 
     def __init__(self, student: Student, teacher: str | None = None):
         super().__init__()
-        self.student, self.teacher = student, teacher
+        self.student = student
         self.heads = student.projection_heads(teacher)
         self.width = self.heads.teacher_width
         self.patch_size, self.image_size, self.num_registers = student.patch_size, student.image_size, student.num_registers

@@ -241,8 +241,8 @@ def _config(student: Student, with_heads: bool, quantize: str | None, parity: li
         "teacher_width": student.teacher_width if with_heads else None,
         "vision_params": sum(p.numel() for p in student.vision.parameters()),
         "head_params": sum(p.numel() for p in student.heads.parameters()) if with_heads else None,
-        # `onnx:DIR@teacher` pairs the heads with this teacher's text tower, checked by fingerprint (`onnx:DIR@NAME`
-        # another teacher of a multi-teacher student with its heads, from its record under `teachers`).
+        # `onnx:DIR@teacher` pairs the heads with this teacher's text tower, checked by fingerprint; `onnx:DIR@NAME`
+        # pairs another teacher's heads (`teacher_heads`) with its record under `teachers`.
         "teacher": student.metadata.get("teacher") if with_heads else None,
         **({"teacher_heads": {name: {"teacher_width": heads.teacher_width, "outputs": list(head_outputs(name)),
                                      "head_params": sum(p.numel() for p in heads.parameters())}

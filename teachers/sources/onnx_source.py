@@ -22,16 +22,13 @@ from common.types import TOKEN_PARTS, ImageTokens
 VISION, VISION_VALUE, TEXT, CONFIG = "vision.onnx", "vision_value.onnx", "text.onnx", "onnx_config.json"
 FORMAT = "tipsdistill-onnx"
 TOKEN_OUTPUTS = TOKEN_PARTS  # the vision graphs' outputs are named after the token parts
+TEXT_INPUTS, TEXT_OUTPUT = ("input_ids", "attention_mask"), "text_features"
 
 
 def head_outputs(teacher: str | None = None) -> tuple[str, ...]:
     """The vision graphs' outputs through the primary teacher's heads (`teacher_cls`, ...), or through those of the
     teacher named `teacher` (`NAME_cls`, ...: no other teacher is named "teacher", so the names never collide)."""
     return tuple(f"{teacher or 'teacher'}_{part}" for part in TOKEN_OUTPUTS)
-
-
-HEAD_OUTPUTS = head_outputs()
-TEXT_INPUTS, TEXT_OUTPUT = ("input_ids", "attention_mask"), "text_features"
 
 
 def onnxruntime():
