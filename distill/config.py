@@ -162,7 +162,10 @@ class ComputeConfig:
     """What the run's cost is estimated for; `distill.compute.estimate_compute` (or `python -m distill.compute
     RECIPE`) derives the FLOPs and GPU-hours from it and the recipe."""
 
-    teacher_arch: str = "g14"  # a `teachers.tipsv2_sizes` key: the shape the FLOPs are counted for
+    teacher_arch: str = "g14"  # a `teachers.tipsv2_sizes` key: the shape the FLOPs are counted for (the primary's)
+    # With `teachers:`, each other teacher's shape by name, as a `teachers.tipsv2_sizes` key of the same vision
+    # tower shape (a DINOv2-L/14 is l14); its FLOPs are counted at its own view size.
+    teacher_archs: dict[str, str] = field(default_factory=dict)
     gpu: str = "H100 SXM, bf16 dense"
     gpu_peak_tflops: float = 989.0
     mfu: float = 0.4

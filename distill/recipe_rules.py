@@ -27,6 +27,7 @@ def check_rules(recipe: Recipe) -> Recipe:
     _phases(recipe)
     _masking(recipe)
     _cache(recipe)
+    _compute(recipe)
     return recipe
 
 
@@ -91,6 +92,16 @@ def _teachers(recipe: Recipe) -> None:
         names.append(t.name)
     require(any(t.weight > 0 for t in recipe.teachers), "teachers", "at least one teacher with a weight > 0",
             [t.weight for t in recipe.teachers])
+
+
+def _compute(recipe: Recipe) -> None:
+    """The cost estimate counts every teacher's forward: a shape for each one, none for a teacher not in the run."""
+    if recipe.compute is None:
+        return
+    others = [t.name for t in recipe.run_teachers[1:]]
+    require(sorted(recipe.compute.teacher_archs) == sorted(others), "compute.teacher_archs",
+            f"the shape of each teacher after the first, by name ({', '.join(others) or 'none'})",
+            recipe.compute.teacher_archs)
 
 
 def _masking(recipe: Recipe) -> None:

@@ -233,15 +233,17 @@ class Student(nn.Module):
 
 
 class TeacherSpace(nn.Module):
-    """The encoder interface over a student's projected tokens, at the teacher's width."""
+    """The encoder interface over a student's projected tokens, at the teacher's width; `heads` are the ones it
+    reads through (the cost columns count them with the vision tower)."""
 
     def __init__(self, student: Student, teacher: str | None = None):
         super().__init__()
-        self.student, self.teacher = student, teacher
-        self.width = student.projection_heads(teacher).teacher_width
+        self.student = student
+        self.heads = student.projection_heads(teacher)
+        self.width = self.heads.teacher_width
         self.patch_size, self.image_size, self.num_registers = student.patch_size, student.image_size, student.num_registers
         self.fingerprint = student.fingerprint
 
     @torch.inference_mode()
     def encode_image(self, pixels: torch.Tensor, value_trick: bool = False) -> ImageTokens:
-        return self.student.project(self.student.encode_image(pixels, value_trick), self.teacher)
+        return self.heads(self.student.encode_image(pixels, value_trick))
