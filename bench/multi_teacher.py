@@ -25,7 +25,6 @@ test run by the suite.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 from pathlib import Path
 
@@ -132,8 +131,6 @@ def main(argv: list[str] | None = None) -> int:
         "teachers": {name: {m: record[m] for m in METRICS if m in record} for name, record in teachers.items()},
         "arms": results,
         "claims": with_verdicts(claims),
-        "minutes_per_student": {arm: statistics.fmean(r["seconds"] for r in records) / 60
-                                for arm, records in runs.items()},
     }
     emit(result, args.out)
     if args.out:
