@@ -332,3 +332,7 @@ def test_the_several_teachers_tables_show_the_committed_lab():
         assert (comparison, names[metric]) == (claim["claim"], claim["metric"])
         assert shown(difference.replace("**", ""), claim["mean"], *claim["ci95"]), (comparison, metric, difference)
         assert verdict.split(" ")[0].rstrip(":") in claim["verdict"], (verdict, claim["verdict"])
+    zero_shot = lab["claims"][0]
+    assert zero_shot["metric"] == "zeroshot_miou"
+    assert (f"zero-shot {zero_shot['mean']:+.1f} [{zero_shot['ci95'][0]:+.1f}, {zero_shot['ci95'][1]:+.1f}] mIoU over "
+            f"{len(lab['setup']['seeds'])} seeds") in prose("README.md")
