@@ -151,8 +151,10 @@ class ToolkitStep:
 
     def __init__(self, student):
         from distill.tasks.distill_task import DistillTask
+        from distill.tasks.student_setup import teacher_term
 
-        self.task = DistillTask(student, image_only_loss(), teacher_width=student.heads.teacher_width,
+        loss = image_only_loss()
+        self.task = DistillTask(student, loss, teachers=[teacher_term(loss, student.heads.teacher_width)],
                                 contrastive=False)
         self.optimizer = torch.optim.AdamW(self.task.parameters(), lr=1e-4)
         self.student = student
@@ -323,8 +325,8 @@ def cache_vs_online(setup: Setup, workdir: Path) -> dict:
                 CacheSettings(augmentations=setup.augmentations, dtype="bf16", shard_size=setup.images,
                               batch_size=setup.batch))
     build_s = clock() - start
-    cached = replay_dataloader(dataset, open_cache(workdir / "cache", pre), Augment(size, size, setup.seed),
-                               batch_size=setup.batch, seed=setup.seed)
+    cached = replay_dataloader(dataset, {"teacher": open_cache(workdir / "cache", pre)},
+                               Augment(size, size, setup.seed), batch_size=setup.batch, seed=setup.seed)
     cached_targets = CachedTargets(workdir / "cache")
     cached_epoch1 = run_epoch(cached, 0, cached_targets, step)
     online_times = run_epoch(online, 1, online_targets, step)  # epoch 2 (index 1)

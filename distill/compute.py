@@ -3,9 +3,10 @@ the storage of a teacher-target cache.
 
 Counted as matmul FLOPs (2 per multiply-add): 2 x tokens x (per-layer weight matrices) + the
 attention scores and mixing (4 x tokens^2 x width per layer) + the patch embedding. Training one
-image costs the teacher forward, 3x the student forward (forward + backward) including the
-projection heads, and the text towers for the two captions (CLS1 and CLS2) at 64 tokens: 3x when
-the student's own tower is trained, 1x through the frozen teacher tower. GPU-hours assume a peak
+image costs the teacher forward (every teacher's, each at its own view size, with `teachers:`), 3x the
+student forward (forward + backward) including the projection heads (a set per teacher), and the text
+towers for the two captions (CLS1 and CLS2) at 64 tokens: 3x when the student's own tower is trained,
+1x through the frozen (primary) teacher tower. GPU-hours assume a peak
 throughput and a model-FLOPs utilisation (MFU), both recorded in the recipe's `compute:` section.
 
 Memory per GPU counts model state only (weights, gradients, optimizer state; no activations), from parameter counts
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Tipsv2TextConfig, Tipsv2TextModel, Tipsv2VisionConfig, Tipsv2VisionModel
 
-from distill.config import ComputeConfig, Recipe
+from distill.config import ComputeConfig, Recipe, TeacherConfig
 from distill.recipe_loader import load_recipe
 from students import get_arch
 from teachers.tipsv2_sizes import tipsv2_config
@@ -36,8 +37,8 @@ CAPTIONS_PER_IMAGE = 2  # CLS1 <-> alt-text, CLS2 <-> a synthetic caption
 
 @dataclass
 class ComputeEstimate:
-    assumed: ComputeConfig  # teacher shape, GPU, peak throughput and MFU the figures are for
-    teacher_gflops_per_image: float  # forward
+    assumed: ComputeConfig  # teacher shapes, GPU, peak throughput and MFU the figures are for
+    teacher_gflops_per_image: float  # forward, every teacher's
     student_gflops_per_image: float  # forward, vision tower + heads
     train_gflops_per_image: float  # teacher forward + student forward/backward + text towers
     gpu_hours_per_100m_samples: float
@@ -65,12 +66,21 @@ def text_flops(config: Tipsv2TextConfig, tokens: int = TEXT_TOKENS) -> float:
     return 2 * tokens * config.num_hidden_layers * per_layer + 4 * config.num_hidden_layers * tokens**2 * d
 
 
-def _phase_flops(recipe: Recipe, teacher, student, s_size: int, t_size: int) -> tuple[float, float, float]:
-    """(teacher forward, student forward + heads, whole training image) FLOPs at one pair of view sizes."""
-    teacher_f = vision_flops(teacher.vision_config, t_size)
+def other_teachers(recipe: Recipe) -> list[tuple[TeacherConfig, str]]:
+    """The teachers after the first, each with the TIPSv2 size whose shape it is counted as (`compute.teacher_archs`)."""
+    archs = (recipe.compute or ComputeConfig()).teacher_archs
+    return [(t, archs[t.name]) for t in recipe.run_teachers[1:]]
+
+
+def _phase_flops(recipe: Recipe, teacher, others, student, s_size: int, t_size: int) -> tuple[float, float, float]:
+    """(teachers' forward, student forward + heads, whole training image) FLOPs at one pair of view sizes; `others`:
+    (TeacherConfig, Tipsv2Config) of the other teachers, each at its own image size or else the run's teacher view
+    (as the run feeds them)."""
+    teacher_f = vision_flops(teacher.vision_config, t_size) + sum(
+        vision_flops(shape.vision_config, t.image_size or t_size) for t, shape in others)
     s_tokens = 1 + student.vision_config.num_register_tokens + (s_size // student.vision_config.patch_size) ** 2
-    student_f = (vision_flops(student.vision_config, s_size)
-                 + 2 * s_tokens * student.vision_config.hidden_size * teacher.vision_config.hidden_size)
+    head_width = teacher.vision_config.hidden_size + sum(shape.vision_config.hidden_size for _, shape in others)
+    student_f = vision_flops(student.vision_config, s_size) + 2 * s_tokens * student.vision_config.hidden_size * head_width
     train_f = teacher_f + 3 * student_f
     c = recipe.loss.contrastive
     if c.kind != "none":
@@ -82,16 +92,17 @@ def _phase_flops(recipe: Recipe, teacher, student, s_size: int, t_size: int) -> 
 
 
 def estimate_compute(recipe: Recipe) -> ComputeEstimate:
-    """The run's cost for the recipe's `compute` section (teacher_arch, GPU peak and MFU): per image,
-    averaged over the run's steps when resolution phases change the view sizes; for the first student of a
+    """The run's cost for the recipe's `compute` section (teacher_arch and teacher_archs, GPU peak and MFU): per
+    image, averaged over the run's steps when resolution phases change the view sizes; for the first student of a
     `students:` list."""
     assumed = recipe.compute or ComputeConfig()
     teacher = tipsv2_config(assumed.teacher_arch)
+    others = [(t, tipsv2_config(arch)) for t, arch in other_teachers(recipe)]
     student = get_arch(recipe.run_students[0].name).config
     total = [0.0, 0.0, 0.0]
     for first, end, s_size, t_size in recipe.phases():
         weight = (end - first) / recipe.train.max_steps
-        for i, flops in enumerate(_phase_flops(recipe, teacher, student, s_size, t_size)):
+        for i, flops in enumerate(_phase_flops(recipe, teacher, others, student, s_size, t_size)):
             total[i] += weight * flops
     teacher_f, student_f, train_f = total
 
@@ -116,7 +127,8 @@ class MemoryEstimate:
     """Model state per GPU, in GiB, for a run over `processes` GPUs; activations are not counted."""
 
     processes: int
-    teacher_params: int  # frozen: vision + text towers, as loaded (the text tower too); 0 with cache=DIR
+    teacher_params: int  # frozen: vision + text towers, as loaded (the text tower too), and the other teachers'
+    #                      vision towers (with `teachers:`); 0 with cache=DIR
     student_params: int  # trained: every student's towers and projection heads, and the contrastive term's own
     teacher_gib: float  # in the training precision, on every GPU
     student_weights_gib: float  # fp32 (mixed precision autocasts the matmuls, the weights stay fp32)
@@ -142,9 +154,9 @@ def tower_params(arch: str) -> tuple[int, int]:
 
 def trained_params(recipe: Recipe) -> int:
     """What the optimizer updates: each student of the recipe as its distillation task builds it (towers at its
-    image size, heads to the teacher's width, the text tower when it reads the captions, 32k vocabulary) plus the
+    image size, heads to each teacher's width, the text tower when it reads the captions, 32k vocabulary) plus the
     contrastive term's parameters (the projection of the teacher's text, the temperature and bias)."""
-    from distill.tasks.distill_task import DistillTask
+    from distill.contrastive import CaptionContrastive
     from students import build_student
 
     teacher = tipsv2_config((recipe.compute or ComputeConfig()).teacher_arch)
@@ -156,16 +168,19 @@ def trained_params(recipe: Recipe) -> int:
             student = build_student(entry.name, teacher_width=teacher.vision_config.hidden_size,
                                     text=contrastive and c.text_tower == "student", image_size=entry.image_size,
                                     head=entry.head, timm_kwargs=entry.timm_kwargs, feature_stride=entry.feature_stride)
-            task = DistillTask(student, recipe.loss, teacher_width=teacher.vision_config.hidden_size,
-                               contrastive=contrastive, teacher_text_width=teacher.text_config.hidden_size)
-            total += _params(task, trained=True)
+            for t, arch in other_teachers(recipe):
+                student.add_teacher_heads(t.name, tipsv2_config(arch).vision_config.hidden_size, entry.head)
+            total += _params(student, trained=True)
+            if contrastive:
+                total += _params(CaptionContrastive(c, student, teacher.text_config.hidden_size), trained=True)
     return total
 
 
 def memory_per_gpu(recipe: Recipe, processes: int) -> MemoryEstimate:
     """Weights, gradients and AdamW state per GPU of the recipe's run over `processes` GPUs (`compute.teacher_arch`
     as the teacher): replicated under DDP, and what sharding the student's state (FSDP, ZeRO-3) would leave."""
-    teacher = 0 if recipe.cache else sum(tower_params((recipe.compute or ComputeConfig()).teacher_arch))
+    teacher = 0 if recipe.cache else sum(tower_params((recipe.compute or ComputeConfig()).teacher_arch)) + sum(
+        tower_params(arch)[0] for _, arch in other_teachers(recipe))
     student = trained_params(recipe)
     teacher_gib = teacher * TEACHER_BYTES.get(recipe.train.mixed_precision, FP32) / GIB
     weights = grads = buckets = student * FP32 / GIB

@@ -23,6 +23,7 @@ import yaml
 
 from common.atomic import write_atomic
 from common.errors import UserError
+from common.types import TOKEN_PARTS
 
 
 # Allowed values of the recipe's choice keys, defined here (the bottom of `distill`) and imported by the modules
@@ -59,7 +60,14 @@ class CropConfig:
 @dataclass
 class TeacherConfig:
     spec: str = ""  # anything `teachers.load_teacher` reads: hub id, directory, .npz pair, timm:<name>, micro
-    image_size: int | None = None  # teacher input resolution; None: the student's image size
+    image_size: int | None = None  # teacher input resolution; None: the run's teacher view (the first teacher's)
+    # `teachers:` entries: the name its heads, losses, cache and `student@NAME` go by (`teacher:` is "teacher").
+    name: str = ""
+    weight: float = 1.0  # this teacher's share of the distillation loss (scales its cls/register/patch weights)
+    tokens: list[str] = field(default_factory=lambda: list(TOKEN_PARTS))  # the token kinds it supervises
+    target_norm: Literal[(*TARGET_NORMS, "none")] | None = None  # None: loss.target_norm (PHI-S per teacher: RADIOv2.5)
+    # The teacher's dtype on a GPU: auto = the run's mixed precision; no = float32 (CPU teachers always run in float32).
+    precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
 
 
 @dataclass
@@ -154,7 +162,10 @@ class ComputeConfig:
     """What the run's cost is estimated for; `distill.compute.estimate_compute` (or `python -m distill.compute
     RECIPE`) derives the FLOPs and GPU-hours from it and the recipe."""
 
-    teacher_arch: str = "g14"  # a `teachers.tipsv2_sizes` key: the shape the FLOPs are counted for
+    teacher_arch: str = "g14"  # a `teachers.tipsv2_sizes` key: the shape the FLOPs are counted for (the primary's)
+    # With `teachers:`, each other teacher's shape by name, as a `teachers.tipsv2_sizes` key of the same vision
+    # tower shape (a DINOv2-L/14 is l14); its FLOPs are counted at its own view size.
+    teacher_archs: dict[str, str] = field(default_factory=dict)
     gpu: str = "H100 SXM, bf16 dense"
     gpu_peak_tflops: float = 989.0
     mfu: float = 0.4
@@ -198,11 +209,25 @@ class Recipe:
     cache: str | None = None  # a `tipsdistill cache` directory: replay its crops and teacher targets
     # Several students trained on one teacher forward (each entry as `student:`; they share its image_size).
     students: list[StudentConfig] = field(default_factory=list)
+    # Several teachers distilled into the student at once (AM-RADIO), each with its own heads; the first one is the
+    # primary: its view size is the run's teacher view, its text tower (if any) serves the caption term.
+    teachers: list[TeacherConfig] = field(default_factory=list)
     pretrain: PretrainConfig | None = None
 
     @property
     def is_pretraining(self) -> bool:
         return self.pretrain is not None
+
+    @property
+    def run_teachers(self) -> list[TeacherConfig]:
+        """The teachers the run distils: the `teachers:` entries when set, else `teacher:` (named "teacher")."""
+        if self.teachers or self.is_pretraining:
+            return self.teachers
+        teacher = self.teacher or TeacherConfig()  # a cache without a teacher section stands in for one
+        return [dataclasses.replace(teacher, name=teacher.name or "teacher")]
+
+    def target_norm(self, teacher: TeacherConfig) -> str:
+        return teacher.target_norm or self.loss.target_norm
 
     @property
     def run_students(self) -> list[StudentConfig]:
@@ -211,7 +236,8 @@ class Recipe:
 
     def view_sizes(self, step: int) -> tuple[int, int]:
         """(student, teacher) view sizes at optimizer step `step` (0-based: the step about to run)."""
-        teacher = self.teacher.image_size if self.teacher is not None else None
+        teachers = self.run_teachers
+        teacher = teachers[0].image_size if teachers else None
         student = self.run_students[0].image_size
         teacher = teacher or student
         for phase in self.train.resolution_phases:
@@ -350,9 +376,12 @@ def validate(recipe: Recipe) -> Recipe:
     loss, c, train, optim = recipe.loss, recipe.loss.contrastive, recipe.train, recipe.optim
     _check_finite(recipe)
     require(recipe.seed >= 0, "seed", "an int >= 0", recipe.seed)
-    if recipe.teacher is not None:
-        require(recipe.teacher.image_size is None or recipe.teacher.image_size > 0, "teacher.image_size",
-               "a positive int or null", recipe.teacher.image_size)
+    for key, t in ([("teacher", recipe.teacher)] if recipe.teacher is not None else []) + [
+            (f"teachers[{i}]", t) for i, t in enumerate(recipe.teachers)]:
+        require(t.image_size is None or t.image_size > 0, f"{key}.image_size", "a positive int or null", t.image_size)
+        require(t.weight >= 0, f"{key}.weight", "a weight >= 0", t.weight)
+        require(bool(t.tokens) and all(p in TOKEN_PARTS for p in t.tokens) and len(set(t.tokens)) == len(t.tokens),
+                f"{key}.tokens", f"a non-empty list of distinct token kinds among {', '.join(TOKEN_PARTS)}", t.tokens)
     for i, s in enumerate([recipe.student, *recipe.students]):
         key = "student" if i == 0 else f"students[{i - 1}]"
         require(s.image_size > 0, f"{key}.image_size", "a positive int", s.image_size)

@@ -6,6 +6,11 @@ weights to keep the package small), pretrained by this toolkit. Regenerate it wi
 
     tipsdistill pretrain --recipe micro-teacher --out runs/micro-teacher
     python -m distill.default_job --package runs/micro-teacher/model
+
+The several-teachers lab's second teacher (`micro-ssl`: the same recipe without its caption term) likewise:
+
+    tipsdistill pretrain --recipe micro-teacher loss.contrastive.weight=0 train.max_steps=800 --out runs/micro-ssl
+    python -m distill.default_job --package runs/micro-ssl/model --name micro-ssl
 """
 from __future__ import annotations
 
@@ -54,11 +59,12 @@ def package_teacher(model_dir, target: Path = PACKAGED[TEACHER]) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="ship a pretrained micro teacher as the packaged default")
+    parser = argparse.ArgumentParser(description="ship a pretrained micro teacher as a packaged one")
     parser.add_argument("--package", required=True, metavar="MODEL_DIR",
                         help="a `tipsdistill pretrain` output (OUT/model)")
+    parser.add_argument("--name", choices=sorted(PACKAGED), default=TEACHER, help="which packaged teacher it becomes")
     args = parser.parse_args(argv)
-    print(f"packaged teacher: {package_teacher(args.package)}")
+    print(f"packaged teacher: {package_teacher(args.package, PACKAGED[args.name])}")
 
 
 if __name__ == "__main__":

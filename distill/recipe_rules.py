@@ -7,20 +7,27 @@ naming the key.
 """
 from __future__ import annotations
 
+import re
+
 from distill.config import Recipe, StudentConfig, require
 from students.build import student_patch_size
 from students.zoo import STUDENTS
 from teachers.timm_vision import is_timm_name
 
 
+TEACHER_NAME = re.compile(r"[\w.-]+")
+
+
 def check_rules(recipe: Recipe) -> Recipe:
     if recipe.is_pretraining:
         _pretraining(recipe)
+    _teachers(recipe)
     _student_names(recipe)
     _students(recipe)
     _phases(recipe)
     _masking(recipe)
     _cache(recipe)
+    _compute(recipe)
     return recipe
 
 
@@ -59,9 +66,42 @@ def _students(recipe: Recipe) -> None:
         require(s.tokenizer == first.tokenizer, f"students[{i}].tokenizer",
                 f"students[0].tokenizer ({first.tokenizer}): one tokenizer reads the captions", s.tokenizer)
     if len(recipe.students) > 1:
-        require(recipe.loss.target_norm == "none", "loss.target_norm",
-                "none when training several students at once (target statistics are calibrated per student)",
-                recipe.loss.target_norm)
+        norms = sorted({recipe.target_norm(t) for t in recipe.run_teachers} | {recipe.loss.target_norm})
+        require(norms == ["none"], "loss.target_norm",
+                "none (and no teacher's target_norm) when training several students at once (target statistics are "
+                "calibrated per student)",
+                norms)
+
+
+def _teachers(recipe: Recipe) -> None:
+    """`teachers:` is self-contained (`teacher:` is then unused, as `student:` beside `students:`); each entry is
+    addressed by its name (heads, loss parts, cache, `student@NAME`)."""
+    if recipe.teacher is not None and not recipe.teachers:
+        require(recipe.teacher.name in ("", "teacher"), "teacher.name", "empty: the one teacher of a teacher: section "
+                "is 'teacher' (names are for teachers: entries)", recipe.teacher.name)
+    if not recipe.teachers:
+        return
+    names = []
+    for i, t in enumerate(recipe.teachers):
+        require(bool(TEACHER_NAME.fullmatch(t.name)) and t.name != "teacher", f"teachers[{i}].name",
+                "a name of letters, digits, '_', '.' or '-' other than 'teacher' (which means the primary, the first "
+                "entry, in student@teacher)", t.name)
+        require(t.name not in names, f"teachers[{i}].name", "a name not given to an earlier teacher", t.name)
+        require(bool(t.spec), f"teachers[{i}].spec", "a teacher (micro, a hub id, a directory, npz:..., timm:NAME)",
+                t.spec)
+        names.append(t.name)
+    require(any(t.weight > 0 for t in recipe.teachers), "teachers", "at least one teacher with a weight > 0",
+            [t.weight for t in recipe.teachers])
+
+
+def _compute(recipe: Recipe) -> None:
+    """The cost estimate counts every teacher's forward: a shape for each one, none for a teacher not in the run."""
+    if recipe.compute is None:
+        return
+    others = [t.name for t in recipe.run_teachers[1:]]
+    require(sorted(recipe.compute.teacher_archs) == sorted(others), "compute.teacher_archs",
+            f"the shape of each teacher after the first, by name ({', '.join(others) or 'none'})",
+            recipe.compute.teacher_archs)
 
 
 def _masking(recipe: Recipe) -> None:
@@ -100,8 +140,8 @@ def _phases(recipe: Recipe) -> None:
 
 def _pretraining(recipe: Recipe) -> None:
     p, loss, c = recipe.pretrain, recipe.loss, recipe.loss.contrastive
-    require(recipe.teacher is None, "teacher", "no teacher section in a pretraining recipe (the model is its own "
-           "teacher)", recipe.teacher)
+    require(recipe.teacher is None and not recipe.teachers, "teacher", "no teacher section in a pretraining recipe "
+           "(the model is its own teacher)", recipe.teacher or recipe.teachers)
     require(recipe.cache is None and not recipe.students, "cache/students", "neither in a pretraining recipe",
            recipe.cache or recipe.students)
     require(loss.target_norm == "none", "loss.target_norm", "none when pretraining (there are no teacher targets)",

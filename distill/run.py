@@ -21,15 +21,16 @@ from torch.utils.data import IterableDataset
 from tqdm.contrib.logging import logging_redirect_tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from distill.cache.replay import open_cache, recipe_preprocessing, replay_dataloader
+from distill.cache.replay import open_replay, replay_dataloader
+from distill.cache.teacher_set import cache_members
 from distill.caption_check import check_captions
-from distill.config import Recipe, flat_recipe
+from distill.config import Recipe, TeacherConfig, flat_recipe
 from distill.data import CAPTION_KEYS, CropConfig, Draws, MaskConfig, build_dataset, make_dataloader
 from distill.data.captions import CaptionTokenizer
 from distill.data.loader import Augment
 from distill.processes import Processes, cpu_launch
 from distill.recipe_rules import check_rules
-from distill.targets import CachedTargets, OnlineTargets
+from distill.targets import CachedTargets, OnlineTargets, TeacherSet
 from distill.tasks import TrainingTask
 from distill.tasks.distill_task import DistillTask
 from distill.tasks.multi_student import MultiStudentTask
@@ -96,21 +97,22 @@ def task_class(recipe: Recipe) -> type[TrainingTask]:
     return MultiStudentTask if len(recipe.students) > 1 else DistillTask
 
 
-def compile_towers(students, teacher, teacher_text: bool = False) -> None:
+def compile_towers(students, teachers, teacher_text: bool = False) -> None:
     """`train.compile`: compile the forward passes in place (module names, hence checkpoints, unchanged); the
-    teacher's text tower too when the caption contrastive term reads it every step (`text_tower: teacher`)."""
+    primary teacher's text tower too when the caption contrastive term reads it every step (`text_tower: teacher`)."""
     for student in students:
         student.vision.compile()
         if student.text is not None:
             student.text.compile()
-    if teacher_text and getattr(teacher, "text", None) is not None:
-        teacher.text.compile()
-    vision = getattr(teacher, "vision", None)
-    if vision is not None:
-        vision.compile()
-    elif teacher is not None:
-        log.info("train.compile: the %s teacher has no TIPSv2 vision tower to compile; it runs eagerly",
-                 type(teacher).__name__)
+    if teacher_text and teachers and getattr(teachers[0], "text", None) is not None:
+        teachers[0].text.compile()
+    for teacher in teachers:
+        vision = getattr(teacher, "vision", None)
+        if vision is not None:
+            vision.compile()
+        elif teacher is not None:
+            log.info("train.compile: the %s teacher has no TIPSv2 vision tower to compile; it runs eagerly",
+                     type(teacher).__name__)
 
 
 def _caption_keys(dataset) -> tuple[str, ...]:
@@ -162,36 +164,56 @@ def _same_tokenisation(a, b) -> bool:
 
 
 def _target_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastive: bool):
-    """The online teacher, or the cache standing in for it (which never loads the teacher); None when
+    """The online teacher(s), or the cache standing in for them (which never loads a teacher); None when
     pretraining (the model is its own teacher)."""
     if recipe.is_pretraining:
         return None
-    c = recipe.loss.contrastive
     if recipe.cache:
-        targets = CachedTargets(recipe.cache)
-        if recipe.teacher is not None and recipe.teacher.spec and recipe.teacher.spec != targets.spec:
-            log.warning("teacher.spec %s differs from the cache's teacher %s; the cache's targets are used",
-                        recipe.teacher.spec, targets.spec or targets.fingerprint[:12])
-        return targets
-    if recipe.teacher is None or not (recipe.teacher.spec or teacher is not None):
+        return _cached_targets(recipe)
+    if not recipe.teachers and (recipe.teacher is None or not (recipe.teacher.spec or teacher is not None)):
         raise UserError("recipe key 'teacher.spec' is empty; expected a teacher (micro, a hub id, a directory, "
                         "npz:..., timm:NAME) or cache=DIR")
-    dtype = teacher_dtype(accelerator.device, accelerator.mixed_precision)
-    if teacher is None:
-        teacher = load_teacher(recipe.teacher.spec, dtype=dtype, device=accelerator.device)
-    else:
-        teacher = teacher.to(device=accelerator.device, dtype=dtype)
-    for *_, size in recipe.phases():
-        if size % teacher.patch_size:
-            raise UserError(f"teacher view size {size} (teacher.image_size or a resolution phase) is not a multiple "
-                            f"of the teacher's patch size {teacher.patch_size}")
+    c = recipe.loss.contrastive
     text_tower = contrastive and c.text_tower == "teacher"
-    if text_tower and not teacher.has_text:
-        raise UserError("loss.contrastive.text_tower=teacher needs a teacher with a text tower; "
-                        "use text_tower=student or a TIPSv2/CLIP/SigLIP teacher")
-    return OnlineTargets(teacher, recipe.teacher.spec or type(teacher).__name__, text=text_tower)
+    sources = []
+    for i, entry in enumerate(recipe.run_teachers):
+        key = f"teachers[{i}]" if recipe.teachers else "teacher"
+        dtype = teacher_precision(entry, accelerator.device, accelerator.mixed_precision)
+        if teacher is not None and i == 0:
+            loaded = teacher.to(device=accelerator.device, dtype=dtype)
+        else:
+            loaded = load_teacher(entry.spec, dtype=dtype, device=accelerator.device)
+        for *_, size in recipe.phases():
+            size = entry.image_size or size
+            if size % loaded.patch_size:
+                raise UserError(f"{key} view size {size} ({key}.image_size or a resolution phase) is not a multiple "
+                                f"of the teacher's patch size {loaded.patch_size}")
+        if i == 0 and text_tower and not loaded.has_text:
+            raise UserError(f"loss.contrastive.text_tower=teacher needs a {key} with a text tower (with teachers:, the "
+                            "first); use text_tower=student or a TIPSv2/CLIP/SigLIP teacher")
+        # The primary's size is the loader's teacher view; the others resize that view to their own size.
+        own_size = entry.image_size if i > 0 else None
+        sources.append(OnlineTargets(loaded, entry.spec or type(loaded).__name__, text=text_tower and i == 0,
+                                     name=entry.name, image_size=own_size))
+    return sources[0] if len(sources) == 1 else TeacherSet(sources)
 
 
+def teacher_precision(entry: TeacherConfig, device, mixed_precision: str | None) -> torch.dtype:
+    return teacher_dtype(device, mixed_precision if entry.precision == "auto" else entry.precision)
+
+
+def _cached_targets(recipe: Recipe):
+    """The cache standing in for the recipe's teacher(s); a `teachers:` cache was checked to be of those very teachers
+    (`cache_members`), a one-teacher one may come from another spec than `teacher.spec` (a warning)."""
+    sources = [CachedTargets(location, name=name) for name, location in cache_members(recipe.cache, recipe).items()]
+    if len(sources) > 1:
+        return TeacherSet(sources)
+    targets = sources[0]
+    spec = None if recipe.teachers or recipe.teacher is None else recipe.teacher.spec
+    if spec and spec != targets.spec:
+        log.warning("teacher.spec %s differs from the cache's teacher %s; the cache's targets are used", spec,
+                    targets.spec or targets.fingerprint[:12])
+    return targets
 
 
 def _draws(recipe: Recipe, patch_size: int, contrastive: bool) -> Draws:
@@ -216,11 +238,12 @@ def _calibrate(task: TrainingTask, targets, loader, recipe: Recipe, accelerator:
             if i >= wanted:
                 break
             if i % world == rank:
-                yield targets.tokens(send_to_device(batch, accelerator.device))
+                yield targets(send_to_device(batch, accelerator.device))
 
     reduce_sum = (lambda t: accelerator.reduce(t, "sum")) if world > 1 else (lambda t: t)
     task.calibrate(batches(), reduce_sum)
-    log.info("target normalisation (%s) calibrated on %d batches", task.norm.kind, wanted)
+    log.info("target normalisation (%s) calibrated on %d batches",
+             ", ".join(f"{name}: {norm.kind}" for name, norm in task.target_norms().items()), wanted)
 
 
 # ---------------------------------------------------------------- building and running
@@ -242,6 +265,8 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None,
     desc = task.desc  # read before `prepare` wraps the task
     teacher_info = ({"spec": targets.spec, "fingerprint": targets.fingerprint} if targets is not None
                     else {"spec": None, "fingerprint": None})
+    if isinstance(targets, TeacherSet):
+        teacher_info["teachers"] = targets.describe()
     captions = caption_tokenizer(targets, task) if contrastive else None
     if contrastive and accelerator.is_main_process:
         check_captions(dataset, captions.text.tokenizer)
@@ -249,14 +274,13 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None,
     draws = _draws(recipe, patch_size, contrastive)
     task.to(accelerator.device)
     if recipe.train.compile:
-        compile_towers(task.students(), targets.teacher if targets is not None else None,
+        compile_towers(task.students(), [s.teacher for s in targets.teachers().values()] if targets is not None else [],
                        targets is not None and targets.text)
     student_size, teacher_size = recipe.view_sizes(0)
     augment = Augment(student_size, teacher_size, recipe.seed, recipe.data.crop, draws)
     pin = accelerator.device.type == "cuda"
     if recipe.cache:
-        reader = open_cache(recipe.cache, recipe_preprocessing(recipe, dataset))
-        loader = replay_dataloader(dataset, reader, augment, batch_size=batch, seed=recipe.seed,
+        loader = replay_dataloader(dataset, open_replay(recipe, dataset), augment, batch_size=batch, seed=recipe.seed,
                                    num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle, pin_memory=pin,
                                    captions=captions)
     else:
@@ -265,7 +289,7 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None,
                                  num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle, pin_memory=pin,
                                  captions=captions)
     sizes_setter = loader.set_sizes  # kept apart: Accelerate's prepared loader shares the sampler, not the method
-    if calibrate and task.norm is not None:
+    if calibrate and task.target_norms():
         _calibrate(task, targets, loader, recipe, accelerator)
     optimizer = make_optimizer(recipe, task)
     o = recipe.optim
@@ -311,7 +335,7 @@ def _train(recipe: Recipe, out: Path, accelerator: Accelerator, checkpoint: Path
     run = build_run(recipe, out, accelerator, calibrate=checkpoint is None, teacher=teacher)
     progress = load_checkpoint(run, checkpoint) if checkpoint else Progress()
     if accelerator.is_main_process:
-        write_run_start(out, recipe, run.unwrapped.norm, progress.step)
+        write_run_start(out, recipe, run.unwrapped.target_norms(), progress.step)
     with writing(out / "logs"):  # the TensorBoard tracker creates its event file and writes the recipe at once
         accelerator.init_trackers(run.desc, config=flat_recipe(recipe))
     t = recipe.train

@@ -101,13 +101,15 @@ def check_resumable(checkpoint: Path, recipe: Recipe) -> None:
                         f"(see {checkpoint / RECIPE})")
 
 
-def write_run_start(out: Path, recipe: Recipe, norm, step: int) -> None:
-    """What the main process writes before the first step: the recipe, the target statistics (if any), and
+def write_run_start(out: Path, recipe: Recipe, norms: dict, step: int) -> None:
+    """What the main process writes before the first step: the recipe, the target statistics (if any: the
+    primary teacher's in `target_norm.safetensors`, another teacher's in `target_norm.NAME.safetensors`), and
     the metrics cut back to `step` (0 for a new run)."""
     out.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, out / RECIPE)
-    if norm is not None:
-        norm.save(out / TARGET_NORM)
+    primary = recipe.run_teachers[0].name if recipe.run_teachers else None
+    for name, norm in norms.items():
+        norm.save(out / (TARGET_NORM if name == primary else TARGET_NORM.replace(".", f".{name}.", 1)))
     truncate_metrics(out / METRICS, step)
 
 

@@ -1,6 +1,7 @@
-"""Where a distillation step's targets come from: the frozen teacher online, or a teacher-target cache.
+"""Where a distillation step's targets come from: the frozen teacher online, or a teacher-target cache; for
+several teachers, a `TeacherSet` of them.
 
-Both give the loop a `TeacherOutput` per batch (float32 teacher tokens, as the teacher computed them; the
+All give the loop a `TeacherOutput` per batch (float32 teacher tokens, as the teacher computed them; the
 task standardises them) and describe the teacher the same way (width, registers, fingerprint, spec,
 tokenizer). A cached run never loads the teacher: everything comes from the cache's manifest, so a g/14
 teacher occupies no memory while its cache trains a student.
@@ -14,6 +15,7 @@ import torch
 
 from distill.cache.manifest import TOKENIZER_DIR, CacheManifest, read_manifest
 from distill.cache.store import open_store
+from distill.data.augment import resize_views
 from distill.data.batch import Batch
 from distill.tasks import TeacherOutput
 from teachers.tokenizer import load_tokenizer
@@ -26,14 +28,24 @@ class OnlineTargets:
     """The frozen teacher, outside `accelerator.prepare` (never wrapped, no optimizer state), under
     inference mode: its outputs carry no graph."""
 
-    def __init__(self, teacher, spec: str, text: bool = False):
-        self.teacher, self.spec, self.text = teacher, spec, text
+    def __init__(self, teacher, spec: str, text: bool = False, name: str = "teacher", image_size: int | None = None):
+        """`image_size`: this teacher's own input size, when it differs from the run's teacher view."""
+        self.teacher, self.spec, self.text, self.name, self.image_size = teacher, spec, text, name, image_size
         self.width, self.num_registers = teacher.width, teacher.num_registers
         self.fingerprint, self.tokenizer = teacher.fingerprint, teacher.tokenizer
         self.patch_size = teacher.patch_size
 
+    def teachers(self) -> dict:
+        return {self.name: self}
+
     def tokens(self, batch: Batch) -> ImageTokens:
-        return self.teacher.encode_image(batch.teacher_pixels).map(lambda t: t.float())
+        return self.teacher.encode_image(self.pixels(batch)).map(lambda t: t.float())
+
+    def pixels(self, batch: Batch) -> torch.Tensor:
+        """The run's teacher view, resized for a teacher that takes another input size: one crop for every
+        teacher, each at its own resolution."""
+        pixels = batch.teacher_pixels
+        return pixels if self.image_size is None else resize_views(pixels, self.image_size)
 
     @torch.no_grad()
     def __call__(self, batch: Batch) -> TeacherOutput:
@@ -45,9 +57,10 @@ class OnlineTargets:
 
 
 class CachedTargets:
-    """Targets stored by `tipsdistill cache`, carried by the replay loader's batches (`teacher_targets`)."""
+    """Targets stored by `tipsdistill cache`, carried by the replay loader's batches (`teacher_targets[name]`);
+    for a teacher of a set, `directory` is its own cache in the set's."""
 
-    def __init__(self, directory: str | Path, manifest: CacheManifest | None = None):
+    def __init__(self, directory: str | Path, manifest: CacheManifest | None = None, name: str = "teacher"):
         self.directory = directory  # a local path or a URL
         self.manifest = manifest or read_manifest(directory)
         m = self.manifest
@@ -58,10 +71,42 @@ class CachedTargets:
         self.tokenizer = (load_tokenizer(store.local(TOKENIZER_DIR, m.content_key()))
                           if store.exists(TOKENIZER_DIR) else None)
         self.teacher, self.text = None, False  # the cache stands in for the teacher: none is loaded
+        self.name = name
+
+    def teachers(self) -> dict:
+        return {self.name: self}
 
     def tokens(self, batch: Batch) -> ImageTokens:
-        return batch.teacher_targets.map(lambda t: t.float())
+        return batch.teacher_targets[self.name].map(lambda t: t.float())
 
     def __call__(self, batch: Batch) -> TeacherOutput:
         return TeacherOutput(self.tokens(batch))
 
+
+class TeacherSet:
+    """Several teachers' targets for one batch (AM-RADIO): each runs once on the batch, under inference mode and in
+    its own precision; the first is the primary, which describes the run's teacher (width, tokenizer, text tower
+    for the caption term) as a single source would."""
+
+    def __init__(self, sources: list):
+        self.primary, *others = sources
+        self.others = {source.name: source for source in others}
+        p = self.primary
+        self.spec, self.width, self.num_registers, self.fingerprint = p.spec, p.width, p.num_registers, p.fingerprint
+        self.tokenizer, self.patch_size, self.teacher, self.text = p.tokenizer, p.patch_size, p.teacher, p.text
+
+    def teachers(self) -> dict:
+        return {self.primary.name: self.primary, **self.others}
+
+    def describe(self) -> list[dict]:
+        """What the students record of their teachers (`student@NAME` reads it)."""
+        return [{"name": name, "spec": s.spec, "fingerprint": s.fingerprint} for name, s in self.teachers().items()]
+
+    def tokens(self, batch: Batch) -> ImageTokens:
+        return self.primary.tokens(batch)
+
+    @torch.no_grad()
+    def __call__(self, batch: Batch) -> TeacherOutput:
+        output = self.primary(batch)
+        output.others = {name: source.tokens(batch) for name, source in self.others.items()}
+        return output

@@ -32,6 +32,11 @@ def load_student(directory: str | os.PathLike) -> Student:
     else:
         student = Student(manifest["name"], checkpoint.vision, checkpoint.text, heads, tokenizer=checkpoint.tokenizer,
                           metadata=manifest.get("metadata"))
+    for name, head in (manifest.get("teacher_heads") or {}).items():
+        try:
+            student.add_teacher_heads(name, head["teacher_width"], head["head_kind"])
+        except (KeyError, TypeError) as exc:
+            raise UserError(f"{Path(directory) / MANIFEST} describes no valid heads for teacher {name!r} ({exc})") from None
     check_state_dict(student, state, str(Path(directory) / WEIGHTS), f"student {manifest['name']!r} in {MANIFEST}")
     student.load_state_dict(state)
     return student

@@ -4,7 +4,8 @@
 Every export is built in a temp dir beside `out` and renamed into place at the end, so a failure
 leaves nothing half-written, and an existing non-empty `out` is only replaced with `overwrite`.
 `with_heads` adds the projection heads (the "teacher-space" variant) as
-`teacher_space_heads.safetensors` + `teacher_space_heads.json` in any format.
+`teacher_space_heads.safetensors` + `teacher_space_heads.json` in any format; a student of several teachers
+adds each other teacher's as `teacher_space_heads.NAME.safetensors` + `.NAME.json`.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from common.errors import UserError
 from teachers.sources.timm_source import EXPORT_MANIFEST as TIMM_MANIFEST, EXPORT_WEIGHTS as TIMM_WEIGHTS
 from teachers.timm_vision import EXPORT_TOKENS as TIMM_TOKENS
 from teachers.official_npz import HEADS_FILE, official_from_tipsv2, write_npz
+from teachers.student_checkpoint import recorded_teachers
 
 FORMATS = ("hf", "timm", "npz", "onnx")
 HEADS_WEIGHTS = "teacher_space_heads.safetensors"
@@ -83,7 +85,7 @@ def export_student(
         else:
             notes = (_export_timm_student if timm_student else _EXPORTERS[fmt])(student, tmp, list(evaluation))
         if with_heads:
-            _write_heads(student.heads, tmp)
+            _write_heads(student, tmp)
         files = sorted(str(p.relative_to(tmp)) for p in tmp.rglob("*") if p.is_file())
     return ExportResult(Path(out), fmt, files, notes)
 
@@ -207,20 +209,39 @@ def _write_card(student: Student, out: Path, evaluation: list[str], fmt: str, us
     (out / "README.md").write_text(model_card(student, evaluation, fmt, usage))
 
 
-def _write_heads(heads: ProjectionHeads, out: Path) -> None:
-    save_file({k: v.detach().contiguous() for k, v in heads.state_dict().items()}, out / HEADS_WEIGHTS)
-    manifest = {"kind": heads.kind, "width": heads.width, "teacher_width": heads.teacher_width,
-                "applies_to": "final (post-LayerNorm) tokens: cls.* to CLS1, registers.* to each register, "
-                              "patches.* to every patch token"}
-    (out / HEADS_MANIFEST).write_text(json.dumps(manifest, indent=2))
+def heads_files(teacher: str | None = None) -> tuple[str, str]:
+    """(weights, manifest) file names of the primary teacher's heads, or of those of the teacher named `teacher`."""
+    if teacher is None:
+        return HEADS_WEIGHTS, HEADS_MANIFEST
+    return HEADS_WEIGHTS.replace(".", f".{teacher}.", 1), HEADS_MANIFEST.replace(".", f".{teacher}.", 1)
 
 
-def load_heads(directory: str | os.PathLike) -> ProjectionHeads:
-    """The teacher-space heads of an export made with `with_heads=True`."""
+def _write_heads(student: Student, out: Path) -> None:
+    """Every teacher's heads. A student of several teachers names in each manifest the teacher its heads map to
+    (name, spec, fingerprint: its metadata's record); a one-teacher student's manifest is as it always was, its
+    checkpoint's metadata naming the one teacher."""
+    records = recorded_teachers(student.metadata) if len(student.teacher_heads) else {}
+    primary = next(iter(records), None)
+    for teacher, heads in [(None, student.heads), *student.teacher_heads.items()]:
+        weights, manifest_file = heads_files(teacher)
+        save_file({k: v.detach().contiguous() for k, v in heads.state_dict().items()}, out / weights)
+        manifest = {"kind": heads.kind, "width": heads.width, "teacher_width": heads.teacher_width,
+                    "applies_to": "final (post-LayerNorm) tokens: cls.* to CLS1, registers.* to each register, "
+                                  "patches.* to every patch token"}
+        record = records.get(primary if teacher is None else teacher)
+        if record is not None:
+            manifest["teacher"] = record
+        (out / manifest_file).write_text(json.dumps(manifest, indent=2))
+
+
+def load_heads(directory: str | os.PathLike, teacher: str | None = None) -> ProjectionHeads:
+    """The teacher-space heads of an export made with `with_heads=True`: the primary teacher's, or those of the
+    teacher named `teacher`."""
     directory = Path(directory)
-    if not (directory / HEADS_MANIFEST).is_file():
-        raise UserError(f"{directory} has no {HEADS_MANIFEST}; export with --with-heads")
-    manifest = json.loads((directory / HEADS_MANIFEST).read_text())
+    weights, manifest_file = heads_files(teacher)
+    if not (directory / manifest_file).is_file():
+        raise UserError(f"{directory} has no {manifest_file}; export with --with-heads")
+    manifest = json.loads((directory / manifest_file).read_text())
     heads = ProjectionHeads(manifest["width"], manifest["teacher_width"], manifest["kind"])
-    heads.load_state_dict(load_file(directory / HEADS_WEIGHTS))
+    heads.load_state_dict(load_file(directory / weights))
     return heads

@@ -63,6 +63,12 @@ class Student(nn.Module):
         else:
             self.register_parameter("temperature", None)
         self.metadata: dict[str, Any] = dict(metadata or {})
+        # The heads of the other teachers of a multi-teacher run (AM-RADIO's adaptors), by teacher name; `heads`
+        # are the primary teacher's. Empty (no state-dict keys) for a one-teacher student.
+        self.teacher_heads = nn.ModuleDict()
+
+    def add_teacher_heads(self, name: str, teacher_width: int, kind: str = "linear") -> None:
+        self.teacher_heads[name] = ProjectionHeads(self.width, teacher_width, kind)
 
     @property
     def width(self) -> int:
@@ -121,10 +127,19 @@ class Student(nn.Module):
 
     forward = image_tokens
 
-    def project(self, tokens: ImageTokens) -> ImageTokens:
+    def project(self, tokens: ImageTokens, teacher: str | None = None) -> ImageTokens:
+        """Through the primary teacher's heads, or those of the teacher named `teacher`."""
+        return self.projection_heads(teacher)(tokens)
+
+    def projection_heads(self, teacher: str | None = None) -> ProjectionHeads:
+        if teacher is not None:
+            if teacher not in self.teacher_heads:
+                raise UserError(f"student {self.name} has no heads for teacher {teacher!r}; expected one of "
+                                f"{', '.join(self.teacher_heads) or '(none: a one-teacher student)'}")
+            return self.teacher_heads[teacher]
         if self.heads is None:
             raise UserError(f"student {self.name} has no projection heads; build it with teacher_width=...")
-        return self.heads(tokens)
+        return self.heads
 
     @property
     def text_tokenizer(self) -> TextTokenizer:
@@ -154,11 +169,10 @@ class Student(nn.Module):
         return F.normalize(self.text_features(batch["input_ids"].to(device), batch["attention_mask"].to(device)),
                            dim=-1)
 
-    def teacher_space(self) -> "TeacherSpace":
-        """This student's tokens through its projection heads: what fidelity compares with the teacher."""
-        if self.heads is None:
-            raise UserError(f"student {self.name} has no projection heads; build it with teacher_width=...")
-        return TeacherSpace(self)
+    def teacher_space(self, teacher: str | None = None) -> "TeacherSpace":
+        """This student's tokens through its projection heads (the primary teacher's, or `teacher`'s): what
+        fidelity compares with that teacher."""
+        return TeacherSpace(self, teacher)
 
     def tipsv2_config(self) -> Tipsv2Config:
         """The `Tipsv2Config` of this backbone; without a text tower its text config is a same-width placeholder."""
@@ -207,6 +221,9 @@ class Student(nn.Module):
             "teacher_width": self.teacher_width, "head_kind": self.head_kind,
             "metadata": {**self.metadata, **(metadata or {})},
         }
+        if len(self.teacher_heads):
+            manifest["teacher_heads"] = {name: {"teacher_width": h.teacher_width, "head_kind": h.kind}
+                                         for name, h in self.teacher_heads.items()}
         state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
         with atomic_directory(directory, overwrite=True) as tmp:
             save_file(state, tmp / WEIGHTS, metadata={"format": "pt"})
@@ -216,15 +233,17 @@ class Student(nn.Module):
 
 
 class TeacherSpace(nn.Module):
-    """The encoder interface over a student's projected tokens, at the teacher's width."""
+    """The encoder interface over a student's projected tokens, at the teacher's width; `heads` are the ones it
+    reads through (the cost columns count them with the vision tower)."""
 
-    def __init__(self, student: Student):
+    def __init__(self, student: Student, teacher: str | None = None):
         super().__init__()
         self.student = student
-        self.width, self.patch_size = student.teacher_width, student.patch_size
-        self.image_size, self.num_registers = student.image_size, student.num_registers
+        self.heads = student.projection_heads(teacher)
+        self.width = self.heads.teacher_width
+        self.patch_size, self.image_size, self.num_registers = student.patch_size, student.image_size, student.num_registers
         self.fingerprint = student.fingerprint
 
     @torch.inference_mode()
     def encode_image(self, pixels: torch.Tensor, value_trick: bool = False) -> ImageTokens:
-        return self.student.project(self.student.encode_image(pixels, value_trick))
+        return self.heads(self.student.encode_image(pixels, value_trick))

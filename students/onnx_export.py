@@ -4,7 +4,8 @@ Graphs (`teachers.sources.onnx_source` reads them back as `onnx:DIR`):
   vision.onnx        pixels (B,3,H,W) in [0,1] -> cls (B,D), registers (B,R,D), patches (B,H/p,W/p,D)
   vision_value.onnx  the same with the MaskCLIP value trick (zero-shot segmentation's default)
   text.onnx          input_ids, attention_mask (B,L) int64 -> text_features (B,D), unnormalised
-With heads (`--with-heads`) the vision graphs also give teacher_cls, teacher_registers, teacher_patches.
+With heads (`--with-heads`) the vision graphs also give teacher_cls, teacher_registers, teacher_patches, and for a
+student of several teachers NAME_cls, NAME_registers, NAME_patches through each other teacher's heads.
 Batch, image height/width and text length are dynamic axes.
 
 Exporter: the TorchScript-based `torch.onnx.export(..., dynamo=False)`. The torch.export-based one needs the
@@ -36,7 +37,7 @@ from torch import nn
 from students.model import Student
 from students.model_card import model_card
 from teachers.sources.onnx_source import (
-    CONFIG, FORMAT, HEAD_OUTPUTS, TEXT, TEXT_INPUTS, TEXT_OUTPUT, TOKEN_OUTPUTS, VISION, VISION_VALUE, onnxruntime,
+    CONFIG, FORMAT, TEXT, TEXT_INPUTS, TEXT_OUTPUT, TOKEN_OUTPUTS, VISION, VISION_VALUE, head_outputs, onnxruntime,
     open_session,
 )
 from common.errors import UserError
@@ -53,15 +54,17 @@ INT8_MIN_COSINE = 0.9
 
 
 class _VisionGraph(nn.Module):
-    def __init__(self, student: Student, value_trick: bool, with_heads: bool):
+    """`teachers`: the heads it also projects through (None: the primary teacher's), in output order."""
+
+    def __init__(self, student: Student, value_trick: bool, teachers: list[str | None]):
         super().__init__()
-        self.student, self.value_trick, self.with_heads = student, value_trick, with_heads
+        self.student, self.value_trick, self.teachers = student, value_trick, teachers
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         tokens = self.student.image_tokens(pixels, value_trick=self.value_trick)
         outputs = (tokens.cls, tokens.registers, tokens.patches)
-        if self.with_heads:
-            projected = self.student.project(tokens)
+        for teacher in self.teachers:
+            projected = self.student.project(tokens, teacher)
             outputs += (projected.cls, projected.registers, projected.patches)
         return outputs
 
@@ -116,7 +119,7 @@ def _trace(module: nn.Module, example: tuple, path: Path, inputs: tuple, outputs
 def _vision_axes(outputs: tuple[str, ...]) -> dict:
     token_axes = {"cls": {0: "batch"}, "registers": {0: "batch"}, "patches": {0: "batch", 1: "grid_h", 2: "grid_w"}}
     return {"pixels": {0: "batch", 2: "height", 3: "width"},
-            **{name: token_axes[name.removeprefix("teacher_")] for name in outputs}}
+            **{name: token_axes[name.rsplit("_", 1)[-1]] for name in outputs}}
 
 
 def _vision_cases(student: Student) -> list[tuple[torch.Tensor]]:
@@ -209,10 +212,11 @@ def _graph(out: Path, name: str, module: nn.Module, inputs: tuple, outputs: tupl
 def export_onnx(student: Student, out: Path, evaluation: list[str], *, with_heads: bool = False,
                 quantize: str | None = None) -> list[str]:
     onnxruntime()  # a missing extra fails before the tracing
-    outputs = TOKEN_OUTPUTS + (HEAD_OUTPUTS if with_heads else ())
+    teachers = [None, *student.teacher_heads] if with_heads else []
+    outputs = TOKEN_OUTPUTS + tuple(name for teacher in teachers for name in head_outputs(teacher))
     notes = []
     for name, value_trick in ((VISION, False), (VISION_VALUE, True)):
-        notes.append(_graph(out, name, _VisionGraph(student, value_trick, with_heads), ("pixels",), outputs,
+        notes.append(_graph(out, name, _VisionGraph(student, value_trick, teachers), ("pixels",), outputs,
                             _vision_axes(outputs), _vision_cases(student), quantize))
     if student.text is not None:
         axes = {name: {0: "batch", 1: "length"} for name in TEXT_INPUTS} | {TEXT_OUTPUT: {0: "batch"}}
@@ -237,8 +241,13 @@ def _config(student: Student, with_heads: bool, quantize: str | None, parity: li
         "teacher_width": student.teacher_width if with_heads else None,
         "vision_params": sum(p.numel() for p in student.vision.parameters()),
         "head_params": sum(p.numel() for p in student.heads.parameters()) if with_heads else None,
-        # `onnx:DIR@teacher` pairs the heads with this teacher's text tower, checked by fingerprint.
+        # `onnx:DIR@teacher` pairs the heads with this teacher's text tower, checked by fingerprint; `onnx:DIR@NAME`
+        # pairs another teacher's heads (`teacher_heads`) with its record under `teachers`.
         "teacher": student.metadata.get("teacher") if with_heads else None,
+        **({"teacher_heads": {name: {"teacher_width": heads.teacher_width, "outputs": list(head_outputs(name)),
+                                     "head_params": sum(p.numel() for p in heads.parameters())}
+                              for name, heads in student.teacher_heads.items()}}
+           if with_heads and len(student.teacher_heads) else {}),
         "opset": OPSET, "quantization": quantize, "dynamic_axes": ["batch", "height", "width", "text length"],
         "exporter": f"torch.onnx.export (TorchScript) torch {torch.__version__}", "parity": parity,
     }

@@ -10,6 +10,8 @@ Spec forms:
   onnx:DIR                                      a student exported with --format onnx, run by onnxruntime
   micro                                         the packaged micro TIPSv2 teacher (a local directory named
                                                 `micro` is `./micro`)
+  micro-ssl                                     the packaged micro teacher pretrained without captions
+                                                (self-distillation only: a DINO-style second teacher)
 `KEY=VALUE` items in a spec and keyword options are the same thing (options win).
 """
 from __future__ import annotations
@@ -28,12 +30,14 @@ from common.errors import UserError
 from teachers.sources import hf_encoder, hf_tipsv2, official, onnx_source, student, timm_source
 
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
-# Teachers shipped inside the package, by name: the embedded default's micro TIPSv2 teacher (pretrained by
-# this toolkit on the built-in scenes; `python -m distill.default_job --package` regenerates it).
-PACKAGED = {"micro": Path(__file__).resolve().parent / "assets" / "micro_teacher"}
+# Teachers shipped inside the package, by name: the embedded default's micro TIPSv2 teacher, and the same architecture
+# pretrained without the caption term (the several-teachers lab's second teacher); both pretrained by this toolkit
+# on the built-in scenes (`distill.default_job` says how to regenerate them).
+_ASSETS = Path(__file__).resolve().parent / "assets"
+PACKAGED = {"micro": _ASSETS / "micro_teacher", "micro-ssl": _ASSETS / "micro_ssl_teacher"}
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
-_FORMS = ("micro, a save_pretrained directory or hub id, npz:VISION.npz[,TEXT.npz], a directory with *_vision.npz, "
+_FORMS = ("micro, micro-ssl, a save_pretrained directory or hub id, npz:VISION.npz[,TEXT.npz], a directory with *_vision.npz, "
           "timm:NAME[,checkpoint=PATH], a timm export directory, onnx:DIR or a student checkpoint directory")
 
 

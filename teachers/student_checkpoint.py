@@ -31,6 +31,7 @@ FORMAT = "tipsdistill-student"
 VERSION = 1
 WEIGHTS = "model.safetensors"
 MANIFEST = "student.json"
+PRIMARY_TEACHER = "teacher"  # the primary teacher's name in `STUDENT@teacher`: a one-teacher run's only teacher
 
 
 @dataclass
@@ -62,6 +63,17 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     if manifest.get("format") != FORMAT:
         raise UserError(f"{path} has format {manifest.get('format')!r}; expected {FORMAT!r}")
     return manifest
+
+
+def recorded_teachers(metadata: dict[str, Any]) -> dict[str, dict]:
+    """The teachers a student's metadata records ({name, spec, fingerprint} by name, the primary first): a
+    multi-teacher run's `teacher.teachers` list, else its one teacher as "teacher"; {} when none is recorded."""
+    teacher = metadata.get("teacher")
+    if not isinstance(teacher, dict):
+        return {}
+    if teacher.get("teachers"):
+        return {t["name"]: t for t in teacher["teachers"]}
+    return {PRIMARY_TEACHER: teacher}
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:

@@ -64,3 +64,32 @@ def tiny_tipsv2_dir(tmp_path_factory, tiny_tokenizer):
     model.save_pretrained(out)
     tiny_tokenizer.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2_dir(tmp_path_factory):
+    """A random DINOv2-with-registers encoder saved with `save_pretrained`: a self-supervised teacher (no text
+    tower), with 4 registers and patch 16 where the micro student has 1 and 8."""
+    from transformers import BitImageProcessor, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("dinov2") / "tiny"
+    Dinov2WithRegistersModel(Dinov2WithRegistersConfig(
+        hidden_size=24, num_hidden_layers=2, num_attention_heads=2, mlp_ratio=2, patch_size=16, image_size=64,
+        num_register_tokens=4)).save_pretrained(out)
+    BitImageProcessor(image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def two_teacher_student(tmp_path_factory, tiny_dinov2_dir):
+    """The student of a 2-step micro run distilled from the packaged `micro` teacher (the primary, named `tips`)
+    and the tiny DINOv2 (`dino`), as `tipsdistill distill` writes it."""
+    from distill.recipe_loader import load_recipe
+    from distill.run import run_training
+
+    teachers = f"[{{name: tips, spec: micro}}, {{name: dino, spec: {tiny_dinov2_dir}, tokens: [cls, patches]}}]"
+    recipe = load_recipe("micro", [f"teachers={teachers}", "max_steps=2", "batch_size=8", "data.options.length=16"])
+    out = tmp_path_factory.mktemp("two_teachers") / "run"
+    run_training(recipe, out)
+    return out / "student"

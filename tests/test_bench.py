@@ -51,6 +51,19 @@ def test_the_teacher_curve_runs_and_reuses_finished_runs(tmp_path):
     assert again["points"] == first["points"]
 
 
+@pytest.mark.slow
+def test_the_multi_teacher_lab_compares_every_arm_on_paired_seeds(tmp_path):
+    result = bench("multi_teacher", tmp_path)
+    assert result["setup"]["seeds"] == [0, 1] and set(result["arms"]) == {"tips", "ssl", "both"}
+    assert "zeroshot_miou" not in result["arms"]["ssl"]  # no text-aligned space to read it in
+    assert {"linseg_miou", "depth_delta1", "depth_rmse"} <= set(result["arms"]["both"])
+    claim = next(c for c in result["claims"] if c["claim"] == "both vs tips" and c["metric"] == "linseg_miou")
+    both, tips = result["arms"]["both"]["linseg_miou"]["values"], result["arms"]["tips"]["linseg_miou"]["values"]
+    assert claim["differences"] == pytest.approx([a - b for a, b in zip(both, tips)])
+    assert all(c["verdict"] for c in result["claims"])
+    assert (tmp_path / "multi_teacher.md").read_text().startswith("| model |")
+
+
 def test_paired_statistics_by_hand():
     sys.path.insert(0, str(ROOT / "bench"))
     from lab import MARGIN, holm, paired, with_verdicts

@@ -9,6 +9,7 @@ from distill.recipe_loader import load_recipe
 from distill.targets import OnlineTargets
 from distill.tasks.distill_task import DistillTask
 from distill.tasks.multi_student import MultiStudentTask
+from distill.tasks.student_setup import teacher_term
 from students import build_student
 from common.errors import UserError
 from test_cache_build import tiny_teacher
@@ -17,7 +18,7 @@ from test_cache_build import tiny_teacher
 def task(name, seed, width, loss, image_size=32):
     torch.manual_seed(seed)
     return DistillTask(build_student(name, teacher_width=width, text=False, image_size=image_size), loss,
-                       teacher_width=width, contrastive=False)
+                       teachers=[teacher_term(loss, width)], contrastive=False)
 
 
 class CountingTeacher(OnlineTargets):

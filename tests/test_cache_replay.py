@@ -33,7 +33,7 @@ def test_cached_loss_equals_online_loss_within_bf16(setup):
     teacher, dataset, pre, out = setup
     reader = open_cache(out, pre)
     online = make_dataloader(dataset, batch_size=4, student_size=32, teacher_size=32, seed=SEED)
-    cached = replay_dataloader(dataset, reader, Augment(32, 32, SEED), batch_size=4, seed=SEED)
+    cached = replay_dataloader(dataset, {"teacher": reader}, Augment(32, 32, SEED), batch_size=4, seed=SEED)
     torch.manual_seed(0)
     student = build_student("tipsv2-nano", teacher_width=teacher.width, text=False)
     weights, seen = PatchDistillWeights(), {}
@@ -86,8 +86,8 @@ def test_a_jpeg_folder_replays_the_online_views_bit_for_bit(tmp_path):
                         crop=CropConfig(), seed=SEED)
     build_cache(teacher, dataset, tmp_path / "cache", pre, CacheSettings(augmentations=2, dtype="bf16", shard_size=4))
     online = make_dataloader(dataset, batch_size=3, student_size=16, teacher_size=32, seed=SEED)
-    cached = replay_dataloader(dataset, open_cache(tmp_path / "cache", pre), Augment(16, 32, SEED), batch_size=3,
-                               seed=SEED)
+    cached = replay_dataloader(dataset, {"teacher": open_cache(tmp_path / "cache", pre)}, Augment(16, 32, SEED),
+                               batch_size=3, seed=SEED)
     for epoch in (0, 1):
         online.set_epoch(epoch)
         cached.set_epoch(epoch)

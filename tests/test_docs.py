@@ -186,7 +186,7 @@ def test_the_recipe_compute_table_shows_the_estimate():
             for field, cell in zip(fields, (teacher, student, train, hours)):
                 assert shown(cell, getattr(estimate, field)), (name, field, cell)
             checked += 1
-    assert checked == 3
+    assert checked == 4
 
 
 SCALE_OUT = "docs/scale-out.md"
@@ -312,3 +312,31 @@ def test_the_readme_links_every_page():
     readme = (ROOT / "README.md").read_text()
     for page in pages()[1:]:
         assert f"]({page})" in readme or page.endswith("index.md"), page
+
+
+def test_the_several_teachers_tables_show_the_committed_lab():
+    lab = result("multi_teacher.json")
+    metrics = ("zeroshot_miou", "linseg_miou", "depth_delta1", "depth_rmse")
+    rows = table("docs/lab.md", "| model | zero-shot mIoU | linear-seg mIoU | depth δ1 | depth rmse (m) |")
+    assert len(rows) == 5
+    for label, *cells in rows:
+        kind, name = label.split()[0], label.split()[-1]
+        scores = lab["teachers"][name] if kind == "teacher" else {m: s["mean"] for m, s in lab["arms"][name].items()}
+        spread = {} if kind == "teacher" else {m: s["std"] for m, s in lab["arms"][name].items()}
+        for metric, cell in zip(metrics, cells):
+            if metric not in scores:
+                assert cell == "-", (label, metric)
+                continue
+            values = (scores[metric], spread[metric]) if spread else (scores[metric],)
+            assert shown(cell, *values), (label, metric, cell)
+    names = {"zero-shot mIoU": "zeroshot_miou", "linear-seg mIoU": "linseg_miou", "depth δ1": "depth_delta1"}
+    rows = table("docs/lab.md", "| comparison | metric | expected | mean difference [95 %] | verdict (Holm) |")
+    assert len(rows) == len(lab["claims"])
+    for (comparison, metric, _, difference, verdict), claim in zip(rows, lab["claims"]):
+        assert (comparison, names[metric]) == (claim["claim"], claim["metric"])
+        assert shown(difference.replace("**", ""), claim["mean"], *claim["ci95"]), (comparison, metric, difference)
+        assert verdict.split(" ")[0].rstrip(":") in claim["verdict"], (verdict, claim["verdict"])
+    zero_shot = lab["claims"][0]
+    assert zero_shot["metric"] == "zeroshot_miou"
+    assert (f"zero-shot {zero_shot['mean']:+.1f} [{zero_shot['ci95'][0]:+.1f}, {zero_shot['ci95'][1]:+.1f}] mIoU over "
+            f"{len(lab['setup']['seeds'])} seeds") in prose("README.md")

@@ -74,3 +74,58 @@ def test_an_onnx_export_with_heads_reads_in_its_teacher_space_like_the_checkpoin
         load_model(f"onnx:{tmp_path / 'bare'}{TEACHER_SPACE}")
     with pytest.raises(UserError, match="exported without --with-heads"):
         load_teacher(f"onnx:{tmp_path / 'bare'}").teacher_space()
+
+
+def test_a_student_of_two_teachers_reads_in_each_teachers_space(two_teacher_student, tiny_dinov2_dir, tmp_path):
+    from students import load_student
+
+    student = load_student(two_teacher_student).eval()
+    dino = load_teacher(str(tiny_dinov2_dir))
+    pixels = torch.rand(2, 3, 64, 64)
+    with torch.inference_mode():
+        tokens = student.encode_image(pixels)
+        for name, heads in (("teacher", None), ("tips", None), ("dino", "dino")):
+            model = load_model(f"{two_teacher_student}@{name}")
+            assert torch.equal(model.encode_image(pixels).patches, student.project(tokens, heads).patches), name
+    assert model.width == dino.width != student.teacher_width and not model.has_text
+    report = evaluate({"dino": str(tiny_dinov2_dir), "student": f"{two_teacher_student}@dino"}, "fidelity",
+                      "scenes:size=64,length=4", tmp_path / "fid", quiet=True)
+    assert -1 <= report["models"]["student"]["patch_cosine"] <= 1
+    # The image path of the dino space: the backbone and the dino heads, not the primary's.
+    assert report["cost"]["student"]["vision_params"] == sum(
+        p.numel() for module in (student.vision, student.teacher_heads["dino"]) for p in module.parameters())
+    report = evaluate({"student": f"{two_teacher_student}@dino"}, "linear-seg", "scenes:length=4,size=32",
+                      tmp_path / "seg", quiet=True, iterations=3)
+    assert 0 <= report["models"]["student"]["miou"] <= 100
+
+
+def test_a_text_less_teachers_space_refuses_zero_shot_and_names_are_checked(two_teacher_student, tmp_path, capsys):
+    import json
+    import shutil
+
+    from distill.cli import main
+
+    assert main(["eval", "--model", f"s={two_teacher_student}@dino", "--task", "zeroshot-seg", "--dataset",
+                 "scenes:size=32,length=2", "--out", str(tmp_path / "ev")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: model s has no text tower (read in the space of "
+                                                         "teacher dino (") and "zero-shot segmentation needs one" in err
+    with pytest.raises(UserError, match=r"@third: the student has no teacher 'third'; expected one of teacher, tips, "
+                                        r"dino$"):
+        load_model(f"{two_teacher_student}@third")
+    # A teacher changed since the distillation is refused, as for @teacher.
+    changed = tmp_path / "changed"
+    shutil.copytree(two_teacher_student, changed)
+    manifest = json.loads((changed / "student.json").read_text())
+    manifest["metadata"]["teacher"]["teachers"][1]["fingerprint"] = "0" * 64
+    (changed / "student.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="expected the same teacher"):
+        load_model(f"{changed}@dino")
+    # '@' elsewhere parses as before: in a directory name, and a whole spec that is an existing directory.
+    moved = tmp_path / "run@2" / "student"
+    shutil.copytree(two_teacher_student, moved)
+    assert load_model(f"{moved}@dino").width == load_model(f"{two_teacher_student}@dino").width
+    assert load_model(str(moved)).width == load_teacher(str(two_teacher_student)).width
+    literal = tmp_path / "run@2" / "student@dino"  # beside `moved`, a student checkpoint too
+    shutil.copytree(two_teacher_student, literal)
+    assert load_model(str(literal)).width == load_teacher(str(two_teacher_student)).width  # the student, not @dino

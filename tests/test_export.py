@@ -10,7 +10,9 @@ import students
 from conftest import perturbed_student
 from distill.cli import main
 from students.checkpoint import WEIGHTS
-from students.export import HEADS_MANIFEST, NPZ_TEXT, NPZ_VISION, TIMM_MANIFEST, TIMM_WEIGHTS, load_heads
+from students.export import (
+    HEADS_MANIFEST, NPZ_TEXT, NPZ_VISION, TIMM_MANIFEST, TIMM_WEIGHTS, heads_files, load_heads,
+)
 
 TEXTS = ["a red circle", "a photo of many dogs"]
 
@@ -192,6 +194,25 @@ def test_with_heads_stores_the_teacher_space_heads(checkpoint, reference, tmp_pa
     with torch.no_grad():
         tokens = student.image_tokens(pixels)
         assert torch.equal(heads(tokens).patches, student.project(tokens).patches)
+
+
+@pytest.mark.parametrize("fmt", ["hf", "timm", "npz"])
+def test_with_heads_stores_every_teachers_heads(two_teacher_student, fmt, tmp_path):
+    student = students.load_student(two_teacher_student).eval()
+    teachers = {t["name"]: t for t in student.metadata["teacher"]["teachers"]}
+    assert _export(two_teacher_student, fmt, tmp_path / fmt, "--with-heads") == 0
+    assert {*heads_files(), *heads_files("dino")} <= {p.name for p in (tmp_path / fmt).iterdir()}
+    assert heads_files("dino") == ("teacher_space_heads.dino.safetensors", "teacher_space_heads.dino.json")
+    pixels = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        tokens = student.image_tokens(pixels)
+        for name, heads in (("tips", None), ("dino", "dino")):
+            manifest = json.loads((tmp_path / fmt / heads_files(heads)[1]).read_text())
+            assert manifest["teacher"] == teachers[name]  # name, spec and fingerprint of the teacher it maps to
+            assert manifest["teacher_width"] == student.projection_heads(heads).teacher_width
+            exported = load_heads(tmp_path / fmt, heads)(tokens)
+            assert torch.equal(exported.patches, student.project(tokens, heads).patches)
+            assert torch.equal(exported.cls, student.project(tokens, heads).cls)
 
 
 def _leftovers(parent):

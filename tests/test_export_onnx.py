@@ -143,3 +143,34 @@ def test_missing_onnxruntime_is_a_one_line_error(checkpoint, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "tipsdistill[onnx]" in err and "onnxruntime is missing" in err and len(err.strip().splitlines()) == 1
     assert list(tmp_path.iterdir()) == []  # no output, no temp left beside it
+
+
+def test_onnx_export_gives_every_teachers_heads(two_teacher_student, tmp_path):
+    import onnxruntime as ort
+
+    from common.errors import UserError
+    from distill.eval.models import load_model
+
+    assert _export(two_teacher_student, tmp_path / "out", "--with-heads") == 0
+    outputs = [o.name for o in ort.InferenceSession(str(tmp_path / "out" / "vision.onnx")).get_outputs()]
+    assert outputs == ["cls", "registers", "patches", "teacher_cls", "teacher_registers", "teacher_patches",
+                       "dino_cls", "dino_registers", "dino_patches"]
+    student = students.load_student(two_teacher_student).eval()
+    config = json.loads((tmp_path / "out" / "onnx_config.json").read_text())
+    dino = student.teacher_heads["dino"]
+    assert config["teacher_heads"] == {"dino": {"teacher_width": dino.teacher_width, "outputs": outputs[-3:],
+                                                "head_params": sum(p.numel() for p in dino.parameters())}}
+    assert config["teacher"] == student.metadata["teacher"]  # every teacher's spec and fingerprint
+    model = load_teacher(f"onnx:{tmp_path / 'out'}")
+    pixels = torch.rand(2, 3, 64, 48)
+    for heads in (None, "dino"):
+        got, want = model.teacher_space(heads).encode_image(pixels), student.teacher_space(heads).encode_image(pixels)
+        assert got.patches.shape == want.patches.shape and (_sequence(got) - _sequence(want)).abs().max() <= 1e-4
+    with pytest.raises(UserError, match="has no heads for teacher 'third'; expected one of dino$"):
+        model.teacher_space("third")
+    # `onnx:DIR@dino`: the dino heads' outputs, the teacher checked by the fingerprint the config records.
+    space = load_model(f"onnx:{tmp_path / 'out'}@dino")
+    assert (space.width, space.has_text) == (dino.teacher_width, False)
+    assert torch.equal(space.encode_image(pixels).patches, model.teacher_space("dino").encode_image(pixels).patches)
+    with pytest.raises(UserError, match="no teacher 'third'; expected one of teacher, tips, dino$"):
+        load_model(f"onnx:{tmp_path / 'out'}@third")

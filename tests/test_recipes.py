@@ -31,14 +31,40 @@ def test_real_recipes_describe_the_g14_runs(name):
 # The estimate pinned, so a change of the formula is seen (docs/training.md's recipe table quotes it): (teacher, student,
 # train) GFLOPs per image, H100 GPU-hours / 100M samples.
 PINNED_COMPUTE = {"b14": (799.5, 64.05, 1058, 74.27), "l14": (799.5, 219.9, 1576, 110.7),
-                  "so400m14": (799.5, 297.4, 2011, 141.2)}
+                  "so400m14": (799.5, 297.4, 2011, 141.2), "b14-multi": (1018, 64.58, 1278, 89.75)}
 
 
-@pytest.mark.parametrize("name", REAL)
+@pytest.mark.parametrize("name", PINNED_COMPUTE)
 def test_the_quoted_compute_matches_the_formula(name):
     estimate = estimate_compute(load_recipe(name))
     assert (estimate.teacher_gflops_per_image, estimate.student_gflops_per_image, estimate.train_gflops_per_image,
             estimate.gpu_hours_per_100m_samples) == pytest.approx(PINNED_COMPUTE[name], rel=1e-3)
+
+
+def test_the_multi_teacher_recipe_counts_every_teacher():
+    """b14-multi is b14 plus a DINOv2-L/14 beside the g/14: its estimate adds that teacher's forward at the same
+    views (224 px, the last 10% at 448), the student's heads to its width, and its vision tower's memory."""
+    from distill.compute import vision_flops
+    from teachers.tipsv2_sizes import tipsv2_config
+
+    multi, single = load_recipe("b14-multi"), load_recipe("b14")
+    assert [(t.name, t.spec, t.tokens, multi.target_norm(t)) for t in multi.run_teachers] == [
+        ("tips", "google/tipsv2-g14", ["cls", "registers", "patches"], "phi-s"),
+        ("dinov2", "facebook/dinov2-with-registers-large", ["cls", "patches"], "phi-s")]
+    assert multi.view_sizes(0) == single.view_sizes(0) == (224, 224) and multi.view_sizes(90000) == (448, 448)
+    a, b = estimate_compute(multi), estimate_compute(single)
+    dinov2 = tipsv2_config("l14").vision_config
+    forward = 0.9 * vision_flops(dinov2, 224) + 0.1 * vision_flops(dinov2, 448)
+    heads = 2 * 768 * 1024 * (0.9 * (2 + 16**2) + 0.1 * (2 + 32**2))  # CLS1, CLS2 and patches to width 1024
+    assert a.teacher_gflops_per_image * 1e9 == pytest.approx(b.teacher_gflops_per_image * 1e9 + forward)
+    assert a.student_gflops_per_image * 1e9 == pytest.approx(b.student_gflops_per_image * 1e9 + heads)
+    assert a.train_gflops_per_image * 1e9 == pytest.approx(b.train_gflops_per_image * 1e9 + forward + 3 * heads)
+    m, n = memory_per_gpu(multi, 8), memory_per_gpu(single, 8)
+    assert m.teacher_params - n.teacher_params == tower_params("l14")[0]
+    assert m.student_params - n.student_params == 3 * (768 * 1024 + 1024)  # three linear heads
+    with pytest.raises(UserError, match=r"'compute.teacher_archs' is \{\}; expected the shape of each teacher after "
+                                        r"the first, by name \(dinov2\)"):
+        load_recipe("b14-multi", ["compute.teacher_archs={}"])
 
 
 def test_the_compute_command_prints_the_estimate():

@@ -193,6 +193,7 @@ def test_a_timm_student_trains_beside_a_zoo_student_on_one_mask_grid():
     from distill.data import DataStats
     from distill.data.batch import Batch
     from distill.targets import OnlineTargets
+    from distill.tasks.student_setup import teacher_term
     from distill.tasks.distill_task import DistillTask
     from distill.tasks.multi_student import MultiStudentTask
     from test_cache_build import tiny_teacher
@@ -201,7 +202,7 @@ def test_a_timm_student_trains_beside_a_zoo_student_on_one_mask_grid():
     loss = LossConfig(distance="cosine", mask_ratio=0.3, contrastive=ContrastiveConfig(kind="none"))
     students = {"nano": build_student("tipsv2-nano", teacher_width=teacher.width, text=False, image_size=32),
                 "convnet": _build(CONVNET, teacher_width=teacher.width)}
-    pair = MultiStudentTask({name: DistillTask(s, loss, teacher_width=teacher.width, contrastive=False)
+    pair = MultiStudentTask({name: DistillTask(s, loss, teachers=[teacher_term(loss, teacher.width)], contrastive=False)
                              for name, s in students.items()})
     pixels, mask = torch.rand(2, 3, 32, 32), torch.zeros(2, 16, dtype=torch.bool)
     mask[:, :4] = True

@@ -25,6 +25,7 @@ from common.errors import UserError
 FORMAT = "tipsdistill-cache/2"
 IMAGES, DATA_SHARDS = "images", "data-shards"  # layouts, see above
 MANIFEST = "manifest.json"
+TEACHERS = "teachers.json"  # a cache of several teachers, one cache each in a sub-directory (`teacher_set`)
 PCA_BASIS = "pca_basis.safetensors"
 TOKENIZER_DIR = "tokenizer"  # the teacher's tokenizer, so a cached run can train a text tower without the teacher
 
@@ -36,9 +37,17 @@ class Preprocessing:
     dataset: str
     data_options: dict  # the source's options (`build_dataset(spec, **options)`)
     dataset_length: int | None  # None for a stream (wds:), whose length is only known once read
-    teacher_image_size: int | None
+    teacher_image_size: int | None  # the teacher view's size
     crop: CropConfig
     seed: int
+    # A teacher of a set (`teachers:`): its own input size, to which the view is resized (`resize_views`) when they
+    # differ; None for a one-teacher cache, whose teacher takes the view as it is.
+    teacher_input_size: int | None = None
+
+    @property
+    def input_size(self) -> int:
+        """The size of the pixels the teacher saw."""
+        return self.teacher_input_size or self.teacher_image_size
 
     def mismatch(self, other: "Preprocessing") -> str | None:
         """First field (other than the crop seed, which only the cache needs) that differs; a field `other`
@@ -93,7 +102,7 @@ class CacheManifest:
 
     @property
     def patch_size(self) -> int:
-        return self.preprocessing.teacher_image_size // self.grid[0]
+        return self.preprocessing.input_size // self.grid[0]
 
     @property
     def complete(self) -> bool:

@@ -18,13 +18,13 @@ from torch.utils.data import IterableDataset
 
 from distill.cache.compression import Compression, PatchCodec, PcaBasis, storage_dtype
 from distill.cache.manifest import (
-    DATA_SHARDS, IMAGES, MANIFEST, PCA_BASIS, TOKENIZER_DIR, CacheManifest, Preprocessing, read_manifest,
+    DATA_SHARDS, IMAGES, MANIFEST, PCA_BASIS, TEACHERS, TOKENIZER_DIR, CacheManifest, Preprocessing, read_manifest,
     write_manifest,
 )
 from distill.processes import Processes
 from distill.cache.store import open_store
 from distill.data import DataStats
-from distill.data.augment import stack_views, to_float
+from distill.data.augment import resize_views, stack_views, to_float
 from distill.data.loader import Augment
 from distill.data.sample import Sample
 from common.errors import UserError
@@ -68,9 +68,10 @@ def _run_teacher(teacher, samples: Iterable[tuple[int, Sample]], pre: Preprocess
 
     def flush():
         if pixels:
-            # The conversion a loader's batch gets on its way to the device (`Batch.to`): the teacher sees the bits
-            # an online run feeds it.
-            outs.append(teacher.encode_image(to_float(stack_views(pixels).to(device))).map(lambda t: t.float().cpu()))
+            # The conversion a loader's batch gets on its way to the device (`Batch.to`) and the online teachers' own
+            # resize, so the teacher sees the bits an online run feeds it.
+            views = resize_views(to_float(stack_views(pixels).to(device)), pre.input_size)
+            outs.append(teacher.encode_image(views).map(lambda t: t.float().cpu()))
             pixels.clear()
 
     for index, sample in samples:
@@ -107,6 +108,9 @@ def _adopt_written(store, manifest: CacheManifest) -> CacheManifest:
 def _start_or_resume(store, fresh: CacheManifest) -> CacheManifest:
     out = store.location
     names = store.names()
+    if TEACHERS in names:
+        raise UserError(f"--out {out} holds the cache of several teachers ({TEACHERS}); a one-teacher build needs a "
+                        "directory of its own")
     if MANIFEST not in names:
         found = sorted(names - {LOCK_NAME})
         if found:
@@ -131,7 +135,7 @@ def _fresh_manifest(teacher, dataset, pre: Preprocessing, settings: CacheSetting
         raise UserError(f"dataset {pre.dataset} has {len(dataset)} images, expected {pre.dataset_length}")
     return CacheManifest(
         teacher_fingerprint=teacher.fingerprint, teacher_spec=teacher_spec, teacher_width=teacher.width,
-        num_registers=teacher.num_registers, grid=(pre.teacher_image_size // teacher.patch_size,) * 2,
+        num_registers=teacher.num_registers, grid=(pre.input_size // teacher.patch_size,) * 2,
         preprocessing=pre, augmentations=settings.augmentations, dtype=settings.dtype,
         compression=settings.compression, shard_size=0 if stream else settings.shard_size,
         num_shards=len(dataset.shards) if stream else -(-len(dataset) // settings.shard_size),

@@ -4,7 +4,8 @@ Under `accelerate launch` or torchrun (one node or several, sharing --out) every
 of the shards; the result is the one-process build's, byte for byte.
 
 With `--recipe RECIPE [key=value ...]` the teacher, data, crop options, seed and teacher resolution come
-from the distill recipe (the flags still win), so the cache matches that run by construction.
+from the distill recipe (the flags still win), so the cache matches that run by construction. A recipe with
+`teachers:` gets every teacher's targets, each in its own cache in OUT/NAME/ (`distill.cache.teacher_set`).
 """
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                     "(with the crop parameters), so `tipsdistill distill cache=DIR` trains without the teacher. "
                     "Rerunning the same command finishes an interrupted build. Under `accelerate launch` "
                     "the processes share the shards.")
-    parser.add_argument("--recipe", help="take teacher, data, crops, seed and resolution from this distill recipe")
+    parser.add_argument("--recipe", help="take teacher (or teachers:), data, crops, seed and resolution from this "
+                                         "distill recipe")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="recipe overrides (with --recipe)")
-    parser.add_argument("--teacher", help="teacher spec (as for distill: dir, hub id, npz:, timm:)")
+    parser.add_argument("--teacher", help="teacher spec (as for distill: dir, hub id, npz:, timm:); not with a "
+                                          "recipe's teachers:, which are all cached")
     parser.add_argument("--data", help="data spec (folder:PATH, hf:PATH, wds:PATTERN, scenes[:split], DIR)")
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                         help="a data source option, as the recipe's data.options (repeatable), e.g. length=512")
@@ -66,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
     if args.overrides and not args.recipe:
         raise UserError(f"recipe overrides {' '.join(args.overrides)} need --recipe")
     recipe = load_recipe(args.recipe, args.overrides) if args.recipe else Recipe(data=DataConfig(source=""))
-    recipe_teacher = recipe.teacher.spec if recipe.teacher is not None else ""
+    if recipe.teachers and args.teacher:
+        raise UserError("--teacher with a recipe that lists teachers:; name the teachers in the recipe")
+    recipe_teacher = recipe.run_teachers[0].spec if recipe.run_teachers else ""
     teacher_spec, data = args.teacher or recipe_teacher, args.data or recipe.data.source
     if not teacher_spec or not data:
         raise UserError("cache needs a teacher and data: --teacher SPEC --data DATA, or --recipe with "
@@ -92,6 +97,7 @@ def _build(args: argparse.Namespace, recipe, teacher_spec: str, data: str, setti
     from torch.utils.data import IterableDataset
 
     from distill.cache.manifest import Preprocessing, dataset_identity
+    from distill.cache.teacher_set import build_teacher_set
     from distill.cache.writer import build_cache
     from distill.commands import data_options
     from distill.data import CropConfig, DataStats, build_dataset
@@ -105,29 +111,46 @@ def _build(args: argparse.Namespace, recipe, teacher_spec: str, data: str, setti
     dataset = build_dataset(data, **options)
     stream = isinstance(dataset, IterableDataset)
 
-    teacher = load_teacher(teacher_spec, dtype=teacher_dtype(str(device), "bf16"), device=device)
+    def load(spec: str):
+        return load_teacher(spec, dtype=teacher_dtype(str(device), "bf16"), device=device)
+
+    def preprocessing(size: int) -> Preprocessing:
+        return Preprocessing(dataset=dataset_identity(data), data_options=options,
+                             dataset_length=None if stream else len(dataset), teacher_image_size=size, crop=crop,
+                             seed=recipe.seed if args.seed is None else args.seed)
+
+    stats = DataStats()
+    build = dict(device=device, stats=stats, processes=processes, show_progress=True)
     recipe_size = recipe.view_sizes(0)[1] if args.recipe else None
-    size = args.image_size or recipe_size or teacher.image_size
-    if size % teacher.patch_size:
-        raise UserError(f"--image-size {size} is not a multiple of the teacher's patch size {teacher.patch_size}")
-    pre = Preprocessing(dataset=dataset_identity(data), data_options=options,
-                        dataset_length=None if stream else len(dataset), teacher_image_size=size, crop=crop,
-                        seed=recipe.seed if args.seed is None else args.seed)
-    stats, start = DataStats(), time.perf_counter()
-    manifest = build_cache(teacher, dataset, args.out, pre, settings, device=device, teacher_spec=teacher_spec,
-                           stats=stats, processes=processes, show_progress=True)
+    if recipe.teachers:  # every teacher's targets, on the crops of one view (the primary's); each loads in its turn
+        pre = preprocessing(args.image_size or recipe_size)
+        start = time.perf_counter()
+        manifests = build_teacher_set(recipe.teachers, load, dataset, args.out, pre, settings, **build)
+    else:
+        teacher = load(teacher_spec)
+        size = args.image_size or recipe_size or teacher.image_size
+        if size % teacher.patch_size:
+            raise UserError(f"--image-size {size} is not a multiple of the teacher's patch size {teacher.patch_size}")
+        pre = preprocessing(size)
+        start = time.perf_counter()
+        manifests = {"teacher": build_cache(teacher, dataset, args.out, pre, settings, teacher_spec=teacher_spec,
+                                            **build)}
     for other in processes.gather(stats)[1:]:
         stats.merge(other)
     if not processes.is_main:
         return 0
     seconds = time.perf_counter() - start
-    k = settings.augmentations
+    manifest, k = next(iter(manifests.values())), settings.augmentations
     rows = (f"targets for every valid sample x {k} crops" if stream else
             f"{pre.dataset_length * k} targets ({pre.dataset_length} images x {k} crops)")
     shards = f"{len(manifest.shards)} shard{'s' if len(manifest.shards) != 1 else ''}"
-    print(f"cache {args.out}: {rows} in {shards}, teacher {manifest.teacher_fingerprint[:12]}; "
-          f"this build: {stats.samples} images in {seconds:.1f} s, {stats.samples / seconds:.1f} images/s "
-          f"({processes.count} process{'es' if processes.count > 1 else ''})")
+    if recipe.teachers:  # the images are read once per teacher: the images/s below count every teacher's pass
+        held = f"{shards} per teacher, teachers " + ", ".join(f"{name} {m.teacher_fingerprint[:12]}"
+                                                               for name, m in manifests.items())
+    else:
+        held = f"{shards}, teacher {manifest.teacher_fingerprint[:12]}"
+    print(f"cache {args.out}: {rows} in {held}; this build: {stats.samples} images in {seconds:.1f} s, "
+          f"{stats.samples / seconds:.1f} images/s ({processes.count} process{'es' if processes.count > 1 else ''})")
     if stats.items:  # a skipped image's targets are those of the next valid one: the user must hear of it
         print(stats.summary())
     return 0

@@ -19,7 +19,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         description="Evaluate models side by side and write DIR/report.json, report.md and PNGs.")
     parser.add_argument("--model", action="append", required=True, metavar="NAME=SPEC",
                         help="a model: anything the teacher layer loads (hub id, save_pretrained dir, .npz pair, "
-                             "timm:NAME, student checkpoint, exported student); repeat for several")
+                             "timm:NAME, student checkpoint, exported student; STUDENT@teacher or STUDENT@NAME: a "
+                             "student in its (first) teacher's or the named teacher's space); repeat for several")
     parser.add_argument("--task", required=True, choices=list(TASKS))
     parser.add_argument("--dataset", required=True, metavar="KIND:PATH|scenes",
                         help=f"zeroshot-seg/linear-seg: {', '.join(READERS)} (KIND:PATH) or "

@@ -22,7 +22,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         help="onnx only: int8 = onnxruntime dynamic quantisation of the graphs")
     parser.add_argument("--out", required=True, help="output directory (built in a temp dir, renamed at the end)")
     parser.add_argument("--with-heads", action="store_true",
-                        help="also store the projection heads to the teacher's width (teacher_space_heads.*)")
+                        help="also store the projection heads to each teacher's width (teacher_space_heads.*; "
+                             "a student of several teachers: teacher_space_heads.NAME.* for each other one)")
     parser.add_argument("--report", action="append", default=[], metavar="REPORT_JSON",
                         help="`tipsdistill eval` report.json for the model card (repeatable; default: a "
                              "report.json inside or beside CHECKPOINT)")

@@ -128,6 +128,18 @@ def to_float(pixels: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def resize_views(pixels: torch.Tensor, size: int) -> torch.Tensor:
+    """A batch of float views (B, 3, T, T) at another teacher's input size `size`: antialiased bilinear, as the
+    views' own resize, clamped to [0, 1] as `to_float` does; the batch itself when it is at `size` already. The
+    online teachers of a run and the cache build both call it, so a cache holds the targets of the very pixels an
+    online run feeds that teacher."""
+    if pixels.shape[-1] == size:
+        return pixels
+    resized = torch.nn.functional.interpolate(pixels, size=(size, size), mode="bilinear", align_corners=False,
+                                              antialias=True)
+    return resized.clamp(0, 1)
+
+
 def apply_crop(image: Image.Image | np.ndarray | torch.Tensor, params: CropParams, size: int) -> torch.Tensor:
     """(3, size, size) float32 in [0, 1]: `crop_view`, then `to_float`. `image` is an RGB PIL image, an (H, W, 3)
     uint8 array (`Sample.decoded`) or a (3, H, W) uint8/float tensor."""

@@ -2,8 +2,8 @@
 the tasks read.
 
 A dataclass rather than a dict, so every reader names its fields and a cached batch's targets are
-`ImageTokens`. It travels like a tensor: `to` is what `accelerate.utils.send_to_device` calls on objects that
-have it, and `pin_memory` what a `pin_memory=True` DataLoader calls on custom batch types.
+`ImageTokens` (per teacher). It travels like a tensor: `to` is what `accelerate.utils.send_to_device` calls on
+objects that have it, and `pin_memory` what a `pin_memory=True` DataLoader calls on custom batch types.
 
 The collate leaves the views uint8, channels-last as the resize writes them, and `to` makes them contiguous
 float32 where they arrive: a quarter of the bytes through the workers' shared memory, pinning and the
@@ -34,7 +34,7 @@ class Batch:
     mask: torch.Tensor | None = None  # (B, h*w) bool, True = hidden from the student
     caption_pair: CaptionPair | None = None  # the captions CLS1 and CLS2 are contrasted with
     views: torch.Tensor | None = None  # (B, V, 5) extra views (pretraining), as boxes on `pixels`
-    teacher_targets: ImageTokens | None = None  # a cached run's targets, float32, batched
+    teacher_targets: dict[str, ImageTokens] | None = None  # a cached run's targets by teacher, float32, batched
 
     def map(self, fn) -> "Batch":
         """Every tensor through `fn`; `teacher_pixels` stays `pixels` when it is (one copy, not two)."""
@@ -45,7 +45,9 @@ class Batch:
                        index=fn(self.index), crop=fn(self.crop),
                        mask=None if self.mask is None else fn(self.mask),
                        views=None if self.views is None else fn(self.views),
-                       caption_pair=optional(self.caption_pair), teacher_targets=optional(self.teacher_targets))
+                       caption_pair=optional(self.caption_pair),
+                       teacher_targets=None if self.teacher_targets is None else {
+                           name: tokens.map(fn) for name, tokens in self.teacher_targets.items()})
 
     def to(self, device, non_blocking: bool = False) -> "Batch":
         """On `device`, with uint8 views made float32 in [0,1] there (`to_float`: the bits a CPU conversion gives)."""

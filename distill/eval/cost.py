@@ -39,12 +39,13 @@ def _attributes(owner, names: tuple[str, ...]) -> list[nn.Module]:
 
 def image_modules(model) -> list[nn.Module] | None:
     """The modules of the image path, found by the attribute names the encoders use: TIPSv2 teachers and
-    students (`vision`), a student through its projection heads (`student.vision` + `student.heads`), Hugging
-    Face CLIP/SigLIP (`vision_model`, `visual_projection`), and wrappers whose whole `model` is an image
-    encoder (timm, DINOv2). None when none is found: better no count than a guessed one."""
+    students (`vision`), a student through projection heads (`student.vision` + the `heads` of the teacher space
+    it is read in: a student of several teachers has a set per teacher), Hugging Face CLIP/SigLIP (`vision_model`,
+    `visual_projection`), and wrappers whose whole `model` is an image encoder (timm, DINOv2). None when none is
+    found: better no count than a guessed one."""
     student = getattr(model, "student", None)
     if isinstance(student, nn.Module):
-        return _attributes(student, ("vision", "heads")) or None
+        return _attributes(student, ("vision",)) + _attributes(getattr(model, "space", model), ("heads",)) or None
     inner = getattr(model, "model", None)
     if isinstance(inner, nn.Module) and not _attributes(inner, _VISION + _TEXT):
         return [inner]

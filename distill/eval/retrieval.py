@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from distill.data.sample import CAPTION_KEYS
 from distill.eval.inputs import Batches, open_image_set, square_crop, square_side
 from distill.eval.metrics import recall_at_k
-from distill.eval.task import ModelLoader, TaskResult, check_positive
+from distill.eval.task import ModelLoader, TaskResult, check_positive, require_text
 from common.errors import UserError
 
 KS = (1, 5, 10)
@@ -56,8 +56,7 @@ def _prepare(resolution: int, keys: tuple[str, ...], sample) -> tuple[torch.Tens
 def evaluate_model(model, name: str, images, opts: RetrievalOptions, device: torch.device
                    ) -> tuple[dict, torch.Tensor, dict]:
     """(recalls, the image x text positive matrix, what was scored and skipped)."""
-    if not getattr(model, "has_text", True):
-        raise UserError(f"model {name} has no text tower; retrieval needs one")
+    require_text(model, name, "retrieval")
     resolution = square_side(opts.resolution, model)
     loader = Batches(images, opts.batch_size, opts.limit, opts.workers, partial(_prepare, resolution, opts.caption_keys))
     image_embeddings, captions = [], []

@@ -28,6 +28,14 @@ def check_positive_number(options, *names: str) -> None:
             raise UserError(f"{name.replace('_', '-')} {value!r} is invalid; expected a positive number")
 
 
+def require_text(model, name: str, task: str) -> None:
+    """One-line UserError when `model` has no text tower to meet the images, saying why where the model knows
+    (`why_no_text`: a student read in a text-less teacher's space)."""
+    if not getattr(model, "has_text", True):
+        why = getattr(model, "why_no_text", None)
+        raise UserError(f"model {name} has no text tower{f' ({why})' if why else ''}; {task} needs one")
+
+
 def _size(item) -> int | None:
     if isinstance(item, str) and item.strip().isdigit():
         return int(item)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from distill.eval.inputs import DECODE_ERRORS, Batches, Unusable, square_crop, square_side
 from distill.eval.metrics import topk_accuracy
 from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
-from distill.eval.task import ModelLoader, TaskResult, check_positive
+from distill.eval.task import ModelLoader, TaskResult, check_positive, require_text
 from common.errors import UserError
 
 KS = (1, 5)
@@ -60,8 +60,7 @@ def prepare_item(resolution: int, item: tuple[str, int]) -> tuple[torch.Tensor, 
 def evaluate_model(model, name: str, folders: ImageFolder, opts: ClsOptions, device: torch.device
                    ) -> tuple[dict, dict]:
     """(top-k accuracies, what was scored and skipped)."""
-    if not getattr(model, "has_text", True):
-        raise UserError(f"model {name} has no text tower; zero-shot classification needs one")
+    require_text(model, name, "zero-shot classification")
     text = class_embeddings(model, folders.classes, opts.templates).to(device)
     resolution = square_side(opts.resolution, model)
     logits, targets = [], []

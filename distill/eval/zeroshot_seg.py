@@ -22,7 +22,9 @@ from distill.eval.inputs import Batches, resized_sample
 from distill.eval.prompts import TCL_TEMPLATES, class_embeddings
 from distill.eval.readers import SegDataset, open_segmentation
 from distill.eval.seg_scoring import SegScorer
-from distill.eval.task import ModelLoader, TaskResult, check_positive, parse_resolutions, per_resolution, tagged
+from distill.eval.task import (
+    ModelLoader, TaskResult, check_positive, parse_resolutions, per_resolution, require_text, tagged,
+)
 from common.errors import UserError
 
 
@@ -94,8 +96,7 @@ def class_scores(model, images: list[torch.Tensor], text: torch.Tensor, opts: Se
 @torch.inference_mode()
 def evaluate_model(model, name: str, dataset: SegDataset, opts: SegOptions, out_dir: Path,
                    device: torch.device) -> SegScorer:
-    if not getattr(model, "has_text", True):
-        raise UserError(f"model {name} has no text tower; zero-shot segmentation needs one")
+    require_text(model, name, "zero-shot segmentation")
     text = class_embeddings(model, dataset.class_names, opts.templates).to(device)
     scorer = SegScorer(dataset, name, out_dir, opts.overlays, opts.save_predictions)
     loader = Batches(dataset, opts.batch_size, opts.limit, opts.workers, partial(resized_sample, opts.short_side))

@@ -12,7 +12,7 @@ import torch
 
 from distill.config import PATCH_TOKENS
 from distill.losses.token_distance import token_distance
-from common.types import ImageTokens
+from common.types import TOKEN_PARTS, ImageTokens
 
 
 
@@ -25,7 +25,8 @@ class PatchDistillWeights:
 
 def patch_distill_loss(pred: ImageTokens, target: ImageTokens, mask: torch.Tensor | None, distance: str,
                        weights: PatchDistillWeights, mix: dict[str, float] | None = None,
-                       tokens: str = "all") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                       tokens: str = "all", kinds: tuple[str, ...] = TOKEN_PARTS
+                       ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """pred and target on the same grid and width; mask (B, h*w) True = hidden from the student.
 
     Returns the weighted total and detached parts for logging (cls, register, patch, and
@@ -33,11 +34,16 @@ def patch_distill_loss(pred: ImageTokens, target: ImageTokens, mask: torch.Tenso
     """
     if tokens not in PATCH_TOKENS:
         raise ValueError(f"patch tokens {tokens!r}; expected one of {PATCH_TOKENS}")
+    parts: dict[str, torch.Tensor] = {}
+    # A token kind outside `kinds` (one a teacher does not supervise) is not compared, so the teacher's tokens of that
+    # kind need not match the student's (a teacher without registers); it stays in the graph, multiplied by 0, so
+    # every head keeps a gradient and DDP finds no unused parameter.
+    cls = _part_or_zero(pred.cls, target.cls, "cls" in kinds, distance, mix, parts, "cls")
+    register = _part_or_zero(pred.registers, target.registers, "registers" in kinds, distance, mix, parts, "register")
+    if "patches" not in kinds:
+        return weights.cls * cls + weights.register * register + 0 * pred.patches.sum(), parts
     b = pred.cls.shape[0]
-    cls = token_distance(pred.cls, target.cls, distance, mix).mean()
-    register = token_distance(pred.registers, target.registers, distance, mix).mean()
     per_patch = token_distance(pred.patches, target.patches, distance, mix).reshape(b, -1)  # (B, N)
-    parts = {"cls": cls.detach(), "register": register.detach()}
     if mask is not None:
         hidden = mask.to(per_patch.dtype)
         parts["patch_masked"] = ((per_patch * hidden).sum() / hidden.sum().clamp(min=1)).detach()
@@ -56,3 +62,12 @@ def patch_distill_loss(pred: ImageTokens, target: ImageTokens, mask: torch.Tenso
     parts["patch"] = patch.detach()
     total = weights.cls * cls + weights.register * register + weights.patch * patch
     return total, parts
+
+
+def _part_or_zero(pred: torch.Tensor, target: torch.Tensor, supervised: bool, distance: str, mix, parts: dict,
+                  name: str) -> torch.Tensor:
+    if not supervised:
+        return 0 * pred.sum()
+    value = token_distance(pred, target, distance, mix).mean()
+    parts[name] = value.detach()
+    return value

@@ -58,13 +58,23 @@ class TargetNorm(nn.Module):
     def calibrate(self, batches: Iterable[ImageTokens],
                   reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> None:
         """One pass over teacher outputs; `reduce_sum` sums a tensor over processes."""
-        full = self.kind == "phi-s"
-        stats = {}
+        stats: dict = {}
         for tokens in batches:
-            for part in TOKEN_PARTS:
-                x = _rows(getattr(tokens, part))
-                n, s, m = stats.get(part, (0, 0.0, 0.0))
-                stats[part] = (n + x.shape[0], s + x.sum(0), m + (x.T @ x if full else (x * x).sum(0)))
+            self.accumulate(stats, tokens)
+        self.finish(stats, reduce_sum)
+
+    @torch.no_grad()
+    def accumulate(self, stats: dict, tokens: ImageTokens) -> None:
+        """Adds one batch to `stats` (several teachers' statistics are gathered in one pass over the data)."""
+        full = self.kind == "phi-s"
+        for part in TOKEN_PARTS:
+            x = _rows(getattr(tokens, part))
+            n, s, m = stats.get(part, (0, 0.0, 0.0))
+            stats[part] = (n + x.shape[0], s + x.sum(0), m + (x.T @ x if full else (x * x).sum(0)))
+
+    @torch.no_grad()
+    def finish(self, stats: dict, reduce_sum: Callable[[torch.Tensor], torch.Tensor] = lambda t: t) -> None:
+        full = self.kind == "phi-s"
         if not stats:
             raise UserError("no data for the target-normalisation calibration pass")
         for part in TOKEN_PARTS:

@@ -14,14 +14,14 @@ The run (`distill.run.build_run`) also reads, before the loop:
   (`targets`: the target source, None for pretraining; `contrastive`: whether the caption term is on);
 - `students()`: the student modules it trains, in recipe order (compiled by `train.compile`; the first one's
   tokenizer reads the captions unless the frozen teacher's text tower does);
-- `norm`: the target statistics (`TargetNorm`) that `calibrate` fills before the first step and the run
-  saves, or None when the targets are used as they are;
+- `target_norms()`: the target statistics (`TargetNorm`, by teacher name) that `calibrate` fills before the
+  first step and the run saves; empty when the targets are used as they are;
 - `desc`: its name in logs and trackers.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -38,16 +38,17 @@ class LossOutput:
 
 @dataclass
 class TeacherOutput:
-    tokens: ImageTokens  # the teacher's tokens, float32, as the teacher produced them (not standardised)
+    tokens: ImageTokens  # the (primary) teacher's tokens, float32, as the teacher produced them (not standardised)
     text: tuple[torch.Tensor, torch.Tensor] | None = None  # frozen teacher text tower: (CLS1, CLS2) captions
+    others: dict[str, ImageTokens] = field(default_factory=dict)  # the other teachers' tokens, by name
+
+    def by_teacher(self, primary: str) -> dict[str, ImageTokens]:
+        """Every teacher's tokens by name, the primary's under `primary`."""
+        return {primary: self.tokens, **self.others}
 
 
 class TrainingTask(nn.Module):
     desc = "distill"
-
-    def __init__(self):
-        super().__init__()
-        self.norm: nn.Module | None = None  # a `TargetNorm` in the tasks that standardise their targets
 
     @classmethod
     def build(cls, recipe, targets, dataset, contrastive: bool) -> TrainingTask:
@@ -56,10 +57,15 @@ class TrainingTask(nn.Module):
     def students(self) -> list[nn.Module]:
         raise NotImplementedError
 
-    def calibrate(self, tokens: Iterable[ImageTokens], reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
-        """Target statistics (`norm`, when set) from teacher tokens (float32), summed over processes by
-        `reduce_sum`."""
-        self.norm.calibrate(tokens, reduce_sum)
+    def target_norms(self) -> dict[str, nn.Module]:
+        """The `TargetNorm`s to calibrate and save, by teacher name; none by default."""
+        return {}
+
+    def calibrate(self, outputs: Iterable[TeacherOutput],
+                  reduce_sum: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Target statistics (`target_norms()`) from the teachers' outputs (float32), in one pass over the
+        calibration batches, summed over processes by `reduce_sum`."""
+        raise NotImplementedError
 
     def forward(self, batch: Batch, targets: TeacherOutput | None) -> LossOutput:
         raise NotImplementedError

@@ -22,8 +22,13 @@ from common.types import TOKEN_PARTS, ImageTokens
 VISION, VISION_VALUE, TEXT, CONFIG = "vision.onnx", "vision_value.onnx", "text.onnx", "onnx_config.json"
 FORMAT = "tipsdistill-onnx"
 TOKEN_OUTPUTS = TOKEN_PARTS  # the vision graphs' outputs are named after the token parts
-HEAD_OUTPUTS = tuple(f"teacher_{name}" for name in TOKEN_OUTPUTS)
 TEXT_INPUTS, TEXT_OUTPUT = ("input_ids", "attention_mask"), "text_features"
+
+
+def head_outputs(teacher: str | None = None) -> tuple[str, ...]:
+    """The vision graphs' outputs through the primary teacher's heads (`teacher_cls`, ...), or through those of the
+    teacher named `teacher` (`NAME_cls`, ...: no other teacher is named "teacher", so the names never collide)."""
+    return tuple(f"{teacher or 'teacher'}_{part}" for part in TOKEN_OUTPUTS)
 
 
 def onnxruntime():
@@ -47,19 +52,19 @@ def open_session(path: Path):
 
 class OnnxTeacher(Teacher):
     """`outputs`: the backbone's tokens, or (`teacher_space()`) the projection heads' outputs of an export made
-    `--with-heads`, at the teacher's width."""
+    `--with-heads`, at that teacher's `width`, the heads having `head_params`."""
 
     runtime = "onnxruntime"  # the cost columns count no torch FLOPs or allocations for it
 
     def __init__(self, directory: Path, config: dict, vision, vision_value, text, tokenizer, fingerprint: str,
-                 outputs: tuple[str, ...] = TOKEN_OUTPUTS):
+                 outputs: tuple[str, ...] = TOKEN_OUTPUTS, width: int | None = None, head_params: int | None = None):
         super().__init__(
-            width=config["width"] if outputs == TOKEN_OUTPUTS else config["teacher_width"],
+            width=width or config["width"],
             patch_size=config["patch_size"], image_size=config["image_size"],
             num_registers=config["num_registers"], fingerprint=fingerprint,
             temperature=config.get("temperature"), tokenizer=tokenizer if text is not None else None,
         )
-        self.directory, self.config, self.outputs = directory, config, outputs
+        self.directory, self.config, self.outputs, self.head_params = directory, config, outputs, head_params
         self.quantization = config.get("quantization")
         self.text_max_length = config.get("text_max_length")
         self.vision, self.vision_value, self.text = vision, vision_value, text
@@ -77,22 +82,27 @@ class OnnxTeacher(Teacher):
         """What a student checkpoint's metadata holds of its teacher (spec, fingerprint), for `DIR@teacher`."""
         return {"teacher": self.config.get("teacher")}
 
-    def teacher_space(self) -> "OnnxTeacher":
-        """The same graphs read at their projection heads' outputs (the student in its teacher's space)."""
+    def teacher_space(self, teacher: str | None = None) -> "OnnxTeacher":
+        """The same graphs read at their projection heads' outputs (the student in its primary teacher's space, or
+        in that of the teacher named `teacher`)."""
         if self.teacher_width is None:
             raise UserError(f"onnx:{self.directory} was exported without --with-heads; expected an export with the "
                             "projection heads to read it in its teacher's space")
+        heads = self.config.get("teacher_heads") or {}
+        if teacher is not None and teacher not in heads:
+            raise UserError(f"onnx:{self.directory} has no heads for teacher {teacher!r}; expected one of "
+                            f"{', '.join(heads) or '(none: a one-teacher export)'}")
+        width, params = ((self.teacher_width, self.config.get("head_params")) if teacher is None
+                         else (heads[teacher]["teacher_width"], heads[teacher]["head_params"]))
         # The same files, so the same fingerprint: no second pass over the graphs.
         return OnnxTeacher(self.directory, self.config, self.vision, self.vision_value, None, None, self.fingerprint,
-                           outputs=HEAD_OUTPUTS)
+                           outputs=head_outputs(teacher), width=width, head_params=params)
 
     def graph_parameters(self) -> int | None:
         """The PyTorch model's image-path parameters, recorded at export (the graph's stored weights differ:
         tracing folds constants and drops what the forward never reads); with the heads in teacher space."""
-        vision, heads = self.config.get("vision_params"), self.config.get("head_params")
-        if vision is None:
-            return None
-        return vision + (heads or 0) if self.outputs == HEAD_OUTPUTS else vision
+        vision = self.config.get("vision_params")
+        return None if vision is None else vision + (self.head_params or 0)
 
     # No torch parameters to ask: the graphs take float32 on the CPU.
     @property
