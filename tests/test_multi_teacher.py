@@ -140,3 +140,32 @@ def test_each_teacher_runs_in_its_own_precision_on_a_gpu():
     assert teacher_precision(TeacherConfig(precision="no"), "cuda", "bf16") == torch.float32
     assert teacher_precision(TeacherConfig(precision="fp16"), "cuda", "no") == torch.float16
     assert teacher_precision(TeacherConfig(precision="bf16"), "cpu", "bf16") == torch.float32  # no fast CPU bf16
+
+
+@pytest.mark.slow
+def test_two_teachers_on_two_processes_match_one(tiny_tipsv2_dir, second_dir, tmp_path):
+    """DDP with a second teacher that supervises no register (its register head in the graph x0): the same losses
+    on 1 and 2 CPU processes, no unused-parameter error."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    common = [teachers(tiny_tipsv2_dir, second_dir, tokens="[cls, patches]"), *TINY, "max_steps=2",
+              "loss.mask_ratio=0.3"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "--main_process_port", str(port)]
+    for name, procs, mode in (("one", 1, "--cpu"), ("two", 2, "--multi_gpu")):
+        cmd = [*launch, mode, "--num_processes", str(procs), "-m", "distill.cli", "distill", "--recipe", "micro",
+               *common, "--out", str(tmp_path / name)]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+    one, two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert len(one) == len(two) == 2
+    for a, b in zip(one, two):
+        for key in ("loss", "distill/patch", "distill/second/patch", "distill/second/cls"):
+            assert abs(a[key] - b[key]) < 1e-4, (key, a[key], b[key])
