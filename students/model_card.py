@@ -16,7 +16,7 @@ from students.model import Student
 
 # What a public teacher spec looks like (a hub id, a packaged name, timm:NAME); anything else is a local path,
 # which a shared model card must not leak.
-_PUBLIC_SPEC = re.compile(r"(timm:[\w.-]+|[A-Za-z0-9][\w.-]*/[\w.-]+|micro)")
+_PUBLIC_SPEC = re.compile(r"(timm:[\w.-]+|[A-Za-z0-9][\w.-]*/[\w.-]+|micro|micro-ssl)")
 
 # How training read images (`distill/data/clean.py`): EXIF rotation, transparency composited on white. A plain
 # `.convert("RGB")` turns transparent pixels black, which the student never saw.
@@ -48,8 +48,44 @@ def _teacher(metadata: dict[str, Any]) -> str | None:
         teacher = teacher.get("spec") or teacher.get("name")
     if teacher is None and fingerprint is None:
         return None
-    named = public_spec(teacher) or "A teacher"
+    return _named(teacher, fingerprint)
+
+
+def _named(spec: str | None, fingerprint: str | None) -> str:
+    named = public_spec(spec) or "A teacher"
     return f"{named[0].upper()}{named[1:]} with fingerprint `{fingerprint}`" if fingerprint else named
+
+
+def _teacher_lines(metadata: dict[str, Any]) -> list[str]:
+    """One line for one teacher; a list for a student of several, each with the name its heads go by."""
+    teacher = metadata.get("teacher")
+    listed = teacher.get("teachers") if isinstance(teacher, dict) else None
+    if not listed:
+        return ["## Teacher", "", _teacher(metadata) or "Not recorded in the checkpoint.", ""]
+    lines = ["## Teachers", "", "Distilled from several teachers at once, one projection-head set each "
+             "(`--with-heads` exports: `teacher_space_heads.*` for the first, `teacher_space_heads.NAME.*` for the "
+             "others):", ""]
+    for i, t in enumerate(listed):
+        role = " (primary: the caption term's side)" if i == 0 else ""
+        lines.append(f"- `{t.get('name')}`{role}: {_named(t.get('spec'), t.get('fingerprint'))}")
+    return lines + [""]
+
+
+def _without_local_paths(node: Any) -> Any:
+    """The recorded recipe with every absolute local path (a teacher, data, cache or init spec, alone or after a
+    `kind:` prefix or a `key=`, between commas) cut to `.../NAME`: a card is shared, the paths are the trainer's."""
+    if isinstance(node, dict):
+        return {k: _without_local_paths(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_without_local_paths(v) for v in node]
+    if isinstance(node, str):
+        return ",".join(_LOCAL_PATH.sub(lambda m: f"{m.group(1)}.../{os.path.basename(m.group(2).rstrip('/'))}", item)
+                        for item in node.split(","))
+    return node
+
+
+# An absolute local path at the start of a spec item, or after `kind:` / `key=` (never a URL's `scheme://`).
+_LOCAL_PATH = re.compile(r"^((?:[\w.+-]+:|[\w.-]+=)?)((?:/(?!/)|~/)\S+)$")
 
 
 def model_card(student: Student, evaluation: list[str], fmt: str, usage: str) -> str:
@@ -72,8 +108,7 @@ def model_card(student: Student, evaluation: list[str], fmt: str, usage: str) ->
               "`.convert('RGB')` alone puts black there, so read images as training did:", "",
               "```python", RGB_AS_TRAINED, "```", ""]
     lines += ["## Usage", "", "```python", usage.replace("DIR", "path/to/this/dir"), "```", ""]
-    teacher = _teacher(meta)
-    lines += ["## Teacher", "", teacher or "Not recorded in the checkpoint.", ""]
+    lines += _teacher_lines(meta)
     for key in ("init", "text_init"):
         if key in meta:
             lines += [f"Initialised ({key}) from {public_spec(meta[key].get('spec'))} "
@@ -85,7 +120,7 @@ def model_card(student: Student, evaluation: list[str], fmt: str, usage: str) ->
     if recipe is None:
         lines += ["Not recorded in the checkpoint.", ""]
     else:
-        text = recipe if isinstance(recipe, str) else yaml.safe_dump(recipe, sort_keys=False)
+        text = recipe if isinstance(recipe, str) else yaml.safe_dump(_without_local_paths(recipe), sort_keys=False)
         lines += ["```yaml", text.rstrip(), "```", ""]
     lines += ["## Evaluation", ""]
     for section in evaluation:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -213,6 +214,10 @@ def test_with_heads_stores_every_teachers_heads(two_teacher_student, fmt, tmp_pa
             exported = load_heads(tmp_path / fmt, heads)(tokens)
             assert torch.equal(exported.patches, student.project(tokens, heads).patches)
             assert torch.equal(exported.cls, student.project(tokens, heads).cls)
+    card = (tmp_path / fmt / "README.md").read_text()
+    assert "## Teachers" in card and "- `tips` (primary: the caption term's side): `micro` with fingerprint" in card
+    assert f"- `dino`: A local checkpoint `{Path(teachers['dino']['spec']).name}`" in card
+    assert teachers["dino"]["spec"] not in card  # no local absolute path in a shared card
 
 
 def _leftovers(parent):
@@ -262,3 +267,16 @@ def test_existing_output_is_kept_unless_overwrite(checkpoint, tmp_path, capsys):
     assert _export(checkpoint, "timm", out, "--overwrite") == 0
     assert not (out / "mine.txt").exists() and (out / TIMM_WEIGHTS).is_file()
     assert _leftovers(tmp_path) == []
+
+
+def test_the_model_card_shows_no_local_absolute_path(tiny_tokenizer, tmp_path):
+    """The recorded recipe names the trainer's paths (teacher, data, init); the shared card keeps their last part."""
+    student = students.build_student("tipsv2-nano", text=False)
+    recipe = {"teacher": {"spec": str(tmp_path / "teachers" / "g14")}, "data": {"source": f"folder:{tmp_path}/photos"},
+              "cache": "s3://bucket/cache", "teachers": [{"name": "dino", "spec": "facebook/dinov2-large"}]}
+    student.save(tmp_path / "ckpt", metadata={"recipe": recipe})
+    assert _export(tmp_path / "ckpt", "timm", tmp_path / "out") == 0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert str(tmp_path) not in card
+    assert "spec: '.../g14'" in card and "source: folder:.../photos" in card
+    assert "s3://bucket/cache" in card and "facebook/dinov2-large" in card  # URLs and hub ids as they are
