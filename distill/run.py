@@ -280,9 +280,11 @@ def build_run(recipe: Recipe, out: Path, accelerator: Accelerator | None = None,
     augment = Augment(student_size, teacher_size, recipe.seed, recipe.data.crop, draws)
     pin = accelerator.device.type == "cuda"
     if recipe.cache:
-        loader = replay_dataloader(dataset, open_replay(recipe, dataset), augment, batch_size=batch, seed=recipe.seed,
-                                   num_workers=recipe.data.num_workers, shuffle=recipe.data.shuffle, pin_memory=pin,
-                                   captions=captions)
+        # The caches the targets were read from, found once (`cache_members`): the readers replay their crops.
+        members = {name: source.directory for name, source in targets.teachers().items()}
+        loader = replay_dataloader(dataset, open_replay(recipe, dataset, members), augment, batch_size=batch,
+                                   seed=recipe.seed, num_workers=recipe.data.num_workers,
+                                   shuffle=recipe.data.shuffle, pin_memory=pin, captions=captions)
     else:
         loader = make_dataloader(dataset, batch_size=batch, student_size=student_size,
                                  teacher_size=teacher_size, seed=recipe.seed, crop=recipe.data.crop, draws=draws,

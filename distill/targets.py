@@ -102,9 +102,6 @@ class TeacherSet:
         """What the students record of their teachers (`student@NAME` reads it)."""
         return [{"name": name, "spec": s.spec, "fingerprint": s.fingerprint} for name, s in self.teachers().items()]
 
-    def tokens(self, batch: Batch) -> ImageTokens:
-        return self.primary.tokens(batch)
-
     @torch.no_grad()
     def __call__(self, batch: Batch) -> TeacherOutput:
         output = self.primary(batch)

@@ -18,7 +18,7 @@ from torch.utils.data import IterableDataset
 
 from distill.cache.manifest import Preprocessing, check_cache_matches, dataset_identity, read_manifest
 from distill.cache.reader import CacheReader
-from distill.cache.teacher_set import cache_members, member_preprocessing
+from distill.cache.teacher_set import member_preprocessing
 from distill.data.batch import Batch
 from distill.data.captions import CaptionTokenizer
 from distill.data.loader import Augment, EpochDataLoader, collate, epoch_loader
@@ -71,10 +71,10 @@ def open_cache(directory: str | Path, preprocessing: Preprocessing) -> CacheRead
     return CacheReader(directory)
 
 
-def open_replay(recipe, dataset) -> dict[str, CacheReader]:
-    """Readers of the recipe's cache by teacher name (the primary first), each checked against what this run feeds
-    that teacher; a one-line UserError for a cache of other teachers, crops or data."""
-    members = cache_members(recipe.cache, recipe)
+def open_replay(recipe, dataset, members: Mapping[str, str]) -> dict[str, CacheReader]:
+    """Readers of the recipe's cache by teacher name (the primary first; `members`: each teacher's cache, as
+    `cache_members` found them), each checked against what this run feeds that teacher; a one-line UserError for a
+    cache of other crops or data."""
     pre = recipe_preprocessing(recipe, dataset)
     pres = member_preprocessing(recipe.teachers, pre) if recipe.teachers else {name: pre for name in members}
     readers = {name: open_cache(location, pres[name]) for name, location in members.items()}
