@@ -8,6 +8,8 @@ import torch
 # The parts of `ImageTokens`, in field order: the names of its fields, of the projection heads, of a cache's
 # stored targets and of an ONNX export's outputs.
 TOKEN_PARTS = ("cls", "registers", "patches")
+# The primary teacher's name: a one-teacher run's only teacher, the first of several, and `STUDENT@teacher`.
+PRIMARY_TEACHER = "teacher"
 
 
 @dataclass

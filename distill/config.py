@@ -23,7 +23,7 @@ import yaml
 
 from common.atomic import write_atomic
 from common.errors import UserError
-from common.types import TOKEN_PARTS
+from common.types import PRIMARY_TEACHER, TOKEN_PARTS
 
 
 # Allowed values of the recipe's choice keys, defined here (the bottom of `distill`) and imported by the modules
@@ -224,7 +224,7 @@ class Recipe:
         if self.teachers or self.is_pretraining:
             return self.teachers
         teacher = self.teacher or TeacherConfig()  # a cache without a teacher section stands in for one
-        return [dataclasses.replace(teacher, name=teacher.name or "teacher")]
+        return [dataclasses.replace(teacher, name=teacher.name or PRIMARY_TEACHER)]
 
     def target_norm(self, teacher: TeacherConfig) -> str:
         return teacher.target_norm or self.loss.target_norm

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 
+from common.types import PRIMARY_TEACHER
 from distill.config import Recipe, StudentConfig, require
 from students.build import student_patch_size
 from students.zoo import STUDENTS
@@ -77,13 +78,14 @@ def _teachers(recipe: Recipe) -> None:
     """`teachers:` is self-contained (`teacher:` is then unused, as `student:` beside `students:`); each entry is
     addressed by its name (heads, loss parts, cache, `student@NAME`)."""
     if recipe.teacher is not None and not recipe.teachers:
-        require(recipe.teacher.name in ("", "teacher"), "teacher.name", "empty: the one teacher of a teacher: section "
-                "is 'teacher' (names are for teachers: entries)", recipe.teacher.name)
+        require(recipe.teacher.name in ("", PRIMARY_TEACHER), "teacher.name",
+                f"empty: the one teacher of a teacher: section is {PRIMARY_TEACHER!r} (names are for teachers: entries)",
+                recipe.teacher.name)
     if not recipe.teachers:
         return
     names = []
     for i, t in enumerate(recipe.teachers):
-        require(bool(TEACHER_NAME.fullmatch(t.name)) and t.name != "teacher", f"teachers[{i}].name",
+        require(bool(TEACHER_NAME.fullmatch(t.name)) and t.name != PRIMARY_TEACHER, f"teachers[{i}].name",
                 "a name of letters, digits, '_', '.' or '-' other than 'teacher' (which means the primary, the first "
                 "entry, in student@teacher)", t.name)
         require(t.name not in names, f"teachers[{i}].name", "a name not given to an earlier teacher", t.name)

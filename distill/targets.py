@@ -19,7 +19,7 @@ from distill.data.augment import resize_views
 from distill.data.batch import Batch
 from distill.tasks import TeacherOutput
 from teachers.tokenizer import load_tokenizer
-from common.types import ImageTokens
+from common.types import PRIMARY_TEACHER, ImageTokens
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,8 @@ class OnlineTargets:
     """The frozen teacher, outside `accelerator.prepare` (never wrapped, no optimizer state), under
     inference mode: its outputs carry no graph."""
 
-    def __init__(self, teacher, spec: str, text: bool = False, name: str = "teacher", image_size: int | None = None):
+    def __init__(self, teacher, spec: str, text: bool = False, name: str = PRIMARY_TEACHER,
+                 image_size: int | None = None):
         """`image_size`: this teacher's own input size, when it differs from the run's teacher view."""
         self.teacher, self.spec, self.text, self.name, self.image_size = teacher, spec, text, name, image_size
         self.width, self.num_registers = teacher.width, teacher.num_registers
@@ -60,7 +61,7 @@ class CachedTargets:
     """Targets stored by `tipsdistill cache`, carried by the replay loader's batches (`teacher_targets[name]`);
     for a teacher of a set, `directory` is its own cache in the set's."""
 
-    def __init__(self, directory: str | Path, manifest: CacheManifest | None = None, name: str = "teacher"):
+    def __init__(self, directory: str | Path, manifest: CacheManifest | None = None, name: str = PRIMARY_TEACHER):
         self.directory = directory  # a local path or a URL
         self.manifest = manifest or read_manifest(directory)
         m = self.manifest

@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from students.model import Student
+from teachers.student_checkpoint import recorded_teachers
 
 # What a public teacher spec looks like (a hub id, a packaged name, timm:NAME); anything else is a local path,
 # which a shared model card must not leak.
@@ -58,16 +59,15 @@ def _named(spec: str | None, fingerprint: str | None) -> str:
 
 def _teacher_lines(metadata: dict[str, Any]) -> list[str]:
     """One line for one teacher; a list for a student of several, each with the name its heads go by."""
-    teacher = metadata.get("teacher")
-    listed = teacher.get("teachers") if isinstance(teacher, dict) else None
-    if not listed:
+    records = recorded_teachers(metadata)
+    if len(records) < 2:
         return ["## Teacher", "", _teacher(metadata) or "Not recorded in the checkpoint.", ""]
     lines = ["## Teachers", "", "Distilled from several teachers at once, one projection-head set each "
              "(`--with-heads` exports: `teacher_space_heads.*` for the first, `teacher_space_heads.NAME.*` for the "
              "others):", ""]
-    for i, t in enumerate(listed):
+    for i, (name, t) in enumerate(records.items()):
         role = " (primary: the caption term's side)" if i == 0 else ""
-        lines.append(f"- `{t.get('name')}`{role}: {_named(t.get('spec'), t.get('fingerprint'))}")
+        lines.append(f"- `{name}`{role}: {_named(t.get('spec'), t.get('fingerprint'))}")
     return lines + [""]
 
 

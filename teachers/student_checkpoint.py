@@ -26,12 +26,12 @@ from transformers.initialization import no_init_weights
 from teachers.timm_vision import TimmVision
 from teachers.tokenizer import load_tokenizer
 from common.errors import UserError
+from common.types import PRIMARY_TEACHER
 
 FORMAT = "tipsdistill-student"
 VERSION = 1
 WEIGHTS = "model.safetensors"
 MANIFEST = "student.json"
-PRIMARY_TEACHER = "teacher"  # the primary teacher's name in `STUDENT@teacher`: a one-teacher run's only teacher
 
 
 @dataclass

@@ -22,8 +22,9 @@ import teachers
 from distill.recipe_rules import TEACHER_NAME
 from students.checkpoint import is_student_dir, load_student
 from teachers.sources.onnx_source import CONFIG as ONNX_CONFIG
-from teachers.student_checkpoint import PRIMARY_TEACHER, recorded_teachers
+from teachers.student_checkpoint import recorded_teachers
 from common.errors import UserError
+from common.types import PRIMARY_TEACHER
 
 TEACHER_SPACE = f"@{PRIMARY_TEACHER}"
 ONNX = "onnx:"

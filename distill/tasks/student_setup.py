@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.types import TOKEN_PARTS
+from common.types import PRIMARY_TEACHER, TOKEN_PARTS
 from distill.config import LossConfig, Recipe, StudentConfig
 from distill.losses.patch_distill_loss import PatchDistillWeights
 from distill.data.scenes import SceneDataset, caption_corpus
@@ -67,7 +67,7 @@ def teacher_terms(recipe: Recipe, targets, student) -> list[TeacherTerm]:
     return terms
 
 
-def teacher_term(loss: LossConfig, width: int, name: str = "teacher", weight: float = 1.0,
+def teacher_term(loss: LossConfig, width: int, name: str = PRIMARY_TEACHER, weight: float = 1.0,
                  kinds: tuple[str, ...] = TOKEN_PARTS, target_norm: str | None = None) -> TeacherTerm:
     """A teacher's term from the loss section (default: the one teacher of a `teacher:` recipe)."""
     weights = PatchDistillWeights(loss.cls_weight * weight, loss.register_weight * weight, loss.patch_weight * weight)
