@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 import torch
@@ -47,7 +48,7 @@ def sample_crop(image_size: tuple[int, int], rng: torch.Generator, crop: CropCon
     scale, ratio = crop.scale, crop.ratio
     height, width = image_size
     area = height * width
-    log_ratio = torch.log(torch.tensor(ratio))
+    log_ratio = _log_ratio(ratio)
     box = None
     for _ in range(10):
         target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=rng).item()
@@ -72,6 +73,12 @@ def sample_crop(image_size: tuple[int, int], rng: torch.Generator, crop: CropCon
     return CropParams(*box, flip=flip)
 
 
+@cache
+def _log_ratio(ratio: tuple[float, float]) -> tuple[float, float]:
+    # In float32 as torchvision computes it, once per range instead of per draw.
+    return tuple(torch.log(torch.tensor(ratio)).tolist())
+
+
 def source_pixels(image: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
     """A (3, H, W) uint8 tensor of an RGB image: a view of its (H, W, 3) pixels (of a decoded JPEG's array without
     a copy, of a PIL image after one); a tensor as it is. Made once per sample: both views are cut from it."""
@@ -93,14 +100,14 @@ def crop_views(pixels: torch.Tensor, params: CropParams, sizes: tuple[int, ...])
             and params.top + params.height <= height and params.left + params.width <= width):
         # Usually (width, height) passed where sample_crop wants (height, width).
         raise ValueError(f"{params} lies outside the {height}x{width} (HxW) image")
-    box = F.crop(pixels, params.top, params.left, params.height, params.width)
+    box = pixels[..., params.top:params.top + params.height, params.left:params.left + params.width]
     if box.dtype == torch.uint8:
         # On uint8 (the source's own precision) torchvision's antialiased resize is ~5x cheaper than on float. Its
         # kernel copies a strided box to channels-last first and writes channels-last output without repacking it:
         # one copy here serves every size, with the same bits.
         box = box.unsqueeze(0).contiguous(memory_format=torch.channels_last)[0]
     views = [F.resize(box, [size, size], antialias=True) for size in sizes]
-    return [F.hflip(view) for view in views] if params.flip else views
+    return [view.flip(-1) for view in views] if params.flip else views
 
 
 def stack_views(views: list[torch.Tensor]) -> torch.Tensor:
