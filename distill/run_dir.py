@@ -29,6 +29,7 @@ from distill.config import Recipe, dump_recipe, recipe_to_dict, save_recipe
 from distill.recipe_loader import recipe_from_dict
 from common.atomic import share_tree, temp_name, write_atomic
 from common.errors import UserError, writing
+from common.jsonl import json_record
 from common.faults import crash_point
 from common.lock import OutputLock
 
@@ -246,7 +247,7 @@ def truncate_metrics(path: Path, step: int) -> None:
     for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
         if not line.strip():
             continue
-        record = _metrics_record(line)
+        record = json_record(line, "step", int)
         if record is None:
             torn.append(number)
         elif record["step"] <= step:
@@ -255,11 +256,3 @@ def truncate_metrics(path: Path, step: int) -> None:
         log.warning("%s: dropped %d line(s) that do not parse (line %s), e.g. torn by a kill", path, len(torn),
                     ", ".join(map(str, torn)))
     write_atomic(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in keep)))
-
-
-def _metrics_record(line: str) -> dict | None:
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) and isinstance(record.get("step"), int) else None

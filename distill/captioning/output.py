@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from common.errors import UserError, writing
+from common.jsonl import json_record
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,7 @@ def read_written(path: Path) -> dict[str, frozenset[str]]:
 
 
 def _parsed(line: bytes) -> dict | None:
-    try:
-        row = json.loads(line)
-    except ValueError:
-        return None
-    return row if isinstance(row, dict) and isinstance(row.get("file_name"), str) else None
+    return json_record(line, "file_name", str)
 
 
 def _record(line: bytes, path: Path, number: int) -> dict:

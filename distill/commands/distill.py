@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
+
+from distill.commands import add_run_arguments, training_logs
 
 DEFAULT_OUT = "runs/default"
 
@@ -20,9 +21,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="recipe overrides, e.g. max_steps=40 loss.mask_ratio=0.3")
     parser.add_argument("--out", help=f"run directory (checkpoints, logs, final student); default job: {DEFAULT_OUT}")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
-                        help="stop after this step with a checkpoint (continue later with --resume)")
+    add_run_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -32,8 +31,7 @@ def run(args) -> int:
     from distill.run import run_training
     from common.errors import UserError
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    training_logs()
     if args.recipe is None and not args.resume:
         # The main job: the packaged micro teacher distilled on the built-in scenes, then both evaluated.
         from distill.default_job import run_default

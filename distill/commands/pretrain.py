@@ -3,8 +3,9 @@ pretraining."""
 from __future__ import annotations
 
 import argparse
-import logging
 from pathlib import Path
+
+from distill.commands import add_run_arguments, training_logs
 
 DEFAULT_RECIPE = "micro-teacher"
 
@@ -19,9 +20,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="recipe overrides, e.g. max_steps=40 patch_tokens=masked pretrain.ema=full")
     parser.add_argument("--out", default="runs/micro-teacher", help="run directory (default: runs/micro-teacher)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
-                        help="stop after this step with a checkpoint (continue later with --resume)")
+    add_run_arguments(parser)
     parser.set_defaults(func=run)
     return parser
 
@@ -31,8 +30,7 @@ def run(args) -> int:
     from distill.run import run_training
     from common.errors import UserError
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("accelerate").setLevel(logging.WARNING)
+    training_logs()
     name = args.recipe or (Path(args.out) / "recipe.yaml" if args.resume else DEFAULT_RECIPE)
     recipe = load_recipe(name, args.overrides)
     if not recipe.is_pretraining:
