@@ -70,6 +70,13 @@ class TeacherConfig:
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
 
 
+def own_input_size(teachers: list[TeacherConfig], index: int) -> int | None:
+    """The input size of a run's teacher `index` when it is not the run's teacher view, else None: the primary sees
+    the view (its `image_size` sets the view, `Recipe.view_sizes`), another its own `image_size`, else the view. The
+    online run, its checks and the cache all read it here."""
+    return teachers[index].image_size if index else None
+
+
 @dataclass
 class StudentConfig:
     name: str = "tipsv2-micro"  # a `students` registry name, or timm:NAME (any timm image model)

@@ -24,7 +24,7 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 from distill.cache.replay import open_replay, replay_dataloader
 from distill.cache.teacher_set import cache_members
 from distill.caption_check import check_captions
-from distill.config import Recipe, TeacherConfig, flat_recipe
+from distill.config import Recipe, TeacherConfig, flat_recipe, own_input_size
 from distill.data import CAPTION_KEYS, CropConfig, Draws, MaskConfig, build_dataset, make_dataloader
 from distill.data.captions import CaptionTokenizer
 from distill.data.loader import Augment
@@ -183,16 +183,15 @@ def _target_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastiv
             loaded = teacher.to(device=accelerator.device, dtype=dtype)
         else:
             loaded = load_teacher(entry.spec, dtype=dtype, device=accelerator.device)
+        own_size = own_input_size(recipe.run_teachers, i)
         for *_, size in recipe.phases():
-            size = entry.image_size or size
+            size = own_size or size
             if size % loaded.patch_size:
                 raise UserError(f"{key} view size {size} ({key}.image_size or a resolution phase) is not a multiple "
                                 f"of the teacher's patch size {loaded.patch_size}")
         if i == 0 and text_tower and not loaded.has_text:
             raise UserError(f"loss.contrastive.text_tower=teacher needs a {key} with a text tower (with teachers:, the "
                             "first); use text_tower=student or a TIPSv2/CLIP/SigLIP teacher")
-        # The primary's size is the loader's teacher view; the others resize that view to their own size.
-        own_size = entry.image_size if i > 0 else None
         sources.append(OnlineTargets(loaded, entry.spec or type(loaded).__name__, text=text_tower and i == 0,
                                      name=entry.name, image_size=own_size))
     return sources[0] if len(sources) == 1 else TeacherSet(sources)

@@ -409,11 +409,15 @@ def test_a_broken_caption_index_is_a_one_line_error(name, content, words, tiny_t
 
 @pytest.mark.parametrize("override, words", [
     ("teacher.image_size=36", "teacher view size 36 (teacher.image_size or a resolution phase) is not a multiple"),
+    # A phase's teacher view is what the teacher sees, whatever its image_size (that sets the first phase's view).
+    (("teacher.image_size=32", "train.resolution_phases=[{from_step: 1, student_size: 32, teacher_size: 36}]"),
+     "teacher view size 36 (teacher.image_size or a resolution phase) is not a multiple"),
     ("seed=-1", "'seed'"),
     ("optim.lr=.nan", "'optim.lr'"),
 ])
 def test_bad_recipe_values_fail_before_anything_is_written(override, words, tiny_tipsv2_dir, tmp_path, capsys):
-    assert main([*distill_args(tiny_tipsv2_dir, override), "--out", str(tmp_path / "run")]) == 2
+    overrides = override if isinstance(override, tuple) else (override,)
+    assert main([*distill_args(tiny_tipsv2_dir, *overrides), "--out", str(tmp_path / "run")]) == 2
     assert words in error_line(capsys)
     assert not (tmp_path / "run").exists()
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from distill.cache.manifest import MANIFEST, TEACHERS, CacheManifest, Preprocessing
 from distill.cache.store import open_store
 from distill.cache.writer import CacheSettings, build_cache
-from distill.config import TeacherConfig
+from distill.config import TeacherConfig, own_input_size
 from distill.processes import Processes
 from common.errors import UserError
 from common.lock import LOCK_NAME
@@ -42,7 +42,7 @@ def member_preprocessing(teachers: list[TeacherConfig], pre: Preprocessing) -> d
     """Each teacher's preprocessing: the shared crops at its input size (the primary's is the view's; another's its
     `image_size`, else the view's), as the online run feeds them."""
     view = pre.teacher_image_size
-    return {t.name: replace(pre, teacher_input_size=t.image_size if i and t.image_size else view)
+    return {t.name: replace(pre, teacher_input_size=own_input_size(teachers, i) or view)
             for i, t in enumerate(teachers)}
 
 
