@@ -13,7 +13,8 @@
   memory          peak resident memory of an online step vs teacher weights + student training state
   loader          the data pipeline's images per CPU-second (one core) on JPEG photos with a 448 px
                   teacher view and a 224 px student view, batches of uint8 views as they reach the device
-                  (goal >= 500); `images_per_cpu_s_with_cpu_float` also makes them float32 on the CPU
+                  (goal >= 500); `images_per_cpu_s_with_cpu_float` also makes them float32 on the CPU;
+                  `cached`: a cached run's loader (the student view, replayed crops, g/14-wide targets read)
   lightly_train   lightly-train 0.18 distillation on the same teacher weights, images and resolution,
                   alternated with tipsdistill's online loop (2 rounds x 4 timed batches per tool), medians and
                   spread (only when `lightly-train` is importable: pip install ".[bench]")
@@ -415,7 +416,9 @@ def loader_throughput(workdir: Path, images: int, quick: bool) -> dict:
     """Images per CPU-second of the loader alone in this process (no workers): JPEG decoding, the shared crop,
     a 448 px teacher view and a 224 px student view, masks and caption draws, as a b14 run asks. Its batches hold
     uint8 views, made float32 on the device; `..._with_cpu_float` also counts making them float32 on the CPU
-    (`Batch.to("cpu")`, a CPU-only run)."""
+    (`Batch.to("cpu")`, a CPU-only run). `cached` is a cached run's loader on the same photos: the student view
+    alone, its crop replayed and its g/14-wide targets read from a cache built at the student's size, as a cached
+    run of the real recipes (without their 448 px phase) reads them."""
     import numpy as np
     from PIL import Image
 
@@ -431,10 +434,21 @@ def loader_throughput(workdir: Path, images: int, quick: bool) -> dict:
         (folder / f"{i:04d}.txt").write_text(f"a photo number {i}")
     student, teacher = (112, 224) if quick else (224, 448)
     draws = Draws(MaskConfig(14, 0.4, 0.5), {"short": 1.0})
-    loader = make_dataloader(build_dataset(f"folder:{folder}"), batch_size=16, student_size=student,
-                             teacher_size=teacher, draws=draws)
+    dataset = build_dataset(f"folder:{folder}")
+    loader = make_dataloader(dataset, batch_size=16, student_size=student, teacher_size=teacher, draws=draws)
+    rates, with_float = loader_passes(loader)
+    return {"photo_px": list(size), "student_px": student, "teacher_px": teacher,
+            "images_per_cpu_s": median(rates[1:]), "images_per_cpu_s_all": rates,
+            "images_per_cpu_s_with_cpu_float": median(with_float[1:]),
+            "images_per_cpu_s_with_cpu_float_all": with_float,
+            "cached": cached_loader_throughput(dataset, str(folder), student, draws, workdir / "loader-cache")}
+
+
+def loader_passes(loader) -> tuple[list[float], list[float]]:
+    """Images per CPU-second of 7 passes over `loader`, without and with making the batches float32 on the CPU;
+    the first warms the caches, the median of the other 6 steadies a shared machine."""
     rates, with_float = [], []
-    for epoch in range(7):  # the first warms the caches; the median of 6 passes steadies a shared machine
+    for epoch in range(7):
         loader.set_epoch(epoch)
         count, converting, tick = 0, 0.0, clock()
         for batch in loader:
@@ -445,10 +459,32 @@ def loader_throughput(workdir: Path, images: int, quick: bool) -> dict:
         total = clock() - tick
         rates.append(count / (total - converting))
         with_float.append(count / total)
-    return {"photo_px": list(size), "student_px": student, "teacher_px": teacher,
+    return rates, with_float
+
+
+def cached_loader_throughput(dataset, folder: str, student: int, draws, cache: Path) -> dict:
+    """`loader_throughput`'s cached-run loader; the build (one crop per photo, a one-block g/14-wide random teacher,
+    bf16) is not timed."""
+    from distill.cache.manifest import Preprocessing
+    from distill.cache.replay import open_cache, replay_dataloader
+    from distill.cache.writer import CacheSettings, build_cache
+    from distill.data import CropConfig
+    from distill.data.loader import Augment
+
+    teacher = random_tipsv2_teacher("g14", depth=1)
+    pre = Preprocessing(dataset=f"folder:{folder}", data_options={}, dataset_length=len(dataset),
+                        teacher_image_size=student, crop=CropConfig(), seed=0)
+    build_cache(teacher, dataset, cache, pre, CacheSettings(augmentations=1, dtype="bf16", batch_size=16))
+    loader = replay_dataloader(dataset, {"teacher": open_cache(cache, pre)}, Augment(student, student, 0, draws=draws),
+                               batch_size=16)
+    rates, with_float = loader_passes(loader)
+    return {"teacher_px": student, "target_mb_per_image": teacher_target_mb(cache, len(dataset)),
             "images_per_cpu_s": median(rates[1:]), "images_per_cpu_s_all": rates,
-            "images_per_cpu_s_with_cpu_float": median(with_float[1:]),
-            "images_per_cpu_s_with_cpu_float_all": with_float}
+            "images_per_cpu_s_with_cpu_float": median(with_float[1:])}
+
+
+def teacher_target_mb(cache: Path, images: int) -> float:
+    return sum(f.stat().st_size for f in cache.rglob("*") if f.is_file()) / images / 1e6
 
 
 def interleaved_lightly(setup: Setup, workdir: Path) -> dict:

@@ -41,3 +41,24 @@ class ImageTokens:
     def stack(rows: "list[ImageTokens]") -> "ImageTokens":
         """Per-image tokens (no batch dimension) as one batch, in order."""
         return ImageTokens(*(torch.stack([getattr(r, name) for r in rows]) for name in TOKEN_PARTS))
+
+
+@dataclass
+class StoredTokens:
+    """`ImageTokens` as a teacher-target cache stores them: `cls` and `registers` in the storage dtype, the patch grid
+    as its codec's tensors (`patches`, or `patches.int8` + `patches.scale`, or `patches.pca`). A cached run's
+    batches carry them so (a half to a twelfth of the float32 bytes through the workers and to the device) and the
+    codec decodes them where the batch arrives (`PatchCodec.tokens`)."""
+
+    cls: torch.Tensor
+    registers: torch.Tensor
+    patches: dict[str, torch.Tensor]
+
+    def map(self, fn) -> "StoredTokens":
+        return StoredTokens(fn(self.cls), fn(self.registers), {key: fn(t) for key, t in self.patches.items()})
+
+    @staticmethod
+    def stack(rows: "list[StoredTokens]") -> "StoredTokens":
+        """Per-image rows (no batch dimension) as one batch, in order."""
+        return StoredTokens(torch.stack([r.cls for r in rows]), torch.stack([r.registers for r in rows]),
+                            {key: torch.stack([r.patches[key] for r in rows]) for key in rows[0].patches})

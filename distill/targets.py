@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from distill.cache.manifest import TOKENIZER_DIR, CacheManifest, read_manifest
+from distill.cache.reader import cache_codec
 from distill.cache.store import open_store
 from distill.data.augment import resize_views
 from distill.data.batch import Batch
@@ -72,13 +73,15 @@ class CachedTargets:
         self.tokenizer = (load_tokenizer(store.local(TOKENIZER_DIR, m.content_key()))
                           if store.exists(TOKENIZER_DIR) else None)
         self.teacher, self.text = None, False  # the cache stands in for the teacher: none is loaded
+        self.codec = cache_codec(store, m)
         self.name = name
 
     def teachers(self) -> dict:
         return {self.name: self}
 
     def tokens(self, batch: Batch) -> ImageTokens:
-        return batch.teacher_targets[self.name].map(lambda t: t.float())
+        """The batch's targets of this teacher, decoded on the batch's device."""
+        return self.codec.tokens(batch.teacher_targets[self.name])
 
     def __call__(self, batch: Batch) -> TeacherOutput:
         return TeacherOutput(self.tokens(batch))

@@ -170,4 +170,6 @@ def test_the_loader_alone_replaces_its_section_of_a_report(tmp_path):
     result = json.loads(out.read_text())
     assert result["step_overhead"] == 0.04 and "cpu" in result["loader_machine"]  # the rest kept
     assert result["loader_images_per_cpu_s"] == result["loader"]["images_per_cpu_s"] > 1.0
-    assert result["loader"]["teacher_px"] == 224 and len(result["loader"]["images_per_cpu_s_all"]) == 3
+    assert result["loader"]["teacher_px"] == 224 and len(result["loader"]["images_per_cpu_s_all"]) == 7
+    cached = result["loader"]["cached"]  # a cached run's loader: the student view and the stored targets
+    assert cached["teacher_px"] == 112 and cached["images_per_cpu_s"] > 0 and cached["target_mb_per_image"] > 0

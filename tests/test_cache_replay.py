@@ -95,3 +95,25 @@ def test_a_jpeg_folder_replays_the_online_views_bit_for_bit(tmp_path):
             assert torch.equal(a.index, b.index) and torch.equal(a.crop, b.crop) and torch.equal(a.pixels, b.pixels)
             want = teacher.encode_image(a.to("cpu").teacher_pixels).patches.to(torch.bfloat16).float()
             torch.testing.assert_close(CachedTargets(tmp_path / "cache")(b).tokens.patches, want, rtol=0, atol=2e-2)
+
+
+@pytest.mark.parametrize("compress, stored", [("none", {"patches": torch.bfloat16}),
+                                              ("int8", {"patches.int8": torch.int8, "patches.scale": torch.float32}),
+                                              ("pca:4", {"patches.pca": torch.bfloat16})])
+def test_batches_carry_targets_as_stored_and_decode_them_where_they_arrive(compress, stored, setup, tmp_path):
+    # The workers hand on the cache's own bytes (a PCA cache's codes, not its float32 product with the basis);
+    # the target source decodes a batch to exactly what the reader gives row by row.
+    teacher, dataset, pre, _ = setup
+    build_cache(teacher, dataset, tmp_path / "cache", pre,
+                CacheSettings(augmentations=1, dtype="bf16", shard_size=3, compression=compress))
+    reader = open_cache(tmp_path / "cache", pre)
+    batch = next(iter(replay_dataloader(dataset, {"teacher": reader}, Augment(32, 32, SEED), batch_size=4,
+                                        seed=SEED)))
+    carried = batch.teacher_targets["teacher"]
+    assert {key: t.dtype for key, t in carried.patches.items()} == stored
+    assert carried.cls.dtype == carried.registers.dtype == torch.bfloat16
+    got = CachedTargets(tmp_path / "cache")(batch.to("cpu")).tokens
+    for i, index in enumerate(batch.index.tolist()):
+        row = reader.targets(index, 0)
+        for part in ("cls", "registers", "patches"):
+            assert torch.equal(getattr(got, part)[i], getattr(row, part)), (part, i)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from common.errors import UserError
+from common.types import ImageTokens, StoredTokens
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -82,7 +83,14 @@ class PcaBasis:
         return (x.float() - self.mean) @ self.components.T
 
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        return codes.float() @ self.components + self.mean
+        components, mean = self._on(codes.device)
+        return codes.float() @ components + mean
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The basis on `device`, copied there once: a cached run decodes each batch where it arrives."""
+        if self.components.device != device:
+            self.components, self.mean = self.components.to(device), self.mean.to(device)
+        return self.components, self.mean
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"mean": self.mean.contiguous(), "components": self.components.contiguous()}
@@ -116,6 +124,10 @@ class PatchCodec:
         if kind == "pca":
             return self.basis.decode(tensors["patches.pca"])
         return tensors["patches"].float()
+
+    def tokens(self, stored: StoredTokens) -> ImageTokens:
+        """The float32 tokens of stored rows (one image's or a batch's), on their device."""
+        return ImageTokens(stored.cls.float(), stored.registers.float(), self.decode(stored.patches))
 
     @property
     def keys(self) -> tuple[str, ...]:

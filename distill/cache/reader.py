@@ -12,7 +12,7 @@ from distill.cache.manifest import DATA_SHARDS, PCA_BASIS, CacheManifest, read_m
 from distill.cache.store import open_store
 from distill.data.augment import CropParams
 from common.errors import UserError
-from common.types import ImageTokens
+from common.types import ImageTokens, StoredTokens
 
 
 class CacheReader:
@@ -24,11 +24,7 @@ class CacheReader:
         self.directory = directory
         self.store = open_store(directory)
         self.manifest: CacheManifest = read_manifest(directory)
-        compression = Compression.parse(self.manifest.compression)
-        self.codec = PatchCodec(compression, storage_dtype(self.manifest.dtype))
-        if compression.kind == "pca":
-            self.codec.basis = PcaBasis.from_tensors(
-                load_file(self.store.local(PCA_BASIS, self.manifest.content_key())), self.manifest.pca_explained)
+        self.codec = cache_codec(self.store, self.manifest)
         self._complete = set(self.manifest.shards)
         self._open: dict[int, tuple[object, dict[int, int] | None]] = {}
 
@@ -73,10 +69,23 @@ class CacheReader:
         f, row = self._locate(index, k)
         return CropParams.from_tensor(f.get_slice("crop")[row])
 
+    def stored(self, index: int, k: int) -> StoredTokens:
+        """One image's targets as stored, without a batch dimension (`StoredTokens`)."""
+        f, row = self._locate(index, k)
+        return StoredTokens(f.get_slice("cls")[row], f.get_slice("registers")[row],
+                            {key: f.get_slice(key)[row] for key in self.codec.keys})
+
     def targets(self, index: int, k: int) -> ImageTokens:
         """One image's float32 tokens, without a batch dimension: `cls` (D,), `registers` (R,D), `patches`
         (h,w,D), as the teacher produced them up to the storage precision."""
-        f, row = self._locate(index, k)
-        encoded = {key: f.get_slice(key)[row : row + 1] for key in self.codec.keys}
-        return ImageTokens(f.get_slice("cls")[row].float(), f.get_slice("registers")[row].float(),
-                           self.codec.decode(encoded)[0])
+        return self.codec.tokens(self.stored(index, k))
+
+
+def cache_codec(store, manifest: CacheManifest) -> PatchCodec:
+    """How the cache in `store` stores its patch grids (its PCA basis loaded, for a `pca:N` cache)."""
+    compression = Compression.parse(manifest.compression)
+    codec = PatchCodec(compression, storage_dtype(manifest.dtype))
+    if compression.kind == "pca":
+        codec.basis = PcaBasis.from_tensors(load_file(store.local(PCA_BASIS, manifest.content_key())),
+                                            manifest.pca_explained)
+    return codec

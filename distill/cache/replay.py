@@ -24,7 +24,7 @@ from distill.data.captions import CaptionTokenizer
 from distill.data.loader import Augment, EpochDataLoader, collate, epoch_loader
 from distill.data.sample import Sample
 from common.errors import UserError
-from common.types import ImageTokens
+from common.types import StoredTokens
 
 
 @dataclass(frozen=True)
@@ -45,14 +45,14 @@ class ReplayAugment:
         primary = next(iter(self.readers.values()))
         k = epoch % primary.manifest.augmentations
         return {**self.augment.item(sample, primary.crop(sample.index, k), epoch, sizes and sizes.student),
-                "teacher_targets": {name: reader.targets(sample.index, k) for name, reader in self.readers.items()}}
+                "teacher_targets": {name: reader.stored(sample.index, k) for name, reader in self.readers.items()}}
 
 
 def replay_collate(items: list[dict[str, Any]], captions: CaptionTokenizer | None = None) -> Batch:
     """`collate`'s batch with its `teacher_targets`."""
     names = items[0]["teacher_targets"]
     return replace(collate(items, captions), teacher_targets={
-        name: ImageTokens.stack([item["teacher_targets"][name] for item in items]) for name in names})
+        name: StoredTokens.stack([item["teacher_targets"][name] for item in items]) for name in names})
 
 
 def recipe_preprocessing(recipe, dataset) -> Preprocessing:

@@ -2,7 +2,7 @@
 the tasks read.
 
 A dataclass rather than a dict, so every reader names its fields and a cached batch's targets are
-`ImageTokens` (per teacher). It travels like a tensor: `to` is what `accelerate.utils.send_to_device` calls on
+`StoredTokens` (per teacher, as the cache stores them; decoded on the device by the cache's codec). It travels like a tensor: `to` is what `accelerate.utils.send_to_device` calls on
 objects that have it, and `pin_memory` what a `pin_memory=True` DataLoader calls on custom batch types.
 
 The collate leaves the views uint8, channels-last as the resize writes them, and `to` makes them contiguous
@@ -19,7 +19,7 @@ import torch
 from distill.data.augment import to_float
 from distill.data.captions import CaptionPair
 from distill.data.sample import DataStats
-from common.types import ImageTokens
+from common.types import StoredTokens
 
 
 @dataclass
@@ -34,7 +34,7 @@ class Batch:
     mask: torch.Tensor | None = None  # (B, h*w) bool, True = hidden from the student
     caption_pair: CaptionPair | None = None  # the captions CLS1 and CLS2 are contrasted with
     views: torch.Tensor | None = None  # (B, V, 5) extra views (pretraining), as boxes on `pixels`
-    teacher_targets: dict[str, ImageTokens] | None = None  # a cached run's targets by teacher, float32, batched
+    teacher_targets: dict[str, StoredTokens] | None = None  # a cached run's targets by teacher, as stored, batched
 
     def map(self, fn) -> "Batch":
         """Every tensor through `fn`; `teacher_pixels` stays `pixels` when it is (one copy, not two)."""
