@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 from transformers import Tipsv2TextConfig, Tipsv2TextModel, Tipsv2VisionConfig, Tipsv2VisionModel
 
-from distill.config import ComputeConfig, Recipe, TeacherConfig
+from distill.config import ComputeConfig, Recipe, TeacherConfig, own_input_size
 from distill.recipe_loader import load_recipe
 from students import get_arch
 from teachers.tipsv2_sizes import tipsv2_config
@@ -230,12 +230,17 @@ def cache_basis_bytes(teacher, compression: str) -> int:
 CACHE_FORMS = {"bf16": ("bf16", "none"), "int8": ("bf16", "int8"), "pca:256": ("bf16", "pca:256")}
 
 
-def _cache_storage(recipe: Recipe) -> dict:
-    """MB per image per crop at each teacher size the recipe uses, for each storage form."""
-    teacher = (recipe.compute or ComputeConfig()).teacher_arch
-    return {str(size): {form: cache_bytes_per_image(teacher, size, dtype, compression) / 1e6
-                        for form, (dtype, compression) in CACHE_FORMS.items()}
-            for size in sorted({t_size for *_, t_size in recipe.phases()})}
+def cache_storage(recipe: Recipe) -> dict:
+    """MB per image per crop at each teacher view size the recipe uses, for each storage form: with `teachers:`, the
+    sum of every teacher's cache, each at its own input size and counted as its `compute.teacher_archs` shape."""
+    archs = [(recipe.compute or ComputeConfig()).teacher_arch, *(arch for _, arch in other_teachers(recipe))]
+    own = [own_input_size(recipe.run_teachers, i) for i in range(len(archs))]
+
+    def mb(view: int, dtype: str, compression: str) -> float:
+        return sum(cache_bytes_per_image(arch, size or view, dtype, compression) for arch, size in zip(archs, own)) / 1e6
+
+    return {str(view): {form: mb(view, *storage) for form, storage in CACHE_FORMS.items()}
+            for view in sorted({t_size for *_, t_size in recipe.phases()})}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -247,7 +252,7 @@ def main(argv: list[str] | None = None) -> None:
     recipe = load_recipe(args.recipe, args.overrides)
     print(json.dumps({**dataclasses.asdict(estimate_compute(recipe)),
                       "memory_per_gpu": dataclasses.asdict(memory_per_gpu(recipe, args.gpus)),
-                      "cache_mb_per_image_per_crop": _cache_storage(recipe)}, indent=1))
+                      "cache_mb_per_image_per_crop": cache_storage(recipe)}, indent=1))
 
 
 if __name__ == "__main__":

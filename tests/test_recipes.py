@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from distill.compute import (
-    cache_basis_bytes, cache_bytes_per_image, estimate_compute, memory_per_gpu, tower_params, trained_params,
+    cache_storage, cache_basis_bytes, cache_bytes_per_image, estimate_compute, memory_per_gpu, tower_params,
+    trained_params,
 )
 from distill.recipe_loader import RECIPES_DIR, apply_overrides, load_recipe
 from common.errors import UserError
@@ -59,6 +60,11 @@ def test_the_multi_teacher_recipe_counts_every_teacher():
     assert a.teacher_gflops_per_image * 1e9 == pytest.approx(b.teacher_gflops_per_image * 1e9 + forward)
     assert a.student_gflops_per_image * 1e9 == pytest.approx(b.student_gflops_per_image * 1e9 + heads)
     assert a.train_gflops_per_image * 1e9 == pytest.approx(b.train_gflops_per_image * 1e9 + forward + 3 * heads)
+    # Its cache holds both teachers' targets, each at its input size (the DINOv2 at the view: 224, then 448 px).
+    assert cache_storage(multi)["448"]["int8"] == pytest.approx(
+        (cache_bytes_per_image("g14", 448, compression="int8") + cache_bytes_per_image("l14", 448, compression="int8"))
+        / 1e6)
+    assert cache_storage(single)["448"]["int8"] == pytest.approx(cache_bytes_per_image("g14", 448, compression="int8") / 1e6)
     m, n = memory_per_gpu(multi, 8), memory_per_gpu(single, 8)
     assert m.teacher_params - n.teacher_params == tower_params("l14")[0]
     assert m.student_params - n.student_params == 3 * (768 * 1024 + 1024)  # three linear heads
