@@ -159,7 +159,8 @@ def measure_steps(recipe, run, reps: int, candidates) -> dict:
     for kind, gflops in (("online", compute.train_gflops_per_image), ("cached", cached_gflops)):
         def trial(batch, kind=kind):
             data = synthetic_batch(recipe, run, batch)
-            # Cached targets are what the cache loader delivers: float32 teacher tokens, already in the batch.
+            # Cached targets: the teacher's tokens made before the timing, as a cache's decoded targets (their
+            # decoding on the device, a cast for a bf16 cache, is not timed).
             targets = None if kind == "online" else run.targets(data)
             reset_peak(device)
             seconds = seconds_per_call(lambda: train_step(run, data, targets), device, reps)

@@ -36,6 +36,17 @@ def test_pca_refit_is_bitwise_identical():
     assert torch.equal(a.components, b.components) and torch.equal(a.mean, b.mean)
 
 
+def test_pca_decodes_on_the_codes_device_and_keeps_its_fitted_basis():
+    # A cached run decodes each batch where it arrives; the basis it was fitted as stays for encode and saving.
+    x = torch.randn(200, 32)
+    pca = PcaBasis.fit(x, 4)
+    fitted = pca.tensors()
+    codes = pca.encode(x)
+    assert pca.decode(codes.to("meta")).device.type == "meta"
+    assert torch.equal(pca.encode(x), codes) and all(t.device.type == "cpu" for t in pca.tensors().values())
+    assert all(torch.equal(pca.tensors()[k], fitted[k]) for k in fitted)
+
+
 @pytest.mark.parametrize("spec", ["none", "int8", "pca:16"])
 def test_codec_round_trip_within_storage_precision(spec):
     torch.manual_seed(1)

@@ -87,10 +87,14 @@ class PcaBasis:
         return codes.float() @ components + mean
 
     def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-        """The basis on `device`, copied there once: a cached run decodes each batch where it arrives."""
-        if self.components.device != device:
-            self.components, self.mean = self.components.to(device), self.mean.to(device)
-        return self.components, self.mean
+        """The basis on `device`, copied there once (a cached run decodes each batch where it arrives); the fitted
+        tensors stay where they are, for `encode` and `tensors`."""
+        if device == self.components.device:
+            return self.components, self.mean
+        copies = self.__dict__.setdefault("_copies", {})
+        if device not in copies:
+            copies[device] = (self.components.to(device), self.mean.to(device))
+        return copies[device]
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"mean": self.mean.contiguous(), "components": self.components.contiguous()}

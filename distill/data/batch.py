@@ -2,8 +2,9 @@
 the tasks read.
 
 A dataclass rather than a dict, so every reader names its fields and a cached batch's targets are
-`StoredTokens` (per teacher, as the cache stores them; decoded on the device by the cache's codec). It travels like a tensor: `to` is what `accelerate.utils.send_to_device` calls on
-objects that have it, and `pin_memory` what a `pin_memory=True` DataLoader calls on custom batch types.
+`StoredTokens` (per teacher, as the cache stores them; decoded on the device by the cache's codec). It travels
+like a tensor: `to` is what `accelerate.utils.send_to_device` calls on objects that have it, and `pin_memory` what
+a `pin_memory=True` DataLoader calls on custom batch types.
 
 The collate leaves the views uint8, channels-last as the resize writes them, and `to` makes them contiguous
 float32 where they arrive: a quarter of the bytes through the workers' shared memory, pinning and the

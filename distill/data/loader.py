@@ -195,15 +195,18 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 def keep_freed_memory() -> bool:
     """Let this process reuse the memory of freed images instead of handing it back to the kernel. glibc serves a
     block over its mmap threshold (128 KiB at first: a decoded photo, a view, a batch) from fresh pages and trims
-    freed heap, so each image's buffers are page-faulted in and zeroed again (~65 faults an image here); a
-    threshold of 64 MiB and a trim threshold of 256 MiB keep them (see mallopt(3)). The cost: a data process keeps
-    its peak heap. True where set (glibc); elsewhere (musl, macOS) a no-op. Loaders call it; a forked worker
-    inherits it, a spawned one sets it in `_worker_init`."""
+    freed heap, so each image's buffers are page-faulted in and zeroed again (~200 faults an image here); a trim
+    threshold of 256 MiB and an mmap threshold of 64 MiB (32 MiB, the most glibc < 2.35 accepts, where 64 is
+    refused) keep them, see mallopt(3). Every loader calls it, so it holds for the process that builds one (the
+    trainer itself when it loads without workers) and for its workers: a forked worker inherits it, a spawned one
+    sets it in `_worker_init`. The cost: such a process keeps its peak heap. True where set (glibc); elsewhere
+    (musl, macOS, Windows) a no-op."""
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # TypeError: Windows' CDLL wants a name
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, 64 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 256 << 20))
+    trimmed = bool(mallopt(_M_TRIM_THRESHOLD, 256 << 20))
+    return trimmed and any(mallopt(_M_MMAP_THRESHOLD, mib << 20) for mib in (64, 32))
 
 
 def _worker_init(worker_id: int) -> None:
