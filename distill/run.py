@@ -183,6 +183,8 @@ def _target_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastiv
             loaded = teacher.to(device=accelerator.device, dtype=dtype)
         else:
             loaded = load_teacher(entry.spec, dtype=dtype, device=accelerator.device)
+        if i > 0:  # only the primary's text tower serves the caption term: the others' would take memory only
+            loaded.drop_text()
         own_size = own_input_size(recipe.run_teachers, i)
         for *_, size in recipe.phases():
             size = own_size or size

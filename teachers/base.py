@@ -67,6 +67,11 @@ class Teacher(nn.Module):
         # A teacher never leaves eval mode, even when a parent module is switched to training.
         return super().train(False)
 
+    def drop_text(self) -> "Teacher":
+        """Free the text tower (of a teacher whose text nothing reads: a set's teachers after the first); the image
+        path and the fingerprint of what was loaded are unchanged. Teachers with a text tower override it."""
+        return self
+
     def encode_image(self, pixels: torch.Tensor, value_trick: bool = False) -> ImageTokens:
         """pixels: RGB in [0,1], (B,3,H,W), H and W multiples of `patch_size`.
 

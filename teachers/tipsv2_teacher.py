@@ -32,6 +32,10 @@ class Tipsv2Teacher(Teacher):
     def has_text(self) -> bool:
         return self.text is not None and self.tokenizer is not None
 
+    def drop_text(self) -> "Tipsv2Teacher":
+        self.text, self.tokenizer = None, None
+        return self
+
     @property
     def num_layers(self) -> int:
         return self.vision.config.num_hidden_layers

@@ -76,6 +76,18 @@ def test_two_teachers_train_resume_bitwise_and_save_both_head_sets(tiny_tipsv2_d
     assert student.teacher_space("second").encode_image(pixels).patches.shape == (2, 4, 4, 24)
 
 
+def test_the_teachers_after_the_first_keep_no_text_tower(tiny_tipsv2_dir, second_dir):
+    # Only the primary's text tower serves the caption term: a second TIPSv2's would hold memory for nothing.
+    from accelerate import Accelerator
+
+    from distill.run import _target_source
+
+    targets = _target_source(recipe(tiny_tipsv2_dir, second_dir), Accelerator(cpu=True), None, contrastive=True)
+    first, second = (source.teacher for source in targets.teachers().values())
+    assert first.has_text and not second.has_text and second.text is None
+    assert not any(name.startswith("text.") for name, _ in second.named_parameters())
+
+
 def test_the_exported_heads_output_each_teachers_space(tiny_tipsv2_dir, second_dir, tmp_path):
     """PHI-S on the second teacher only: its statistics are folded into its heads, the primary's stay raw."""
     from distill.run import build_run

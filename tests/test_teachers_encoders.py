@@ -78,6 +78,16 @@ def test_siglip(tmp_path, tiny_tokenizer):
     assert _close(tokens.cls, out.pooler_output) and tokens.registers.shape == (2, 0, 32)
     assert _close(tokens.patches, out.last_hidden_state.reshape(2, 4, 4, 32))
     assert _close(teacher.encode_text(CORPUS[:3]), torch.nn.functional.normalize(text, dim=-1))
+    _drops_its_text_tower(teacher, pixels, tokens)
+
+
+def _drops_its_text_tower(teacher, pixels, tokens):
+    """A teacher of a set after the first keeps its image path and fingerprint, not its text tower's weights."""
+    fingerprint, before = teacher.fingerprint, sum(p.numel() for p in teacher.parameters())
+    assert teacher.drop_text() is teacher and not teacher.has_text
+    assert sum(p.numel() for p in teacher.parameters()) < before and teacher.fingerprint == fingerprint
+    after = teacher.encode_image(pixels)
+    assert all(torch.equal(getattr(after, k), getattr(tokens, k)) for k in ("cls", "registers", "patches"))
 
 
 def test_clip(tmp_path, tiny_tokenizer):
@@ -97,6 +107,7 @@ def test_clip(tmp_path, tiny_tokenizer):
     assert _close(tokens.cls, image)  # CLS through post-LN + projection is CLIP's image embedding
     assert tokens.patches.shape == (2, 4, 4, 24)
     assert _close(teacher.encode_text(CORPUS[:3]), torch.nn.functional.normalize(text, dim=-1))
+    _drops_its_text_tower(teacher, pixels, tokens)
 
 
 def test_clip_vision_only(tmp_path):

@@ -53,6 +53,14 @@ class HFEncoderTeacher(Teacher):
     def has_text(self) -> bool:
         return self._has_text
 
+    def drop_text(self) -> "HFEncoderTeacher":
+        if self._has_text:  # CLIP/SigLIP: the image path reads neither
+            self.model.text_model = None
+            if hasattr(self.model, "text_projection"):  # CLIP's; SigLIP has none
+                self.model.text_projection = None
+            self._has_text, self.tokenizer = False, None
+        return self
+
     def _image_tokens(self, pixels: torch.Tensor, value_trick: bool) -> ImageTokens:
         if value_trick:
             raise UserError(f"value_trick is not supported for {self.family} teachers; "

@@ -73,6 +73,10 @@ class OnnxTeacher(Teacher):
     def has_text(self) -> bool:
         return self.text is not None and self.tokenizer is not None
 
+    def drop_text(self) -> "OnnxTeacher":
+        self.text, self.tokenizer = None, None  # the onnxruntime session goes with its last reference
+        return self
+
     @property
     def teacher_width(self) -> int | None:
         return self.config.get("teacher_width")
