@@ -23,11 +23,12 @@ Times are process CPU seconds (`time.process_time`) with one torch thread by def
 this runs on are shared, and other jobs change wall-clock times several-fold within one run, while the
 CPU time a step needs stays put. On a dedicated machine wall time ~= CPU time / threads.
 
-Usage: python bench/throughput.py [--quick] [--threads N] [--processes N] [--only overhead|loader [--into REPORT]]
-                                  [--out FILE]
+Usage: python bench/throughput.py [--quick] [--threads N] [--processes N] [--only overhead|loader|cache
+                                  [--into REPORT]] [--out FILE]
   --quick: a reduced g/14 (4 of 40 blocks) and S/14 student, for a smoke run in a few minutes.
   --only overhead: the step overhead alone (5 fresh processes, about 4 CPU-minutes); --only loader: the loader alone
-  (about a minute). With --into REPORT either replaces its own section of a full report in place.
+  (about a minute); --only cache: the cache speedup, the cached step and the memory of an online step. With --into
+  REPORT each replaces its own section of a full report in place.
 """
 from __future__ import annotations
 
@@ -521,7 +522,8 @@ def online_loop_batches(setup: Setup, workdir: Path) -> list[float]:
 
 
 # The keys of a full report each `--only` measurement re-measures.
-SECTIONS = {"overhead": ("step_overhead", "overhead"), "loader": ("loader_images_per_cpu_s", "loader")}
+SECTIONS = {"overhead": ("step_overhead", "overhead"), "loader": ("loader_images_per_cpu_s", "loader"),
+            "cache": ("cache_speedup", "cached_step_over_student_step", "cache")}
 
 
 def loader_images(quick: bool) -> int:
@@ -534,6 +536,10 @@ def only(args, setup: Setup) -> dict:
         overhead = step_overhead(setup, args.processes, args.threads)
         return {"step_overhead": overhead.pop("step_overhead"), "overhead": overhead}
     with tempfile.TemporaryDirectory(prefix="tipsdistill-bench-") as tmp:
+        if args.only == "cache":  # a fresh process, as its memory baseline wants
+            speed = cache_vs_online(setup, Path(tmp))
+            return {"cache_speedup": speed.pop("cache_speedup"),
+                    "cached_step_over_student_step": speed.pop("cached_step_over_student_step"), "cache": speed}
         loader = loader_throughput(Path(tmp), loader_images(args.quick), args.quick)
     return {"loader_images_per_cpu_s": loader["images_per_cpu_s"], "loader": loader}
 
@@ -543,7 +549,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="reduced teacher and student (smoke run)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1; see the docstring)")
     parser.add_argument("--processes", type=int, default=5, help="fresh processes for the step overhead (default 5)")
-    parser.add_argument("--only", choices=sorted(SECTIONS), help="measure the step overhead or the loader alone")
+    parser.add_argument("--only", choices=sorted(SECTIONS), help="one measurement alone: the step overhead, the loader "
+                                                                 "or the cache")
     parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--into", metavar="REPORT", help="with --only: replace that measurement's section of this "
                                                          "full report (its other sections keep their run)")
@@ -567,8 +574,8 @@ def main(argv: list[str] | None = None) -> int:
             # The measurements are independent: one can be re-run alone, its machine recorded with it.
             full = json.loads(Path(args.into).read_text())
             own = {f"{args.only}_machine": report["machine"]}
-            if args.only == "overhead":  # the loader's own parameters are in its section
-                own["overhead_setup"] = report["setup"]
+            if args.only != "loader":  # the loader's own parameters are in its section
+                own[f"{args.only}_setup"] = report["setup"]
             report = {**full, **{key: report[key] for key in SECTIONS[args.only]}, **own}
             args.out = args.out or args.into
     else:

@@ -160,6 +160,22 @@ def test_the_step_overhead_alternates_steps_in_fresh_processes(tmp_path):
 
 
 @pytest.mark.slow
+def test_the_cache_measurement_alone_replaces_its_section_of_a_report(tmp_path):
+    out = tmp_path / "throughput.json"
+    out.write_text(json.dumps({"step_overhead": 0.04, "cache_speedup": 1.0, "loader_images_per_cpu_s": 7.0}))
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--quick", "--only", "cache",
+                           "--into", str(out)], capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["step_overhead"] == 0.04 and result["loader_images_per_cpu_s"] == 7.0  # the rest kept
+    cache = result["cache"]
+    assert result["cache_speedup"] == cache["cached_epoch2_images_per_cpu_s"] / cache["online_epoch2_images_per_cpu_s"]
+    assert result["cached_step_over_student_step"] > 0 and cache["memory"]["peak_over_weights_and_state"] > 0
+    assert result["cache_setup"]["teacher_depth"] == 4 and "cpu" in result["cache_machine"]
+
+
+@pytest.mark.slow
 def test_the_loader_alone_replaces_its_section_of_a_report(tmp_path):
     out = tmp_path / "throughput.json"
     out.write_text(json.dumps({"step_overhead": 0.04, "loader_images_per_cpu_s": 1.0, "loader": {}}))
