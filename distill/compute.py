@@ -233,11 +233,13 @@ CACHE_FORMS = {"bf16": ("bf16", "none"), "int8": ("bf16", "int8"), "pca:256": ("
 def cache_storage(recipe: Recipe) -> dict:
     """MB per image per crop at each teacher view size the recipe uses, for each storage form: with `teachers:`, the
     sum of every teacher's cache, each at its own input size and counted as its `compute.teacher_archs` shape."""
+    teachers = recipe.run_teachers
     archs = [(recipe.compute or ComputeConfig()).teacher_arch, *(arch for _, arch in other_teachers(recipe))]
-    own = [own_input_size(recipe.run_teachers, i) for i in range(len(archs))]
+    own = [own_input_size(teachers, i) for i in range(len(archs))]
 
     def mb(view: int, dtype: str, compression: str) -> float:
-        return sum(cache_bytes_per_image(arch, size or view, dtype, compression) for arch, size in zip(archs, own)) / 1e6
+        return sum(cache_bytes_per_image(arch, size or view, dtype, compression)
+                   for arch, size in zip(archs, own)) / 1e6
 
     return {str(view): {form: mb(view, *storage) for form, storage in CACHE_FORMS.items()}
             for view in sorted({t_size for *_, t_size in recipe.phases()})}

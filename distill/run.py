@@ -175,8 +175,8 @@ def _target_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastiv
                         "npz:..., timm:NAME) or cache=DIR")
     c = recipe.loss.contrastive
     text_tower = contrastive and c.text_tower == "teacher"
-    sources = []
-    for i, entry in enumerate(recipe.run_teachers):
+    sources, entries = [], recipe.run_teachers
+    for i, entry in enumerate(entries):
         key = f"teachers[{i}]" if recipe.teachers else "teacher"
         dtype = teacher_precision(entry, accelerator.device, accelerator.mixed_precision)
         if teacher is not None and i == 0:
@@ -185,7 +185,7 @@ def _target_source(recipe: Recipe, accelerator: Accelerator, teacher, contrastiv
             loaded = load_teacher(entry.spec, dtype=dtype, device=accelerator.device)
         if i > 0:  # only the primary's text tower serves the caption term: the others' would take memory only
             loaded.drop_text()
-        own_size = own_input_size(recipe.run_teachers, i)
+        own_size = own_input_size(entries, i)
         for *_, size in recipe.phases():
             size = own_size or size
             if size % loaded.patch_size:

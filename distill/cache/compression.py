@@ -5,7 +5,7 @@ CLS and register tokens are small and always stored plainly; only the patch grid
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -60,6 +60,8 @@ class PcaBasis:
     mean: torch.Tensor
     components: torch.Tensor
     explained: float  # fraction of the fitting tokens' variance the N components keep
+    # (components, mean) copied to each other device a batch was decoded on (`decode`)
+    _copies: dict = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def fit(cls, tokens: torch.Tensor, n: int) -> "PcaBasis":
@@ -91,10 +93,9 @@ class PcaBasis:
         tensors stay where they are, for `encode` and `tensors`."""
         if device == self.components.device:
             return self.components, self.mean
-        copies = self.__dict__.setdefault("_copies", {})
-        if device not in copies:
-            copies[device] = (self.components.to(device), self.mean.to(device))
-        return copies[device]
+        if device not in self._copies:
+            self._copies[device] = (self.components.to(device), self.mean.to(device))
+        return self._copies[device]
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {"mean": self.mean.contiguous(), "components": self.components.contiguous()}
